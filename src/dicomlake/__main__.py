@@ -1,0 +1,3 @@
+from dicomlake.cli import main
+
+main()

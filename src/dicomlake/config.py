@@ -1,0 +1,103 @@
+"""Settings for a dicomlake process: command-line flags win over DICOMLAKE_* environment variables,
+which win over the embedded defaults (everything inside one data directory)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("./dicomlake-data")
+    # Empty means: a SQLite file in the data dir.
+    database_url: str = ""
+    # Empty means: a local directory in the data dir. Otherwise file://, s3://, gs:// or memory://.
+    blob_url: str = ""
+    auth_tokens: frozenset[str] = field(default_factory=frozenset)
+    auth_tokens_file: Path | None = None
+    insecure: bool = False
+    workers: int = 1
+    log_level: str = "info"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def resolved_blob_url(self) -> str:
+        if self.blob_url:
+            return self.blob_url
+        return (self.data_dir / "blobs").resolve().as_uri()
+
+    @property
+    def tokens(self) -> frozenset[str]:
+        tokens = set(self.auth_tokens)
+        if self.auth_tokens_file is not None:
+            try:
+                text = self.auth_tokens_file.read_text()
+            except OSError as exc:
+                raise ConfigError(f"cannot read auth tokens file {self.auth_tokens_file}: {exc.strerror}") from exc
+            tokens.update(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+        return frozenset(tokens)
+
+    def check_bind(self) -> None:
+        """Refuse to expose an unauthenticated store beyond this machine."""
+        if self.tokens or self.insecure or _is_loopback(self.host):
+            return
+        raise ConfigError(
+            f"refusing to listen on {self.host} without access tokens: set DICOMLAKE_AUTH_TOKENS or "
+            "--auth-tokens-file, or pass --insecure to serve without authentication"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _convert(name: str, raw: str) -> object:
+    if name in ("port", "workers"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"DICOMLAKE_{name.upper()} must be an integer, got {raw!r}") from None
+    if name in ("data_dir", "auth_tokens_file"):
+        return Path(raw)
+    if name == "insecure":
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if name == "auth_tokens":
+        return frozenset(t.strip() for t in raw.split(",") if t.strip())
+    return raw
+
+
+def load(**overrides: object) -> Settings:
+    """Settings from the environment, then `overrides` (flags); None means "not given"."""
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        raw = os.environ.get(f"DICOMLAKE_{f.name.upper()}")
+        if raw is not None and raw != "":
+            values[f.name] = _convert(f.name, raw)
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = value
+    settings = replace(Settings(), **values)
+    if not 0 < settings.port < 65536:
+        raise ConfigError(f"port must be between 1 and 65535, got {settings.port}")
+    if settings.workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {settings.workers}")
+    return settings

@@ -1,0 +1,1 @@
+"""Object storage for blobs and buckets, and the index database schema."""

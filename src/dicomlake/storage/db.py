@@ -1,0 +1,208 @@
+"""The index database: its schema (SQLAlchemy Core) and connections to SQLite (embedded) or PostgreSQL.
+
+Every write goes through `Database.write()`, one short transaction; on SQLite it takes the write lock
+up front (BEGIN IMMEDIATE) so concurrent writers wait on the busy timeout instead of failing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+metadata = sa.MetaData()
+
+datasets = sa.Table(
+    "datasets",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project", sa.String(256), nullable=False),
+    sa.Column("location", sa.String(256), nullable=False),
+    sa.Column("dataset_id", sa.String(256), nullable=False),
+    sa.Column("create_time", sa.String(40), nullable=False),
+    sa.UniqueConstraint("project", "location", "dataset_id"),
+)
+
+dicom_stores = sa.Table(
+    "dicom_stores",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dataset_pk", sa.Integer, sa.ForeignKey("datasets.pk", ondelete="CASCADE"), nullable=False),
+    sa.Column("store_id", sa.String(256), nullable=False),
+    # The DicomStore resource fields other than `name`, as Google's JSON.
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("create_time", sa.String(40), nullable=False),
+    sa.UniqueConstraint("dataset_pk", "store_id"),
+)
+
+
+def _person_name_columns(prefix: str) -> list[sa.Column]:
+    # Lower-cased Alphabetic / Ideographic / Phonetic groups, matched separately so a search in
+    # one script finds the name; `tokens` serves fuzzy matching.
+    return [
+        sa.Column(f"{prefix}_alphabetic", sa.Text),
+        sa.Column(f"{prefix}_ideographic", sa.Text),
+        sa.Column(f"{prefix}_phonetic", sa.Text),
+        sa.Column(f"{prefix}_tokens", sa.Text),
+    ]
+
+
+studies = sa.Table(
+    "studies",
+    metadata,
+    sa.Column("store_pk", sa.Integer, nullable=False),
+    sa.Column("study_uid", sa.String(64), nullable=False),
+    *_person_name_columns("patient_name"),
+    *_person_name_columns("referring_physician_name"),
+    sa.Column("patient_id", sa.Text),
+    sa.Column("accession_number", sa.Text),
+    sa.Column("study_date", sa.String(8)),
+    sa.Column("study_time", sa.Text),
+    sa.Column("study_id", sa.Text),
+    sa.Column("study_description", sa.Text),
+    sa.Column("series_count", sa.Integer, nullable=False, default=0),
+    sa.Column("instance_count", sa.Integer, nullable=False, default=0),
+    # Study-level attributes of the first instance stored, as DICOM JSON.
+    sa.Column("attributes", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("store_pk", "study_uid"),
+    sa.Index("ix_studies_patient_id", "store_pk", "patient_id"),
+    sa.Index("ix_studies_patient_name", "store_pk", "patient_name_alphabetic"),
+    sa.Index("ix_studies_accession", "store_pk", "accession_number"),
+    sa.Index("ix_studies_date", "store_pk", "study_date"),
+)
+
+series = sa.Table(
+    "series",
+    metadata,
+    sa.Column("store_pk", sa.Integer, nullable=False),
+    sa.Column("study_uid", sa.String(64), nullable=False),
+    sa.Column("series_uid", sa.String(64), nullable=False),
+    sa.Column("modality", sa.Text),
+    sa.Column("series_number", sa.Text),
+    sa.Column("series_description", sa.Text),
+    sa.Column("instance_count", sa.Integer, nullable=False, default=0),
+    sa.Column("attributes", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("store_pk", "study_uid", "series_uid"),
+    sa.Index("ix_series_uid", "store_pk", "series_uid"),
+    sa.Index("ix_series_modality", "store_pk", "modality"),
+)
+
+instances = sa.Table(
+    "instances",
+    metadata,
+    sa.Column("store_pk", sa.Integer, nullable=False),
+    sa.Column("study_uid", sa.String(64), nullable=False),
+    sa.Column("series_uid", sa.String(64), nullable=False),
+    sa.Column("sop_uid", sa.String(64), nullable=False),
+    sa.Column("sop_class_uid", sa.String(64)),
+    sa.Column("transfer_syntax_uid", sa.String(64), nullable=False),
+    sa.Column("instance_number", sa.Integer),
+    sa.Column("number_of_frames", sa.Integer, nullable=False, default=0),
+    sa.Column("blob_key", sa.Text, nullable=False),
+    sa.Column("blob_size", sa.BigInteger, nullable=False),
+    sa.Column("storage_class", sa.String(16), nullable=False, default="STANDARD"),
+    # The instance's DICOM JSON with bulk data replaced by BulkDataURIs relative to the instance.
+    sa.Column("metadata", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("store_pk", "study_uid", "series_uid", "sop_uid"),
+    sa.Index("ix_instances_sop", "store_pk", "sop_uid"),
+)
+
+# Blobs written before their instance row commits; what is left here after a crash is an orphan.
+pending_blobs = sa.Table(
+    "pending_blobs",
+    metadata,
+    sa.Column("blob_key", sa.Text, primary_key=True),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+)
+
+operations = sa.Table(
+    "operations",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dataset_pk", sa.Integer, sa.ForeignKey("datasets.pk", ondelete="CASCADE"), nullable=False),
+    sa.Column("method", sa.Text, nullable=False),
+    sa.Column("done", sa.Boolean, nullable=False, default=False),
+    sa.Column("success", sa.BigInteger, nullable=False, default=0),
+    sa.Column("failure", sa.BigInteger, nullable=False, default=0),
+    sa.Column("pending", sa.BigInteger, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    sa.Column("response", sa.Text),
+    sa.Column("create_time", sa.String(40), nullable=False),
+    sa.Column("end_time", sa.String(40)),
+)
+
+
+def _normalise_url(url: str) -> str:
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+class Database:
+    """An engine plus the two ways the code uses it: short read snapshots and short write transactions."""
+
+    def __init__(self, url: str) -> None:
+        url = _normalise_url(url)
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = url.removeprefix("sqlite:///")
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = sa.create_engine(url, pool_size=16, max_overflow=16, connect_args={"timeout": 60})
+            _configure_sqlite(self.engine)
+        else:
+            self.engine = sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
+
+    def create_schema(self) -> None:
+        with self.engine.begin() as conn:
+            metadata.create_all(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+            conn.rollback()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(dicomlake_write=True) as conn:
+            with conn.begin():
+                yield conn
+
+    def insert_ignore(self, table: sa.Table) -> sa.Insert:
+        """INSERT that silently skips rows whose primary key already exists."""
+        dialect = sqlite if self.is_sqlite else postgresql
+        return dialect.insert(table).on_conflict_do_nothing()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        # Transactions are started by the "begin" hook below, not by the driver.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        # DICOM matching is case-sensitive except where we lower-case on purpose (person names).
+        cur.execute("PRAGMA case_sensitive_like=ON")
+        cur.execute("PRAGMA cache_size=-65536")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("dicomlake_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,1 @@
+"""The DICOM store: catalog (datasets, stores), instances (store, get, delete) and search (QIDO)."""
