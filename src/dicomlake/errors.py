@@ -38,3 +38,7 @@ class NotAcceptable(DicomlakeError):
 
 class Unauthenticated(DicomlakeError):
     status, http, code = "UNAUTHENTICATED", 401, 16
+
+
+class UnsupportedMediaType(DicomlakeError):
+    status, http, code = "INVALID_ARGUMENT", 415, 3

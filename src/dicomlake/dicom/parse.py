@@ -31,7 +31,7 @@ MAX_INLINE_BINARY = 2048
 MAX_INLINE_NUMBERS = 512
 
 _VALID_VRS = frozenset(
-    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+    ["AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV"]
 )
 _LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
 _TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})  # single-valued; backslash is an ordinary character
@@ -102,7 +102,7 @@ def dictionary_vr(tag: int) -> str:
 class _Reader:
     """One pass over a data set encoding; `little`/`implicit` fix how element headers are read."""
 
-    __slots__ = ("buf", "little", "implicit", "encodings", "pixel_representation", "end")
+    __slots__ = ("buf", "encodings", "end", "implicit", "little", "pixel_representation")
 
     def __init__(self, buf: bytes | memoryview, little: bool, implicit: bool) -> None:
         self.buf = buf

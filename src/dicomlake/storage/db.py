@@ -174,9 +174,8 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(dicomlake_write=True) as conn:
-            with conn.begin():
-                yield conn
+        with self.engine.connect().execution_options(dicomlake_write=True) as conn, conn.begin():
+            yield conn
 
     def insert_ignore(self, table: sa.Table) -> sa.Insert:
         """INSERT that silently skips rows whose primary key already exists."""

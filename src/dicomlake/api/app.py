@@ -1,0 +1,103 @@
+"""The ASGI application: routes of the resource API and DICOMweb, bearer-token access control, and
+every error in Google's envelope `{"error": {"code", "message", "status"}}`."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dicomlake.api import dicomweb, resources
+from dicomlake.config import Settings
+from dicomlake.errors import DicomlakeError
+from dicomlake.services import Services, open_services
+from dicomlake.store import instances
+
+log = logging.getLogger("dicomlake")
+
+_HTTP_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                405: "METHOD_NOT_ALLOWED", 406: "INVALID_ARGUMENT", 409: "ALREADY_EXISTS", 413: "OUT_OF_RANGE",
+                415: "INVALID_ARGUMENT"}
+
+
+def error_response(http: int, message: str, status: str | None = None, headers: dict[str, str] | None = None) -> Response:
+    body = {"error": {"code": http, "message": message, "status": status or _HTTP_STATUS.get(http, "UNKNOWN")}}
+    return JSONResponse(body, status_code=http, headers=headers)
+
+
+async def _dicomlake_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DicomlakeError)
+    return error_response(exc.http, exc.message, exc.status)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail if exc.status_code != 404 else "no such resource or method on this server"
+    return error_response(exc.status_code, str(message), headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return error_response(500, f"internal error: {type(exc).__name__}", "INTERNAL")
+
+
+class BearerAuth:
+    """Every request must carry `Authorization: Bearer <token>` with one of the configured tokens."""
+
+    def __init__(self, app: ASGIApp, tokens: frozenset[str]) -> None:
+        self.app = app
+        self.tokens = [t.encode() for t in tokens]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        response = error_response(
+            401, "missing or invalid bearer token: send Authorization: Bearer <token>", "UNAUTHENTICATED",
+            headers={"WWW-Authenticate": 'Bearer realm="dicomlake"'},
+        )
+        await response(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                token = token.strip()
+                return scheme.lower() == b"bearer" and any(hmac.compare_digest(token, t) for t in self.tokens)
+        return False
+
+
+def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        nonlocal services
+        if services is None:
+            services = open_services(settings)
+        app.state.services = services
+        removed = instances.recover(services.db, services.blobs)
+        if removed:
+            log.warning("removed %d blobs of instances that were never committed", removed)
+        yield
+        services.close()
+
+    app = Starlette(
+        routes=resources.routes() + dicomweb.routes(),
+        exception_handlers={DicomlakeError: _dicomlake_error, HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    tokens = settings.tokens
+    return BearerAuth(app, tokens) if tokens else app
+
+
+def app_from_environment() -> ASGIApp:
+    """The application for a server process started by `dicomlake serve` (settings from DICOMLAKE_*)."""
+    from dicomlake.config import load
+
+    return create_app(load())

@@ -1,0 +1,470 @@
+"""DICOMweb under `{store}/dicomWeb/`: STOW-RS, QIDO-RS, WADO-RS (instances, metadata, frames,
+rendered, bulk data) and DELETE, with Accept negotiation as the Cloud Healthcare conformance statement."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+
+from dicomlake.api.multipart import Part, parse_content_type, read_parts, read_single_part, write_parts
+from dicomlake.api.resources import VERSIONS, json, services, store_of
+from dicomlake.dicom import bulkdata, pixels
+from dicomlake.dicom.parse import BULKDATA_PREFIX, EXPLICIT_LE
+from dicomlake.dicom.xml import to_xml
+from dicomlake.errors import InvalidArgument, NotAcceptable, NotFound, UnsupportedMediaType
+from dicomlake.operations import records
+from dicomlake.store import instances, search
+from dicomlake.store.catalog import StoreRef
+from dicomlake.store.instances import Failed, InstanceRow, Stored
+
+# Transfer syntaxes a client may ask for (the conformance statement's list) besides "*".
+RETRIEVABLE_SYNTAXES = frozenset(
+    ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.8.1"]
+)
+
+
+# ---- Accept negotiation -----------------------------------------------------------------------
+
+
+def accepted(request: Request) -> list[tuple[str, dict[str, str]]]:
+    """Media ranges of the Accept header, best first (q-values honoured, ties in header order)."""
+    header = request.headers.get("accept", "")
+    ranges = []
+    for index, item in enumerate(_split_accept(header)):
+        media_type, params = parse_content_type(item)
+        if not media_type:
+            continue
+        try:
+            q = float(params.pop("q", "1"))
+        except ValueError:
+            q = 1.0
+        if q > 0:
+            ranges.append((-q, index, media_type, params))
+    ranges.sort()
+    return [(m, p) for _, _, m, p in ranges] or [("*/*", {})]
+
+
+def _split_accept(header: str) -> list[str]:
+    # Commas separate media ranges, except inside quoted parameter values.
+    items, current, quoted = [], [], False
+    for ch in header:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    items.append("".join(current))
+    return [i.strip() for i in items if i.strip()]
+
+
+def _syntax(params: dict[str, str]) -> str:
+    syntax = params.get("transfer-syntax", EXPLICIT_LE).strip()
+    if syntax != "*" and syntax not in RETRIEVABLE_SYNTAXES:
+        raise NotAcceptable(f"transfer syntax {syntax} is not supported for retrieval")
+    return syntax
+
+
+def choose_instance_media(request: Request, single_part_allowed: bool) -> tuple[bool, str]:
+    """(multipart?, transfer syntax) for retrieving instances."""
+    for media_type, params in accepted(request):
+        if media_type == "multipart/related":
+            part_type = params.get("type", "application/dicom").lower()
+            if part_type in ("application/dicom", "*/*", "application/*"):
+                return True, _syntax(params)
+        elif media_type == "application/dicom" and single_part_allowed:
+            return False, _syntax(params)
+        elif media_type in ("*/*", "application/*"):
+            return True, EXPLICIT_LE
+    raise NotAcceptable(
+        "cannot produce any accepted media type: ask for multipart/related; type=\"application/dicom\""
+        + (" or application/dicom" if single_part_allowed else "")
+    )
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def dicomweb_base(request: Request) -> str:
+    path = request.url.path
+    return f"{request.url.scheme}://{request.url.netloc}{path[: path.index('/dicomWeb') + len('/dicomWeb')]}"
+
+
+def instance_url(base: str, row: InstanceRow) -> str:
+    return f"{base}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
+
+
+def _store(request: Request) -> StoreRef:
+    return store_of(request, request.path_params["store"])
+
+
+def _uids(request: Request) -> tuple[str, str | None, str | None]:
+    p = request.path_params
+    return p["study"], p.get("series"), p.get("instance")
+
+
+def _convert(data: bytes, stored_syntax: str, wanted: str) -> tuple[bytes, str]:
+    if wanted == "*" or wanted == stored_syntax:
+        return data, stored_syntax
+    try:
+        return pixels.transcode(data, wanted), wanted
+    except pixels.PixelError as exc:
+        raise NotAcceptable(f"cannot provide the instance in transfer syntax {wanted}: {exc}") from None
+
+
+# ---- STOW-RS ----------------------------------------------------------------------------------
+
+
+async def store_instances(request: Request) -> Response:
+    svc = services(request)
+    store = await run_in_threadpool(_store, request)
+    expected = request.path_params.get("study")
+    media_type, params = parse_content_type(request.headers.get("content-type", ""))
+    results: list[Stored | Failed] = []
+    if media_type == "application/dicom":
+        part = await read_single_part(request.stream(), svc.scratch_dir)
+        results.append(await _store_part(svc, store, part, expected))
+    elif media_type == "multipart/related":
+        part_type = params.get("type", "application/dicom").lower()
+        if part_type != "application/dicom":
+            raise UnsupportedMediaType(
+                f"multipart type {part_type!r} is not supported: send type=\"application/dicom\" parts"
+            )
+        async for part in read_parts(request.stream(), params.get("boundary", ""), svc.scratch_dir):
+            part_media, _ = parse_content_type(part.content_type) if part.content_type else ("application/dicom", {})
+            if part_media != "application/dicom":
+                part.close()
+                results.append(Failed(None, None, instances.CANNOT_UNDERSTAND,
+                                      f"part of type {part_media!r} ignored: only application/dicom parts are stored"))
+                continue
+            results.append(await _store_part(svc, store, part, expected))
+    else:
+        raise UnsupportedMediaType(
+            "Content-Type must be multipart/related; type=\"application/dicom\" or application/dicom, "
+            f"got {request.headers.get('content-type', 'none')!r}"
+        )
+    if not results:
+        raise InvalidArgument("the request body holds no DICOM instance")
+    return _stow_response(request, results)
+
+
+async def _store_part(svc: Any, store: StoreRef, part: Part, expected: str | None) -> Stored | Failed:
+    try:
+        return await run_in_threadpool(instances.store_instance, svc.db, svc.blobs, store, part.data, expected)
+    finally:
+        part.close()
+
+
+def _stow_response(request: Request, results: list[Stored | Failed]) -> Response:
+    base = dicomweb_base(request)
+    referenced, failed = [], []
+    study_urls = set()
+    for result in results:
+        if isinstance(result, Stored):
+            url = f"{base}/studies/{result.study_uid}/series/{result.series_uid}/instances/{result.sop_uid}"
+            study_urls.add(f"{base}/studies/{result.study_uid}")
+            referenced.append({
+                "00081150": _ui(result.sop_class_uid),
+                "00081155": _ui(result.sop_uid),
+                "00081190": {"vr": "UR", "Value": [url]},
+            })
+        else:
+            failed.append({
+                "00081150": _ui(result.sop_class_uid),
+                "00081155": _ui(result.sop_uid),
+                "00081197": {"vr": "US", "Value": [result.reason]},
+                "detail": result.detail,
+            })
+    use_xml = _wants_xml(request)
+    detail_key = "00090097" if use_xml else "00091097"
+    for item in failed:
+        item[detail_key] = {"vr": "LT", "Value": [item.pop("detail")]}
+    dataset: dict[str, Any] = {}
+    if len(study_urls) == 1:
+        dataset["00081190"] = {"vr": "UR", "Value": [study_urls.pop()]}
+    if failed:
+        dataset["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        dataset["00081199"] = {"vr": "SQ", "Value": referenced}
+    status = 409 if failed else 200
+    if use_xml:
+        return Response(to_xml(dataset), status_code=status, media_type="application/dicom+xml")
+    return Response(orjson.dumps(dataset), status_code=status, media_type="application/dicom+json")
+
+
+def _ui(value: str | None) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+def _wants_xml(request: Request) -> bool:
+    for media_type, params in accepted(request):
+        if media_type in ("application/dicom+json", "application/json"):
+            return False
+        if media_type == "application/dicom+xml" or (
+            media_type == "multipart/related" and params.get("type", "").lower() == "application/dicom+xml"
+        ):
+            return True
+    # Google's default for STOW responses.
+    return True
+
+
+# ---- QIDO-RS ----------------------------------------------------------------------------------
+
+
+def _search(level: str):  # type: ignore[no-untyped-def]
+    def endpoint(request: Request) -> Response:
+        store = _store(request)
+        params = [(unquote(k), unquote(v)) for k, v in request.query_params.multi_items()]
+        query = search.parse_query(level, params)
+        results = search.search(services(request).db, store, query, request.path_params.get("study"),
+                                request.path_params.get("series"))
+        if not results:
+            return Response(status_code=204)
+        for media_type, params_ in accepted(request):
+            if media_type in ("application/dicom+json", "application/json", "*/*", "application/*"):
+                return Response(orjson.dumps(results), media_type="application/dicom+json")
+            if media_type == "multipart/related" and params_.get("type", "").lower() == "application/dicom+xml":
+                boundary = uuid.uuid4().hex
+                body = b"".join(write_parts(boundary, iter([("application/dicom+xml", to_xml(r)) for r in results])))
+                return Response(body, media_type=f'multipart/related; type="application/dicom+xml"; boundary={boundary}')
+        raise NotAcceptable("search results are available as application/dicom+json or "
+                            "multipart/related; type=\"application/dicom+xml\"")
+
+    return endpoint
+
+
+# ---- WADO-RS ----------------------------------------------------------------------------------
+
+
+def study_or_series(request: Request) -> Response:
+    if request.method == "DELETE":
+        return _delete(request)
+    return _retrieve(request, single_part_allowed=False)
+
+
+def instance(request: Request) -> Response:
+    if request.method == "DELETE":
+        return _delete(request)
+    return _retrieve(request, single_part_allowed=True)
+
+
+def _retrieve(request: Request, single_part_allowed: bool) -> Response:
+    svc = services(request)
+    multipart, syntax = choose_instance_media(request, single_part_allowed)
+    rows = instances.find(svc.db, _store(request), *_uids(request), with_metadata=False)
+    if not multipart:
+        data, actual = _convert(svc.blobs.get(rows[0].blob_key), rows[0].transfer_syntax_uid, syntax)
+        return Response(data, media_type=f"application/dicom; transfer-syntax={actual}")
+    # Convert the first instance before answering, so an impossible conversion is a clean 406.
+    first = _convert(svc.blobs.get(rows[0].blob_key), rows[0].transfer_syntax_uid, syntax)
+    boundary = uuid.uuid4().hex
+
+    def parts() -> Iterator[tuple[str, bytes]]:
+        yield f"application/dicom; transfer-syntax={first[1]}", first[0]
+        for row in rows[1:]:
+            data, actual = _convert(svc.blobs.get(row.blob_key), row.transfer_syntax_uid, syntax)
+            yield f"application/dicom; transfer-syntax={actual}", data
+
+    media = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    if syntax != "*":
+        media += f"; transfer-syntax={syntax}"
+    return StreamingResponse(write_parts(boundary, parts()), media_type=media)
+
+
+def metadata(request: Request) -> Response:
+    svc = services(request)
+    for media_type, params in accepted(request):
+        if media_type in ("application/dicom+json", "application/json", "*/*", "application/*"):
+            break
+        if media_type == "multipart/related" and params.get("type", "").lower() == "application/dicom+xml":
+            break
+    else:
+        raise NotAcceptable("metadata is available as application/dicom+json or "
+                            "multipart/related; type=\"application/dicom+xml\"")
+    rows = instances.find(svc.db, _store(request), *_uids(request))
+    base = dicomweb_base(request)
+    documents = [row.metadata.replace(BULKDATA_PREFIX, instance_url(base, row) + "/bulkdata/") for row in rows]
+    if media_type == "multipart/related":
+        boundary = uuid.uuid4().hex
+        body = b"".join(write_parts(boundary, iter(
+            [("application/dicom+xml", to_xml(orjson.loads(d))) for d in documents])))
+        return Response(body, media_type=f'multipart/related; type="application/dicom+xml"; boundary={boundary}')
+    return Response(("[" + ",".join(documents) + "]").encode(), media_type="application/dicom+json")
+
+
+def _frame_numbers(text: str) -> list[int]:
+    try:
+        numbers = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise InvalidArgument(f"frame list {text!r} must be comma-separated frame numbers") from None
+    if not numbers or any(n < 1 for n in numbers) or len(numbers) > 100_000:
+        raise InvalidArgument(f"frame list {text!r} must hold frame numbers starting at 1")
+    return numbers
+
+
+def frames(request: Request) -> Response:
+    svc = services(request)
+    numbers = _frame_numbers(request.path_params["frames"])
+    row = instances.find(svc.db, _store(request), *_uids(request), with_metadata=False)[0]
+    multipart, syntax, part_type = _choose_frame_media(request, row.transfer_syntax_uid)
+    try:
+        payloads = pixels.frames(svc.blobs.get(row.blob_key), numbers, syntax)
+    except pixels.PixelError as exc:
+        raise InvalidArgument(f"cannot retrieve frames {request.path_params['frames']}: {exc}") from None
+    actual = row.transfer_syntax_uid if syntax == "*" else syntax
+    content_type = f"{part_type}; transfer-syntax={actual}"
+    if not multipart:
+        if len(payloads) != 1:
+            raise NotAcceptable("a single-part response holds one frame: ask for multipart/related for several")
+        return Response(payloads[0], media_type=content_type)
+    boundary = uuid.uuid4().hex
+    body = write_parts(boundary, iter([(content_type, p) for p in payloads]))
+    return StreamingResponse(body, media_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
+
+
+_COMPRESSED_FRAME_TYPES = {
+    "image/jpeg": ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                   "1.2.840.10008.1.2.4.70"),
+    "image/jls": ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"),
+    "image/jp2": ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"),
+    "image/jphc": ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"),
+    "image/jxl": ("1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112"),
+    "image/dicom-rle": ("1.2.840.10008.1.2.5",),
+}
+
+
+def _choose_frame_media(request: Request, stored: str) -> tuple[bool, str, str]:
+    """(multipart?, transfer syntax or '*', part media type) for frame retrieval."""
+    for media_type, params in accepted(request):
+        multipart = media_type == "multipart/related"
+        part_type = params.get("type", "application/octet-stream").lower() if multipart else media_type
+        syntax = params.get("transfer-syntax")
+        if part_type in ("*/*", "application/*"):
+            return multipart or part_type == "*/*", EXPLICIT_LE, "application/octet-stream"
+        if part_type == "application/octet-stream":
+            if syntax not in (None, "*", EXPLICIT_LE):
+                continue
+            return multipart, syntax or EXPLICIT_LE, part_type
+        if part_type in _COMPRESSED_FRAME_TYPES and stored in _COMPRESSED_FRAME_TYPES[part_type] \
+                and syntax in (None, "*", stored):
+            return multipart, "*", part_type
+    raise NotAcceptable(
+        "cannot produce the frames in any accepted media type: ask for multipart/related; "
+        "type=\"application/octet-stream\" (transfer-syntax 1.2.840.10008.1.2.1 or *)"
+    )
+
+
+def rendered(request: Request) -> Response:
+    svc = services(request)
+    media_type = _choose_rendered_media(request)
+    viewport = request.query_params.get("viewport")
+    size = pixels.parse_viewport(viewport) if viewport else None
+    quality = _quality(request.query_params.get("quality"))
+    frame_list = request.path_params.get("frames")
+    numbers = _frame_numbers(frame_list) if frame_list else [1]
+    row = instances.find(svc.db, _store(request), *_uids(request), with_metadata=False)[0]
+    data = svc.blobs.get(row.blob_key)
+    try:
+        images = [pixels.render(data, n, media_type, size, quality) for n in numbers]
+    except pixels.PixelError as exc:
+        raise InvalidArgument(f"cannot render this instance: {exc}") from None
+    if len(images) == 1:
+        return Response(images[0], media_type=media_type)
+    boundary = uuid.uuid4().hex
+    body = b"".join(write_parts(boundary, iter([(media_type, i) for i in images])))
+    return Response(body, media_type=f'multipart/related; type="{media_type}"; boundary={boundary}')
+
+
+def _choose_rendered_media(request: Request) -> str:
+    for media_type, params in accepted(request):
+        if media_type == "multipart/related":
+            media_type = params.get("type", "image/jpeg").lower()
+        if media_type in ("image/jpeg", "image/png"):
+            return media_type
+        if media_type in ("*/*", "image/*"):
+            return "image/jpeg"
+    raise NotAcceptable("rendered images are available as image/jpeg or image/png")
+
+
+def _quality(value: str | None) -> int:
+    if value is None:
+        return 90
+    try:
+        quality = int(value)
+    except ValueError:
+        quality = -1
+    if not 1 <= quality <= 100:
+        raise InvalidArgument(f"quality must be an integer from 1 to 100, got {value!r}")
+    return quality
+
+
+def bulk(request: Request) -> Response:
+    svc = services(request)
+    row = instances.find(svc.db, _store(request), *_uids(request), with_metadata=False)[0]
+    multipart = True
+    for media_type, params in accepted(request):
+        if media_type == "application/octet-stream":
+            multipart = False
+            break
+        if media_type == "multipart/related" or media_type in ("*/*", "application/*"):
+            break
+    else:
+        raise NotAcceptable("bulk data is available as multipart/related; type=\"application/octet-stream\"")
+    try:
+        value = bulkdata.extract(svc.blobs.get(row.blob_key), request.path_params["path"])
+    except bulkdata.BulkDataError as exc:
+        raise NotFound(str(exc)) from None
+    if not multipart:
+        return Response(value, media_type="application/octet-stream")
+    boundary = uuid.uuid4().hex
+    body = b"".join(write_parts(boundary, iter([("application/octet-stream", value)])))
+    return Response(body, media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
+
+
+# ---- DELETE -----------------------------------------------------------------------------------
+
+
+def _delete(request: Request) -> Response:
+    svc = services(request)
+    store = _store(request)
+    study, series_uid, sop = _uids(request)
+    count = instances.delete(svc.db, svc.blobs, store, study, series_uid, sop)
+    if sop is not None:
+        return json({})
+    method = records.DELETE_SERIES if series_uid else records.DELETE_STUDY
+    return json(records.record_finished(svc.db, store.dataset, method, records.EMPTY_RESPONSE, success=count))
+
+
+def routes() -> list[BaseRoute]:
+    instance_path = "/studies/{study}/series/{series}/instances/{instance}"
+    dicomweb = [
+        Route("/studies", store_instances, methods=["POST"]),
+        Route("/studies", _search("study"), methods=["GET"]),
+        Route("/series", _search("series"), methods=["GET"]),
+        Route("/instances", _search("instance"), methods=["GET"]),
+        Route("/studies/{study}", store_instances, methods=["POST"]),
+        Route("/studies/{study}", study_or_series, methods=["GET", "DELETE"]),
+        Route("/studies/{study}/metadata", metadata, methods=["GET"]),
+        Route("/studies/{study}/series", _search("series"), methods=["GET"]),
+        Route("/studies/{study}/instances", _search("instance"), methods=["GET"]),
+        Route("/studies/{study}/series/{series}", study_or_series, methods=["GET", "DELETE"]),
+        Route("/studies/{study}/series/{series}/metadata", metadata, methods=["GET"]),
+        Route("/studies/{study}/series/{series}/instances", _search("instance"), methods=["GET"]),
+        Route(instance_path, instance, methods=["GET", "DELETE"]),
+        Route(instance_path + "/metadata", metadata, methods=["GET"]),
+        Route(instance_path + "/rendered", rendered, methods=["GET"]),
+        Route(instance_path + "/frames/{frames}", frames, methods=["GET"]),
+        Route(instance_path + "/frames/{frames}/rendered", rendered, methods=["GET"]),
+        Route(instance_path + "/bulkdata/{path:path}", bulk, methods=["GET"]),
+    ]
+    store_path = "/projects/{project}/locations/{location}/datasets/{dataset}/dicomStores/{store}/dicomWeb"
+    return [Mount(f"/{version}{store_path}", routes=dicomweb) for version in VERSIONS]

@@ -1,0 +1,166 @@
+"""The Healthcare v1 resource API: datasets, DICOM stores and operations under /v1/ (and /v1beta1/)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from dicomlake.errors import InvalidArgument, NotFound
+from dicomlake.operations import records
+from dicomlake.services import Services
+from dicomlake.store import catalog
+
+VERSIONS = ("v1", "v1beta1")
+DATASET_TYPE = "type.googleapis.com/google.cloud.healthcare.v1.dataset.Dataset"
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def body_json(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    return body
+
+
+def page_size(request: Request) -> int | None:
+    value = request.query_params.get("pageSize")
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"pageSize must be an integer, got {value!r}") from None
+
+
+def split_verb(segment: str) -> tuple[str, str | None]:
+    resource, sep, verb = segment.partition(":")
+    return resource, (verb if sep else None)
+
+
+def dataset_of(request: Request) -> catalog.DatasetRef:
+    p = request.path_params
+    dataset_id, verb = split_verb(p["dataset"])
+    if verb:
+        raise NotFound(f"unknown method :{verb} on datasets")
+    return catalog.get_dataset(services(request).db, p["project"], p["location"], dataset_id)
+
+
+def store_of(request: Request, store_id: str) -> catalog.StoreRef:
+    return catalog.get_store(services(request).db, dataset_of(request), store_id)
+
+
+# ---- datasets ---------------------------------------------------------------------------------
+
+
+async def datasets_collection(request: Request) -> Response:
+    p = request.path_params
+    db = services(request).db
+    if request.method == "POST":
+        dataset_id = request.query_params.get("datasetId", "")
+        body_json(await request.body())
+        dataset = catalog.create_dataset(db, p["project"], p["location"], dataset_id)
+        return json(records.record_finished(db, dataset, records.CREATE_DATASET,
+                                            {"@type": DATASET_TYPE, "name": dataset.name}))
+    refs, token = catalog.list_datasets(db, p["project"], p["location"], page_size(request),
+                                        request.query_params.get("pageToken"))
+    out: dict[str, Any] = {"datasets": [{"name": r.name} for r in refs]}
+    if token:
+        out["nextPageToken"] = token
+    return json(out)
+
+
+def dataset_item(request: Request) -> Response:
+    dataset = dataset_of(request)
+    if request.method == "DELETE":
+        svc = services(request)
+        for key in catalog.delete_dataset(svc.db, dataset):
+            svc.blobs.delete(key)
+        return json({})
+    return json({"name": dataset.name})
+
+
+# ---- DICOM stores -----------------------------------------------------------------------------
+
+
+async def stores_collection(request: Request) -> Response:
+    db = services(request).db
+    dataset = dataset_of(request)
+    if request.method == "POST":
+        store_id = request.query_params.get("dicomStoreId", "")
+        store = catalog.create_store(db, dataset, store_id, body_json(await request.body()))
+        return json(store.resource())
+    refs, token = catalog.list_stores(db, dataset, page_size(request), request.query_params.get("pageToken"),
+                                      request.query_params.get("filter"))
+    out: dict[str, Any] = {"dicomStores": [r.resource() for r in refs]}
+    if token:
+        out["nextPageToken"] = token
+    return json(out)
+
+
+async def store_item(request: Request) -> Response:
+    store_id, verb = split_verb(request.path_params["store"])
+    svc = services(request)
+    if verb is not None:
+        if verb == "getDICOMStoreMetrics" and request.method == "GET":
+            return json(catalog.store_metrics(svc.db, store_of(request, store_id)))
+        raise NotFound(f"unknown method {request.method} :{verb} on DICOM stores")
+    store = store_of(request, store_id)
+    if request.method == "PATCH":
+        body = body_json(await request.body())
+        return json(catalog.patch_store(svc.db, store, body, request.query_params.get("updateMask")).resource())
+    if request.method == "DELETE":
+        for key in catalog.delete_store(svc.db, store):
+            svc.blobs.delete(key)
+        return json({})
+    return json(store.resource())
+
+
+# ---- operations -------------------------------------------------------------------------------
+
+
+def operations_collection(request: Request) -> Response:
+    dataset = dataset_of(request)
+    return json(records.list_(services(request).db, dataset, page_size(request), request.query_params.get("pageToken")))
+
+
+def operation_item(request: Request) -> Response:
+    operation_id, verb = split_verb(request.path_params["operation"])
+    dataset = dataset_of(request)
+    operation = records.get(services(request).db, dataset, operation_id)
+    if verb == "cancel" and request.method == "POST":
+        return json({})
+    if verb is not None or request.method != "GET":
+        raise NotFound(f"unknown method {request.method} :{verb} on operations")
+    return json(operation)
+
+
+def routes() -> list[BaseRoute]:
+    out: list[BaseRoute] = []
+    for version in VERSIONS:
+        base = f"/{version}/projects/{{project}}/locations/{{location}}/datasets"
+        out += [
+            Route(base, datasets_collection, methods=["GET", "POST"]),
+            Route(base + "/{dataset}", dataset_item, methods=["GET", "DELETE"]),
+            Route(base + "/{dataset}/dicomStores", stores_collection, methods=["GET", "POST"]),
+            Route(base + "/{dataset}/dicomStores/{store}", store_item, methods=["GET", "PATCH", "DELETE", "POST"]),
+            Route(base + "/{dataset}/operations", operations_collection, methods=["GET"]),
+            Route(base + "/{dataset}/operations/{operation}", operation_item, methods=["GET", "POST"]),
+        ]
+    return out
+

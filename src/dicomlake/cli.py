@@ -1,0 +1,79 @@
+"""The `dicomlake` command. `dicomlake serve` runs the HTTP API on the embedded defaults (a SQLite index
+and a blob directory inside --data-dir) unless told otherwise by flags or DICOMLAKE_* variables."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from dicomlake import __version__
+from dicomlake.config import ConfigError, Settings, load
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dicomlake")
+def main() -> None:
+    """A self-hosted DICOM store that speaks DICOMweb and the Cloud Healthcare API v1."""
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (default 127.0.0.1; env DICOMLAKE_HOST).")
+@click.option("--port", type=int, help="Port to listen on (default 8080; env DICOMLAKE_PORT).")
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="Directory for the embedded index, blobs and buckets (default ./dicomlake-data).")
+@click.option("--database-url", help="Index database, e.g. postgresql://host/db (default: SQLite in the data dir).")
+@click.option("--blob-url", help="Blob store URL: file://, s3://, gs:// (default: a directory in the data dir).")
+@click.option("--auth-tokens-file", type=click.Path(path_type=Path),
+              help="File with one accepted bearer token per line (env DICOMLAKE_AUTH_TOKENS takes a comma list).")
+@click.option("--insecure", is_flag=True, default=None,
+              help="Allow listening on a non-loopback address without access tokens.")
+@click.option("--workers", type=int, help="Server processes (default 1; env DICOMLAKE_WORKERS).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
+def serve(**flags: object) -> None:
+    """Run the DICOMweb and Healthcare API server."""
+    try:
+        settings = load(**flags)
+        settings.check_bind()
+        settings.tokens  # noqa: B018 - read the tokens file now, so a bad path fails before binding
+        _run(settings)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _run(settings: Settings) -> None:
+    import uvicorn
+
+    from dicomlake.services import open_services
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Create the schema once here, so that worker processes never race to create it.
+    open_services(settings).close()
+    _export(settings)
+    uvicorn.run(
+        "dicomlake.api.app:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        timeout_keep_alive=30,
+    )
+
+
+def _export(settings: Settings) -> None:
+    """Hand the resolved settings to the server processes through their environment."""
+    os.environ["DICOMLAKE_DATA_DIR"] = str(settings.data_dir.resolve())
+    os.environ["DICOMLAKE_DATABASE_URL"] = settings.resolved_database_url
+    os.environ["DICOMLAKE_BLOB_URL"] = settings.resolved_blob_url
+    if settings.tokens:
+        os.environ["DICOMLAKE_AUTH_TOKENS"] = ",".join(sorted(settings.tokens))
+
+
+def _fail(message: str) -> None:
+    click.echo(f"dicomlake: error: {message}", err=True)
+    sys.exit(2)

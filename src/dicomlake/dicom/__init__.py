@@ -1,0 +1,1 @@
+"""Pure DICOM logic: parsing, DICOM JSON, rendering, transcoding. No I/O."""

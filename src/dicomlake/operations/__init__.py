@@ -1,0 +1,1 @@
+"""Long-running operations: their records, the runner and the work they do."""

@@ -1,0 +1,31 @@
+"""The parts one dicomlake process works with, opened from its settings: index database, blob store,
+and a scratch directory for request bodies too large to keep in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicomlake.config import Settings
+from dicomlake.storage.blobs import BlobStore
+from dicomlake.storage.db import Database
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    scratch_dir: Path
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def open_services(settings: Settings) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    scratch = settings.data_dir / "tmp"
+    scratch.mkdir(exist_ok=True)
+    db = Database(settings.resolved_database_url)
+    db.create_schema()
+    return Services(settings=settings, db=db, blobs=BlobStore(settings.resolved_blob_url), scratch_dir=scratch)

@@ -1,0 +1,345 @@
+"""Datasets and DICOM stores: the resource hierarchy `projects/{p}/locations/{l}/datasets/{d}/dicomStores/{s}`,
+their validation and their JSON as Google returns it."""
+
+from __future__ import annotations
+
+import base64
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from dicomlake.errors import AlreadyExists, InvalidArgument, NotFound
+from dicomlake.storage.db import Database, datasets, dicom_stores, instances, series, studies
+
+_ID = re.compile(r"^[\w\-.]{1,256}$")
+_TABLE_URI = re.compile(r"^bq://(?P<project>[\w\-.:]+)\.(?P<dataset>[A-Za-z0-9_]{1,1024})\.(?P<table>[\w\- ]{1,1024})$")
+MAX_STREAM_CONFIGS = 5
+MAX_LABELS = 64
+UPDATABLE_FIELDS = ("labels", "streamConfigs", "notificationConfig", "notificationConfigs")
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    pk: int
+    project: str
+    location: str
+    dataset_id: str
+
+    @property
+    def name(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}/datasets/{self.dataset_id}"
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    pk: int
+    dataset: DatasetRef
+    store_id: str
+    config: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset.name}/dicomStores/{self.store_id}"
+
+    def resource(self) -> dict[str, Any]:
+        return {"name": self.name, **self.config}
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def check_id(kind: str, value: str) -> None:
+    if not _ID.match(value or ""):
+        raise InvalidArgument(
+            f"invalid {kind} ID {value!r}: use 1-256 letters, digits, '_', '-' or '.'"
+        )
+
+
+# ---- datasets ---------------------------------------------------------------------------------
+
+
+def create_dataset(db: Database, project: str, location: str, dataset_id: str) -> DatasetRef:
+    for kind, value in (("project", project), ("location", location), ("dataset", dataset_id)):
+        check_id(kind, value)
+    try:
+        with db.write() as conn:
+            pk = conn.execute(
+                datasets.insert().values(
+                    project=project, location=location, dataset_id=dataset_id, create_time=now_rfc3339()
+                )
+            ).inserted_primary_key[0]
+    except IntegrityError:
+        raise AlreadyExists(
+            f"dataset projects/{project}/locations/{location}/datasets/{dataset_id} already exists"
+        ) from None
+    return DatasetRef(pk, project, location, dataset_id)
+
+
+def get_dataset(db: Database, project: str, location: str, dataset_id: str) -> DatasetRef:
+    with db.read() as conn:
+        row = conn.execute(
+            sa.select(datasets.c.pk).where(
+                datasets.c.project == project, datasets.c.location == location, datasets.c.dataset_id == dataset_id
+            )
+        ).first()
+    if row is None:
+        raise NotFound(f"dataset projects/{project}/locations/{location}/datasets/{dataset_id} not found")
+    return DatasetRef(row.pk, project, location, dataset_id)
+
+
+def list_datasets(
+    db: Database, project: str, location: str, page_size: int | None, page_token: str | None
+) -> tuple[list[DatasetRef], str | None]:
+    size, after = _paging(page_size, page_token)
+    query = (
+        sa.select(datasets.c.pk, datasets.c.dataset_id)
+        .where(datasets.c.project == project, datasets.c.location == location, datasets.c.dataset_id > after)
+        .order_by(datasets.c.dataset_id)
+        .limit(size + 1)
+    )
+    with db.read() as conn:
+        rows = conn.execute(query).all()
+    refs = [DatasetRef(r.pk, project, location, r.dataset_id) for r in rows[:size]]
+    return refs, _next_token(refs[-1].dataset_id) if len(rows) > size else None
+
+
+def delete_dataset(db: Database, dataset: DatasetRef) -> list[str]:
+    """Delete a dataset and everything in it; returns the blob keys to remove."""
+    with db.write() as conn:
+        store_pks = conn.execute(
+            sa.select(dicom_stores.c.pk).where(dicom_stores.c.dataset_pk == dataset.pk)
+        ).scalars().all()
+        keys = _delete_store_rows(conn, list(store_pks))
+        conn.execute(datasets.delete().where(datasets.c.pk == dataset.pk))
+    return keys
+
+
+# ---- DICOM stores -----------------------------------------------------------------------------
+
+
+def create_store(db: Database, dataset: DatasetRef, store_id: str, body: dict[str, Any]) -> StoreRef:
+    check_id("DICOM store", store_id)
+    config = validate_store_fields(body, UPDATABLE_FIELDS, partial=False)
+    try:
+        with db.write() as conn:
+            pk = conn.execute(
+                dicom_stores.insert().values(
+                    dataset_pk=dataset.pk,
+                    store_id=store_id,
+                    config=orjson.dumps(config).decode(),
+                    create_time=now_rfc3339(),
+                )
+            ).inserted_primary_key[0]
+    except IntegrityError:
+        raise AlreadyExists(f"DICOM store {dataset.name}/dicomStores/{store_id} already exists") from None
+    return StoreRef(pk, dataset, store_id, config)
+
+
+def get_store(db: Database, dataset: DatasetRef, store_id: str) -> StoreRef:
+    with db.read() as conn:
+        row = conn.execute(
+            sa.select(dicom_stores.c.pk, dicom_stores.c.config).where(
+                dicom_stores.c.dataset_pk == dataset.pk, dicom_stores.c.store_id == store_id
+            )
+        ).first()
+    if row is None:
+        raise NotFound(f"DICOM store {dataset.name}/dicomStores/{store_id} not found")
+    return StoreRef(row.pk, dataset, store_id, orjson.loads(row.config))
+
+
+def list_stores(
+    db: Database, dataset: DatasetRef, page_size: int | None, page_token: str | None, filter_: str | None
+) -> tuple[list[StoreRef], str | None]:
+    size, after = _paging(page_size, page_token)
+    label_filter = _parse_label_filter(filter_)
+    query = (
+        sa.select(dicom_stores.c.pk, dicom_stores.c.store_id, dicom_stores.c.config)
+        .where(dicom_stores.c.dataset_pk == dataset.pk, dicom_stores.c.store_id > after)
+        .order_by(dicom_stores.c.store_id)
+    )
+    refs: list[StoreRef] = []
+    more = False
+    with db.read() as conn:
+        for row in conn.execute(query):
+            ref = StoreRef(row.pk, dataset, row.store_id, orjson.loads(row.config))
+            labels = ref.config.get("labels", {})
+            if any(labels.get(k) != v and not (v == "*" and k in labels) for k, v in label_filter.items()):
+                continue
+            if len(refs) == size:
+                more = True
+                break
+            refs.append(ref)
+    return refs, _next_token(refs[-1].store_id) if more else None
+
+
+def patch_store(db: Database, store: StoreRef, body: dict[str, Any], update_mask: str | None) -> StoreRef:
+    if not update_mask:
+        raise InvalidArgument("updateMask is required: name the fields to change, e.g. updateMask=labels")
+    paths = [p.strip() for p in update_mask.split(",") if p.strip()]
+    unknown = [p for p in paths if p not in UPDATABLE_FIELDS]
+    if unknown:
+        raise InvalidArgument(
+            f"invalid updateMask path {unknown[0]!r}: updatable fields are {', '.join(UPDATABLE_FIELDS)}"
+        )
+    changes = validate_store_fields(body, paths, partial=True)
+    config = {k: v for k, v in store.config.items() if k not in paths}
+    config.update({k: v for k, v in changes.items() if v not in (None, [], {})})
+    with db.write() as conn:
+        conn.execute(
+            dicom_stores.update().where(dicom_stores.c.pk == store.pk).values(config=orjson.dumps(config).decode())
+        )
+    return StoreRef(store.pk, store.dataset, store.store_id, config)
+
+
+def delete_store(db: Database, store: StoreRef) -> list[str]:
+    with db.write() as conn:
+        keys = _delete_store_rows(conn, [store.pk])
+    return keys
+
+
+def store_metrics(db: Database, store: StoreRef) -> dict[str, Any]:
+    with db.read() as conn:
+        study_count = conn.execute(sa.select(sa.func.count()).where(studies.c.store_pk == store.pk)).scalar_one()
+        series_count = conn.execute(sa.select(sa.func.count()).where(series.c.store_pk == store.pk)).scalar_one()
+        row = conn.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(instances.c.blob_size), 0),
+                sa.func.coalesce(sa.func.sum(sa.func.length(instances.c.metadata)), 0),
+            ).where(instances.c.store_pk == store.pk)
+        ).one()
+    return {
+        "name": store.name,
+        "studyCount": str(study_count),
+        "seriesCount": str(series_count),
+        "instanceCount": str(row[0]),
+        "blobStorageSizeBytes": str(int(row[1])),
+        "structuredStorageSizeBytes": str(int(row[2])),
+    }
+
+
+def _delete_store_rows(conn: sa.Connection, store_pks: list[int]) -> list[str]:
+    if not store_pks:
+        return []
+    keys = conn.execute(sa.select(instances.c.blob_key).where(instances.c.store_pk.in_(store_pks))).scalars().all()
+    for table in (instances, series, studies):
+        conn.execute(table.delete().where(table.c.store_pk.in_(store_pks)))
+    conn.execute(dicom_stores.delete().where(dicom_stores.c.pk.in_(store_pks)))
+    return list(keys)
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+
+def validate_store_fields(body: dict[str, Any], allowed: tuple[str, ...] | list[str], partial: bool) -> dict[str, Any]:
+    """The DicomStore fields of `body` that may be set, validated as Google validates them."""
+    if not isinstance(body, dict):
+        raise InvalidArgument("the request body must be a JSON object (a DicomStore)")
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        if key == "name":
+            continue
+        if key not in UPDATABLE_FIELDS:
+            raise InvalidArgument(f"unknown DicomStore field {key!r}")
+        if key not in allowed:
+            continue
+        out[key] = value
+    if "labels" in out:
+        out["labels"] = _validate_labels(out["labels"])
+    if "streamConfigs" in out:
+        out["streamConfigs"] = validate_stream_configs(out["streamConfigs"])
+    if "notificationConfig" in out and not isinstance(out["notificationConfig"], dict):
+        raise InvalidArgument("notificationConfig must be an object with pubsubTopic and sendForBulkImport")
+    if "notificationConfigs" in out and not isinstance(out["notificationConfigs"], list):
+        raise InvalidArgument("notificationConfigs must be a list")
+    if not partial:
+        out = {k: v for k, v in out.items() if v not in (None, [], {})}
+    return out
+
+
+def validate_stream_configs(configs: Any) -> list[dict[str, Any]]:
+    if configs is None:
+        return []
+    if not isinstance(configs, list):
+        raise InvalidArgument("streamConfigs must be a list of {bigqueryDestination: {tableUri}}")
+    if len(configs) > MAX_STREAM_CONFIGS:
+        raise InvalidArgument(f"at most {MAX_STREAM_CONFIGS} streamConfigs are allowed, got {len(configs)}")
+    seen: set[str] = set()
+    out = []
+    for config in configs:
+        destination = config.get("bigqueryDestination") if isinstance(config, dict) else None
+        uri = destination.get("tableUri") if isinstance(destination, dict) else None
+        if not isinstance(uri, str) or not _TABLE_URI.match(uri) or len(uri) > 2000:
+            raise InvalidArgument(
+                f"invalid streamConfigs tableUri {uri!r}: expected bq://PROJECT_ID.DATASET_ID.TABLE_ID"
+            )
+        if uri in seen:
+            raise InvalidArgument(f"duplicate streamConfigs destination {uri}: each destination must be unique")
+        seen.add(uri)
+        out.append(config)
+    return out
+
+
+def _label_char_ok(ch: str, first: bool) -> bool:
+    category = unicodedata.category(ch)
+    if category in ("Ll", "Lo"):
+        return True
+    return not first and (category.startswith("N") or ch in "_-")
+
+
+def _validate_labels(labels: Any) -> dict[str, str]:
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict):
+        raise InvalidArgument("labels must be an object of string keys and values")
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"at most {MAX_LABELS} labels are allowed, got {len(labels)}")
+    for key, value in labels.items():
+        if not (
+            isinstance(key, str)
+            and 1 <= len(key) <= 63
+            and len(key.encode()) <= 128
+            and all(_label_char_ok(c, i == 0) for i, c in enumerate(key))
+        ):
+            raise InvalidArgument(
+                f"invalid label key {key!r}: 1-63 lower-case letters, digits, '_' or '-', starting with a letter"
+            )
+        if not (isinstance(value, str) and len(value) <= 63 and all(_label_char_ok(c, False) for c in value)):
+            raise InvalidArgument(f"invalid label value {value!r} for {key!r}: up to 63 lower-case letters, digits, '_' or '-'")
+    return dict(labels)
+
+
+def _parse_label_filter(filter_: str | None) -> dict[str, str]:
+    if not filter_:
+        return {}
+    out = {}
+    for term in re.split(r"\s+AND\s+", filter_.strip()):
+        match = re.fullmatch(r'labels\.([\w-]+)\s*[:=]\s*"?([^"]*)"?', term.strip())
+        if not match:
+            raise InvalidArgument(f"unsupported filter {filter_!r}: use labels.KEY=VALUE (joined with AND)")
+        out[match.group(1)] = match.group(2) or "*"
+    return out
+
+
+def _paging(page_size: int | None, page_token: str | None) -> tuple[int, str]:
+    size = 100 if not page_size else page_size
+    if size < 0:
+        raise InvalidArgument(f"pageSize must not be negative, got {page_size}")
+    size = min(size, 1000)
+    if not page_token:
+        return size, ""
+    try:
+        return size, base64.urlsafe_b64decode(page_token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("invalid pageToken: pass the nextPageToken of the previous response") from None
+
+
+def _next_token(last: str) -> str:
+    return base64.urlsafe_b64encode(last.encode()).decode()

@@ -1,0 +1,356 @@
+"""Instances: store (parse, blob, one index transaction), look up, read back and delete.
+
+An instance exists from the moment its index row commits. Its blob is written first, under a key
+no other upload uses, and recorded in `pending_blobs` until that commit; a crash in between leaves
+an orphan blob that `recover()` removes, never a row without a blob or a half-written blob."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+import unicodedata
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from dicomlake.dicom.parse import DicomParseError, ParsedInstance, parse
+from dicomlake.dicom.tags import SERIES_ATTRIBUTES, STUDY_ATTRIBUTES
+from dicomlake.errors import NotFound
+from dicomlake.storage.blobs import BlobStore
+from dicomlake.storage.db import Database, instances, pending_blobs, series, studies
+from dicomlake.store.catalog import StoreRef
+
+# DICOM PS3.18 / PS3.4 failure reasons used in STOW responses.
+PROCESSING_FAILURE = 0x0110
+CANNOT_UNDERSTAND = 0xC000
+STUDY_UID_MISMATCH = 0xA901
+STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
+_OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Stored:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str | None
+
+
+@dataclass(frozen=True)
+class Failed:
+    sop_class_uid: str | None
+    sop_uid: str | None
+    reason: int
+    detail: str
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str | None
+    transfer_syntax_uid: str
+    number_of_frames: int
+    blob_key: str
+    blob_size: int
+    storage_class: str
+    metadata: str
+
+
+def store_instance(
+    db: Database,
+    blobs: BlobStore,
+    store: StoreRef,
+    data: bytes,
+    expected_study: str | None = None,
+    storage_class: str = "STANDARD",
+) -> Stored | Failed:
+    """Store one Part 10 instance byte-exact; a failure says why and changes nothing."""
+    try:
+        parsed = parse(data)
+    except DicomParseError as exc:
+        return Failed(None, None, CANNOT_UNDERSTAND, str(exc))
+    if expected_study is not None and parsed.study_uid != expected_study:
+        return Failed(
+            parsed.sop_class_uid,
+            parsed.sop_uid,
+            STUDY_UID_MISMATCH,
+            f"StudyInstanceUID {parsed.study_uid} does not match the study {expected_study} in the request URL",
+        )
+    if _exists(db, store.pk, parsed):
+        return _duplicate(parsed)
+    key = f"{store.pk}/{parsed.study_uid}/{parsed.series_uid}/{parsed.sop_uid}/{uuid.uuid4().hex}.dcm"
+    with db.write() as conn:
+        conn.execute(pending_blobs.insert().values(blob_key=key, owner=_OWNER, created=time.time()))
+    try:
+        blobs.put(key, data)
+        with db.write() as conn:
+            _insert(conn, db, store.pk, parsed, key, len(data), storage_class)
+            conn.execute(pending_blobs.delete().where(pending_blobs.c.blob_key == key))
+    except IntegrityError:
+        # Another request stored the same UID triple between our check and our insert.
+        _forget_blob(db, blobs, key)
+        return _duplicate(parsed)
+    except BaseException:
+        _forget_blob(db, blobs, key)
+        raise
+    return Stored(parsed.study_uid, parsed.series_uid, parsed.sop_uid, parsed.sop_class_uid)
+
+
+def _duplicate(parsed: ParsedInstance) -> Failed:
+    return Failed(
+        parsed.sop_class_uid,
+        parsed.sop_uid,
+        PROCESSING_FAILURE,
+        f"instance {parsed.study_uid}/{parsed.series_uid}/{parsed.sop_uid} already exists",
+        duplicate=True,
+    )
+
+
+def _exists(db: Database, store_pk: int, parsed: ParsedInstance) -> bool:
+    with db.read() as conn:
+        return (
+            conn.execute(
+                sa.select(sa.literal(1)).where(
+                    instances.c.store_pk == store_pk,
+                    instances.c.study_uid == parsed.study_uid,
+                    instances.c.series_uid == parsed.series_uid,
+                    instances.c.sop_uid == parsed.sop_uid,
+                )
+            ).first()
+            is not None
+        )
+
+
+def _forget_blob(db: Database, blobs: BlobStore, key: str) -> None:
+    blobs.delete(key)
+    with db.write() as conn:
+        conn.execute(pending_blobs.delete().where(pending_blobs.c.blob_key == key))
+
+
+def _insert(
+    conn: sa.Connection, db: Database, store_pk: int, parsed: ParsedInstance, key: str, size: int, storage_class: str
+) -> None:
+    meta = parsed.metadata
+    now = time.time()
+    conn.execute(
+        instances.insert().values(
+            store_pk=store_pk,
+            study_uid=parsed.study_uid,
+            series_uid=parsed.series_uid,
+            sop_uid=parsed.sop_uid,
+            sop_class_uid=parsed.sop_class_uid,
+            transfer_syntax_uid=parsed.transfer_syntax_uid,
+            instance_number=parsed.instance_number,
+            number_of_frames=parsed.number_of_frames,
+            blob_key=key,
+            blob_size=size,
+            storage_class=storage_class,
+            metadata=orjson.dumps(meta).decode(),
+            created=now,
+        )
+    )
+    new_series = conn.execute(
+        db.insert_ignore(series).values(
+            store_pk=store_pk,
+            study_uid=parsed.study_uid,
+            series_uid=parsed.series_uid,
+            modality=_first(meta, "00080060"),
+            series_number=_text(_first(meta, "00200011")),
+            series_description=_first(meta, "0008103E"),
+            instance_count=0,
+            attributes=_subset(meta, SERIES_ATTRIBUTES),
+            created=now,
+        )
+    ).rowcount
+    conn.execute(
+        series.update()
+        .where(series.c.store_pk == store_pk, series.c.study_uid == parsed.study_uid,
+               series.c.series_uid == parsed.series_uid)
+        .values(instance_count=series.c.instance_count + 1)
+    )
+    conn.execute(
+        db.insert_ignore(studies).values(
+            store_pk=store_pk,
+            study_uid=parsed.study_uid,
+            **person_name_columns("patient_name", _first(meta, "00100010")),
+            **person_name_columns("referring_physician_name", _first(meta, "00080090")),
+            patient_id=_first(meta, "00100020"),
+            accession_number=_first(meta, "00080050"),
+            study_date=_first(meta, "00080020"),
+            study_time=_first(meta, "00080030"),
+            study_id=_first(meta, "00200010"),
+            study_description=_first(meta, "00081030"),
+            series_count=0,
+            instance_count=0,
+            attributes=_subset(meta, STUDY_ATTRIBUTES),
+            created=now,
+        )
+    )
+    conn.execute(
+        studies.update()
+        .where(studies.c.store_pk == store_pk, studies.c.study_uid == parsed.study_uid)
+        .values(
+            instance_count=studies.c.instance_count + 1,
+            series_count=studies.c.series_count + (1 if new_series else 0),
+        )
+    )
+
+
+def _first(meta: dict[str, Any], key: str) -> Any:
+    element = meta.get(key)
+    if not element:
+        return None
+    values = element.get("Value")
+    return values[0] if values else None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _subset(meta: dict[str, Any], keys: frozenset[str]) -> str:
+    return orjson.dumps({k: v for k, v in meta.items() if k in keys}).decode()
+
+
+_TOKEN_SPLIT = re.compile(r"[^\w]+")
+
+
+def normalise_name(text: str) -> str:
+    """Lower case without accents, so 'Müller' and 'muller' compare equal."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+
+
+def name_tokens(text: str) -> list[str]:
+    return [t for t in _TOKEN_SPLIT.split(normalise_name(text).replace("_", " ")) if t]
+
+
+def person_name_columns(prefix: str, value: Any) -> dict[str, str | None]:
+    groups = value if isinstance(value, dict) else {}
+    columns: dict[str, str | None] = {}
+    tokens: list[str] = []
+    for group in ("Alphabetic", "Ideographic", "Phonetic"):
+        text = groups.get(group)
+        columns[f"{prefix}_{group.lower()}"] = normalise_name(text) if text else None
+        if text:
+            tokens.extend(name_tokens(text))
+    columns[f"{prefix}_tokens"] = f" {' '.join(tokens)} " if tokens else None
+    return columns
+
+
+# ---- reading ----------------------------------------------------------------------------------
+
+_ROW_COLUMNS = (
+    instances.c.study_uid, instances.c.series_uid, instances.c.sop_uid, instances.c.sop_class_uid,
+    instances.c.transfer_syntax_uid, instances.c.number_of_frames, instances.c.blob_key, instances.c.blob_size,
+    instances.c.storage_class, instances.c.metadata,
+)
+
+
+def find(
+    db: Database, store: StoreRef, study: str, series_uid: str | None = None, sop: str | None = None,
+    with_metadata: bool = True,
+) -> list[InstanceRow]:
+    """The instances of a study, series or one instance, in a stable order; NotFound if there are none."""
+    columns = _ROW_COLUMNS if with_metadata else _ROW_COLUMNS[:-1] + (sa.literal("").label("metadata"),)
+    query = sa.select(*columns).where(instances.c.store_pk == store.pk, instances.c.study_uid == study)
+    if series_uid is not None:
+        query = query.where(instances.c.series_uid == series_uid)
+    if sop is not None:
+        query = query.where(instances.c.sop_uid == sop)
+    query = query.order_by(instances.c.series_uid, instances.c.instance_number, instances.c.sop_uid)
+    with db.read() as conn:
+        rows = [InstanceRow(*row) for row in conn.execute(query)]
+    if not rows:
+        raise NotFound(_describe(study, series_uid, sop) + " not found")
+    return rows
+
+
+def _describe(study: str, series_uid: str | None, sop: str | None) -> str:
+    if sop is not None:
+        return f"instance {study}/{series_uid}/{sop}"
+    if series_uid is not None:
+        return f"series {study}/{series_uid}"
+    return f"study {study}"
+
+
+def delete(db: Database, blobs: BlobStore, store: StoreRef, study: str, series_uid: str | None = None,
+           sop: str | None = None) -> int:
+    """Delete a study, series or instance; returns how many instances went. NotFound if none matched."""
+    with db.write() as conn:
+        where = [instances.c.store_pk == store.pk, instances.c.study_uid == study]
+        if series_uid is not None:
+            where.append(instances.c.series_uid == series_uid)
+        if sop is not None:
+            where.append(instances.c.sop_uid == sop)
+        rows = conn.execute(sa.select(instances.c.series_uid, instances.c.blob_key).where(*where)).all()
+        if not rows:
+            raise NotFound(_describe(study, series_uid, sop) + " not found")
+        conn.execute(instances.delete().where(*where))
+        _refresh_counts(conn, store.pk, study, {r.series_uid for r in rows})
+    for row in rows:
+        blobs.delete(row.blob_key)
+    return len(rows)
+
+
+def _refresh_counts(conn: sa.Connection, store_pk: int, study: str, series_uids: Iterable[str]) -> None:
+    for series_uid in series_uids:
+        count = conn.execute(
+            sa.select(sa.func.count()).where(
+                instances.c.store_pk == store_pk, instances.c.study_uid == study, instances.c.series_uid == series_uid
+            )
+        ).scalar_one()
+        match = (series.c.store_pk == store_pk, series.c.study_uid == study, series.c.series_uid == series_uid)
+        if count:
+            conn.execute(series.update().where(*match).values(instance_count=count))
+        else:
+            conn.execute(series.delete().where(*match))
+    counts = conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(series.c.instance_count), 0)).where(
+            series.c.store_pk == store_pk, series.c.study_uid == study
+        )
+    ).one()
+    match_study = (studies.c.store_pk == store_pk, studies.c.study_uid == study)
+    if counts[0]:
+        conn.execute(studies.update().where(*match_study).values(series_count=counts[0], instance_count=counts[1]))
+    else:
+        conn.execute(studies.delete().where(*match_study))
+
+
+def recover(db: Database, blobs: BlobStore, older_than: float = 3600.0) -> int:
+    """Remove blobs whose instance never committed: those left by dead processes of this host, and any
+    older than `older_than` seconds (other hosts). Returns how many were removed."""
+    host = socket.gethostname()
+    with db.read() as conn:
+        rows = conn.execute(sa.select(pending_blobs.c.blob_key, pending_blobs.c.owner, pending_blobs.c.created)).all()
+    removed = 0
+    for row in rows:
+        owner_host, _, pid = row.owner.rpartition(":")
+        stale = time.time() - row.created > older_than
+        dead = owner_host == host and not _alive(int(pid or 0))
+        if stale or dead:
+            _forget_blob(db, blobs, row.blob_key)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
