@@ -3,6 +3,7 @@ rendered, bulk data) and DELETE, with Accept negotiation as the Cloud Healthcare
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -95,8 +96,30 @@ def choose_instance_media(request: Request, single_part_allowed: bool) -> tuple[
 
 
 def dicomweb_base(request: Request) -> str:
+    """Absolute URL of the store's dicomWeb root, the base of RetrieveURLs and BulkDataURIs."""
     path = request.url.path
-    return f"{request.url.scheme}://{request.url.netloc}{path[: path.index('/dicomWeb') + len('/dicomWeb')]}"
+    return f"{request.url.scheme}://{_authority(request)}{path[: path.index('/dicomWeb') + len('/dicomWeb')]}"
+
+
+def _authority(request: Request) -> str:
+    url = request.url
+    server = request.scope.get("server")
+    default_port = 443 if url.scheme == "https" else 80
+    if server is None or url.port is not None or server[1] in (None, default_port):
+        return url.netloc
+    # dicomweb-client sends "Host: <hostname>" without the port it connected to. When that name is the
+    # address the connection reached, the port it left out is this server's, not the scheme's default;
+    # a name a proxy forwards is left alone.
+    if url.hostname == server[0] or (url.hostname == "localhost" and _is_loopback(server[0])):
+        return f"{url.netloc}:{server[1]}"
+    return url.netloc
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def instance_url(base: str, row: InstanceRow) -> str:

@@ -155,6 +155,10 @@ class _Reader:
             if " or " in vr:
                 vr = _resolve_ambiguous(vr, self.pixel_representation)
             key = f"{tag:08X}"
+            if tag & 0xFFFF == 0 and length == 4:
+                # Group lengths are retired and describe an encoding, not the data: left out.
+                pos = vpos + 4
+                continue
             if length == _UNDEFINED:
                 if vr == "SQ" or vr == "UN":
                     items, pos = self.sequence(vpos, f"{path}{key}/", depth, implicit_un=(vr == "UN"))
@@ -328,7 +332,8 @@ def _person_name(value: str) -> dict[str, str] | None:
     groups = value.split("=")
     out: dict[str, str] = {}
     for name, group in zip(("Alphabetic", "Ideographic", "Phonetic"), groups):
-        group = group.rstrip(" ")
+        # Trailing empty components carry nothing ("OB^^^^" is "OB").
+        group = group.rstrip(" ^")
         if group:
             out[name] = group
     return out or None
@@ -369,18 +374,18 @@ def _file_meta(data: bytes) -> tuple[dict[str, Any], int]:
 
 
 def _guess_encoding(data: bytes, pos: int) -> str:
-    """Transfer syntax of a data set with no file meta: explicit if a valid VR follows the first tag."""
+    """Transfer syntax of a data set with no file meta: explicit if a valid VR follows the first tag,
+    big endian if the first group number reads smaller that way (data sets start with low groups)."""
     if len(data) < pos + 8:
         raise DicomParseError("not a DICOM file: too short")
-    group = struct.unpack_from("<H", data, pos)[0]
-    if group == 0 or group > 0x7FE0 and group != 0xFFFE:
-        group_be = struct.unpack_from(">H", data, pos)[0]
-        if 0 < group_be <= 0x7FE0 and data[pos + 4 : pos + 6].decode("latin-1") in _VALID_VRS:
-            return EXPLICIT_BE
+    group_le = struct.unpack_from("<H", data, pos)[0]
+    group_be = struct.unpack_from(">H", data, pos)[0]
+    explicit = data[pos + 4 : pos + 6].decode("latin-1") in _VALID_VRS
+    if explicit and 0 < group_be < group_le:
+        return EXPLICIT_BE
+    if group_le == 0 or group_le > 0x7FE0:
         raise DicomParseError("not a DICOM file: no DICM prefix and no recognisable data elements")
-    if data[pos + 4 : pos + 6].decode("latin-1") in _VALID_VRS:
-        return EXPLICIT_LE
-    return IMPLICIT_LE
+    return EXPLICIT_LE if explicit else IMPLICIT_LE
 
 
 def _value(metadata: dict[str, Any], key: str) -> Any:
@@ -407,7 +412,11 @@ def parse(data: bytes) -> ParsedInstance:
             buf = data[:start] + zlib.decompress(data[start:], -zlib.MAX_WBITS)
         except zlib.error as exc:
             raise DicomParseError(f"invalid DICOM file: deflated data set cannot be inflated ({exc})") from None
-    reader = _Reader(buf, little=transfer_syntax != EXPLICIT_BE, implicit=transfer_syntax == IMPLICIT_LE)
+    implicit = transfer_syntax == IMPLICIT_LE
+    if start + 6 <= len(buf):
+        # Some writers declare one VR encoding and use the other; the first element header tells.
+        implicit = bytes(buf[start + 4 : start + 6]).decode("latin-1") not in _VALID_VRS
+    reader = _Reader(buf, little=transfer_syntax != EXPLICIT_BE, implicit=implicit)
     try:
         metadata, _ = reader.dataset(start, len(buf), "", 0)
     except struct.error as exc:

@@ -29,7 +29,7 @@ from pydicom.pixels import (
     pack_bits,
     pixel_array,
 )
-from pydicom.uid import UID
+from pydicom.uid import UID, UID_dictionary
 
 
 class PixelError(ValueError):
@@ -61,6 +61,8 @@ _PYDICOM_ENCODED = {
     _J2K: _J2K_LOSSLESS,
 }
 _JPEG_BASELINE_QUALITY = 90
+# pylibjpeg-openjpeg always uses 6 wavelet resolutions, which need 2**5 pixels in each direction.
+_J2K_MIN_SIZE = 32
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _IMAGE_PIXEL_REQUIRED = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "PhotometricInterpretation")
@@ -211,8 +213,9 @@ def parse_viewport(value: str) -> tuple[int, int]:
 
 
 def _describe(uid: str) -> str:
-    name = UID(uid).name
-    return uid if name == uid else f"{uid} ({name})"
+    # The dictionary rather than UID(uid).name, which warns about strings that are not UIDs at all.
+    entry = UID_dictionary.get(uid)
+    return f"{uid} ({entry[0]})" if entry else repr(uid)
 
 
 def _read(data: bytes, **kwargs: Any) -> Dataset:
@@ -522,6 +525,11 @@ def _encode_with_pydicom(ds: Dataset, target: str) -> None:
     encoder_syntax = _PYDICOM_ENCODED[target]
     if not get_encoder(encoder_syntax).is_available:
         raise PixelError(f"no encoder is installed for {_describe(target)}")
+    if encoder_syntax == _J2K_LOSSLESS and min(int(ds.Rows), int(ds.Columns)) < _J2K_MIN_SIZE:
+        raise PixelError(
+            f"the JPEG 2000 encoder needs images of at least {_J2K_MIN_SIZE}x{_J2K_MIN_SIZE} pixels, "
+            f"not {ds.Columns}x{ds.Rows}"
+        )
     if ds.get("PhotometricInterpretation") == "YBR_FULL_422":
         # Native 4:2:2 data is subsampled, which no encoder accepts; hand them full RGB instead.
         ds.PixelData = pixel_array(ds).tobytes()

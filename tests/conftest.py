@@ -1,0 +1,200 @@
+"""Shared fixtures: a real `dicomlake serve` process on 127.0.0.1 for each index backend (SQLite always,
+PostgreSQL when one is reachable), a fresh dataset and DICOM store per test, and the real test files."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom.data
+import pytest
+import requests
+
+POSTGRES_URL = os.environ.get("DICOMLAKE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def postgres_available() -> str | None:
+    """None when PostgreSQL answers at POSTGRES_URL, else the reason it does not."""
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
+            return None
+    except Exception as exc:  # any failure means: skip, and say why
+        return f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}".splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A throw-away PostgreSQL database for this test session."""
+    reason = postgres_available()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+
+    name = f"dicomlake_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    database_url: str
+    process: subprocess.Popen
+    env: dict[str, str]
+    port: int
+
+    def api(self, path: str = "") -> str:
+        return f"{self.url}/v1/{path}"
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.process = _spawn(self.env, self.port, self.data_dir)
+        _wait_ready(self)
+
+
+def _spawn(env: dict[str, str], port: int, data_dir: Path) -> subprocess.Popen:
+    log = open(data_dir / "server.log", "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "dicomlake", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--data-dir", str(data_dir), "--log-level", "warning"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_ready(server: Server) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited: {(server.data_dir / 'server.log').read_text()[-2000:]}")
+        try:
+            requests.get(server.api("projects/p/locations/l/datasets"), timeout=1,
+                         headers={"Authorization": f"Bearer {server.env.get('DICOMLAKE_AUTH_TOKENS', '')}"})
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start within 30 s")
+
+
+def start_server(data_dir: Path, database_url: str = "", extra_env: dict[str, str] | None = None) -> Server:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMLAKE_")}
+    if database_url:
+        env["DICOMLAKE_DATABASE_URL"] = database_url
+    env.update(extra_env or {})
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = Server(f"http://127.0.0.1:{port}", data_dir, database_url, _spawn(env, port, data_dir), env, port)
+    _wait_ready(server)
+    return server
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A running server; every test that uses it runs once per index backend."""
+    database_url = request.getfixturevalue("postgres_database") if request.param == "postgresql" else ""
+    srv = start_server(tmp_path_factory.mktemp(f"server-{request.param}"), database_url)
+    yield srv
+    srv.stop()
+
+
+@dataclass
+class Store:
+    """A fresh dataset and DICOM store on a running server."""
+
+    server: Server
+    project: str
+    location: str
+    dataset: str
+    store: str
+
+    @property
+    def dataset_name(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}/datasets/{self.dataset}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset_name}/dicomStores/{self.store}"
+
+    @property
+    def url(self) -> str:
+        return self.server.api(self.name)
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicomWeb"
+
+
+def make_store(server: Server, headers: dict[str, str] | None = None) -> Store:
+    suffix = uuid.uuid4().hex[:10]
+    store = Store(server, "test-project", "us-central1", f"ds_{suffix}", f"store_{suffix}")
+    base = server.api(f"projects/{store.project}/locations/{store.location}/datasets")
+    requests.post(f"{base}?datasetId={store.dataset}", headers=headers, timeout=30).raise_for_status()
+    requests.post(f"{base}/{store.dataset}/dicomStores?dicomStoreId={store.store}", json={}, headers=headers,
+                  timeout=30).raise_for_status()
+    return store
+
+
+@pytest.fixture
+def store(server: Server) -> Store:
+    return make_store(server)
+
+
+# ---- real DICOM files -----------------------------------------------------------------------------
+
+
+def _pydicom_data_files() -> list[Path]:
+    base = Path(pydicom.data.__file__).parent
+    files = [Path(p) for p in glob.glob(str(base / "test_files" / "**" / "*"), recursive=True)]
+    files += [Path(p) for p in glob.glob(str(base / "charset_files" / "*"))]
+    spec = importlib.util.find_spec("data_store")
+    if spec and spec.origin:
+        files += [Path(p) for p in glob.glob(str(Path(spec.origin).parent / "data" / "*"))]
+    return files
+
+
+def all_dicom_files() -> list[Path]:
+    """Every file shipped by pydicom and pydicom-data and every highdicom test file, DICOM or not."""
+    files = _pydicom_data_files() + [Path(p) for p in glob.glob(str(SHARED_TESTDATA / "highdicom" / "*.dcm"))]
+    return sorted({p for p in files if p.is_file()})
+
+
+def dicom_file(name: str) -> Path:
+    """A named pydicom test file (never triggers a download)."""
+    for path in _pydicom_data_files():
+        if path.name == name:
+            return path
+    highdicom = SHARED_TESTDATA / "highdicom" / name
+    if highdicom.exists():
+        return highdicom
+    raise FileNotFoundError(name)
