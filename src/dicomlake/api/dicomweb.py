@@ -155,6 +155,8 @@ async def store_instances(request: Request) -> Response:
     results: list[Stored | Failed] = []
     if media_type == "application/dicom":
         part = await read_single_part(request.stream(), svc.scratch_dir)
+        if not len(part.data):
+            raise InvalidArgument("the request body is empty: send one DICOM instance as application/dicom")
         results.append(await _store_part(svc, store, part, expected))
     elif media_type == "multipart/related":
         part_type = params.get("type", "application/dicom").lower()
@@ -162,14 +164,21 @@ async def store_instances(request: Request) -> Response:
             raise UnsupportedMediaType(
                 f"multipart type {part_type!r} is not supported: send type=\"application/dicom\" parts"
             )
-        async for part in read_parts(request.stream(), params.get("boundary", ""), svc.scratch_dir):
-            part_media, _ = parse_content_type(part.content_type) if part.content_type else ("application/dicom", {})
-            if part_media != "application/dicom":
-                part.close()
-                results.append(Failed(None, None, instances.CANNOT_UNDERSTAND,
-                                      f"part of type {part_media!r} ignored: only application/dicom parts are stored"))
-                continue
-            results.append(await _store_part(svc, store, part, expected))
+        try:
+            async for part in read_parts(request.stream(), params.get("boundary", ""), svc.scratch_dir):
+                part_media = parse_content_type(part.content_type)[0] if part.content_type else "application/dicom"
+                if part_media != "application/dicom":
+                    part.close()
+                    results.append(Failed(None, None, instances.CANNOT_UNDERSTAND,
+                                          f"part of type {part_media!r} ignored: only application/dicom parts "
+                                          "are stored"))
+                    continue
+                results.append(await _store_part(svc, store, part, expected))
+        except InvalidArgument as exc:
+            # The parts before the damage are stored already; a bare 400 would hide them from the client.
+            if not results:
+                raise
+            results.append(Failed(None, None, instances.CANNOT_UNDERSTAND, exc.message))
     else:
         raise UnsupportedMediaType(
             "Content-Type must be multipart/related; type=\"application/dicom\" or application/dicom, "

@@ -381,9 +381,10 @@ def _guess_encoding(data: bytes, pos: int) -> str:
     group_le = struct.unpack_from("<H", data, pos)[0]
     group_be = struct.unpack_from(">H", data, pos)[0]
     explicit = data[pos + 4 : pos + 6].decode("latin-1") in _VALID_VRS
-    if explicit and 0 < group_be < group_le:
+    if explicit and 0 < group_be < group_le and group_be <= 0x0028:
         return EXPLICIT_BE
-    if group_le == 0 or group_le > 0x7FE0:
+    # A bare data set starts with a low group (0008, 0010, ...); anything else is not DICOM.
+    if group_le == 0 or group_le > 0x0028:
         raise DicomParseError("not a DICOM file: no DICM prefix and no recognisable data elements")
     return EXPLICIT_LE if explicit else IMPLICIT_LE
 

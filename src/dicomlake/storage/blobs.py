@@ -19,10 +19,11 @@ class BlobStore:
     def __init__(self, url: str) -> None:
         self.url = url
         parsed = urlparse(url)
+        self._root: Path | None = None
         if parsed.scheme == "file":
-            root = Path(unquote(parsed.path))
-            root.mkdir(parents=True, exist_ok=True)
-            self._store = LocalStore(root)
+            self._root = Path(unquote(parsed.path))
+            self._root.mkdir(parents=True, exist_ok=True)
+            self._store = LocalStore(self._root)
         else:
             self._store = from_url(url)
 
@@ -44,6 +45,15 @@ class BlobStore:
             obstore.delete(self._store, key)
         except NotFoundError:
             pass
+
+    def discard(self, key: str) -> None:
+        """Delete an object and whatever a write of it interrupted by a crash left behind."""
+        self.delete(key)
+        if self._root is not None:
+            # A local put stages into "<key>#<n>" before its atomic rename.
+            path = self._root / key
+            for partial in path.parent.glob(path.name + "#*"):
+                partial.unlink(missing_ok=True)
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         for batch in obstore.list(self._store, prefix or None, chunk_size=1000):

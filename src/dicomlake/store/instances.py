@@ -132,7 +132,7 @@ def _exists(db: Database, store_pk: int, parsed: ParsedInstance) -> bool:
 
 
 def _forget_blob(db: Database, blobs: BlobStore, key: str) -> None:
-    blobs.delete(key)
+    blobs.discard(key)
     with db.write() as conn:
         conn.execute(pending_blobs.delete().where(pending_blobs.c.blob_key == key))
 
