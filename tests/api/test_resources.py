@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pydicom
 import pytest
 import requests
 
@@ -201,6 +202,10 @@ def test_store_list_filters_on_a_label(dataset_url: str) -> None:
     assert names('labels.env="test"') == ["b"]
     assert names("labels.env=prod AND labels.team=x") == ["c"]
     assert names("labels.env=none") == []
+    assert names("labels.env=test OR labels.team=x") == ["b", "c"]
+    assert names("NOT labels.env=prod") == ["b", "d"]
+    assert names("labels.team:*") == ["c"]
+    assert names("(labels.env=test OR labels.env=prod) AND NOT labels.team:*") == ["a", "b"]
 
 
 def test_store_list_filter_pages_over_matching_stores_only(dataset_url: str) -> None:
@@ -214,8 +219,8 @@ def test_store_list_filter_pages_over_matching_stores_only(dataset_url: str) -> 
     assert "nextPageToken" not in second
 
 
-@pytest.mark.parametrize("filter_", ["name=foo", "labels.env", "labels.Env=prod", "labels.env=prod OR labels.a=b",
-                                     "labels.env=Prod value"])
+@pytest.mark.parametrize("filter_", ["name=foo", "labels.env", "labels.env=", "(labels.env=prod",
+                                     "labels.env=prod AND", "labels.env=prod OR OR labels.a=b", "%00"])
 def test_unsupported_store_list_filter_is_invalid_argument(dataset_url: str, filter_: str) -> None:
     response = requests.get(f"{dataset_url}/dicomStores", params={"filter": filter_}, timeout=30)
     assert_error(response, 400, "INVALID_ARGUMENT")
@@ -411,24 +416,25 @@ def test_delete_study_operation_is_listed_and_readable(store: Store) -> None:
 
 
 def test_operation_list_pages(store: Store) -> None:
-    for _ in range(3):
-        requests.post(store.server.api(f"projects/{store.project}/locations/{store.location}/datasets"),
-                      params={"datasetId": unique("ds")}, timeout=30).raise_for_status()
-    base = f"{store.server.url}/v1beta1/projects/{store.project}/locations/{store.location}/datasets"
-    dataset = unique("ds")
-    requests.post(base, params={"datasetId": dataset}, timeout=30).raise_for_status()
+    studies = []
     for name in ("CT_small.dcm", "MR_small.dcm"):
-        requests.post(f"{store.dicomweb}/studies", data=dicom_file(name).read_bytes(),
-                      headers={"Content-Type": "application/dicom"}, timeout=30).raise_for_status()
-    for study in ("1.3.6.1.4.1.5962.1.2.1.20040119072730.12322", "1.3.6.1.4.1.5962.1.2.4.20040826185059.5457"):
-        requests.delete(f"{store.dicomweb}/studies/{study}", timeout=30).raise_for_status()
+        data = dicom_file(name).read_bytes()
+        requests.post(f"{store.dicomweb}/studies", data=data, headers={"Content-Type": "application/dicom"},
+                      timeout=30).raise_for_status()
+        studies.append(pydicom.dcmread(dicom_file(name)).StudyInstanceUID)
+    deletes = [requests.delete(f"{store.dicomweb}/studies/{s}", timeout=30).json() for s in studies]
     url = store.server.api(f"{store.dataset_name}/operations")
-    first = requests.get(url, params={"pageSize": 1}, timeout=30).json()
-    assert len(first["operations"]) == 1
-    second = requests.get(url, params={"pageSize": 1, "pageToken": first["nextPageToken"]}, timeout=30).json()
-    assert len(second["operations"]) == 1 and second["operations"] != first["operations"]
-    everything = requests.get(url, timeout=30).json()["operations"]
-    assert everything[:2] == first["operations"] + second["operations"]
+    everything = requests.get(url, timeout=30).json()
+    assert everything["operations"][-2:] == deletes  # after the dataset's own create operation
+    assert "nextPageToken" not in everything
+    pages, token = [], None
+    while True:
+        page = requests.get(url, params={"pageSize": 1, **({"pageToken": token} if token else {})}, timeout=30).json()
+        pages += page["operations"]
+        token = page.get("nextPageToken")
+        if not token:
+            break
+    assert pages == everything["operations"]
 
 
 def test_unknown_operation_is_not_found(store: Store) -> None:

@@ -120,6 +120,8 @@ async def store_item(request: Request) -> Response:
         if verb == "getDICOMStoreMetrics" and request.method == "GET":
             return json(catalog.store_metrics(svc.db, store_of(request, store_id)))
         raise NotFound(f"unknown method {request.method} :{verb} on DICOM stores")
+    if request.method == "POST":
+        raise NotFound("POST on a DICOM store needs a custom verb: .../dicomStores/STORE_ID:VERB")
     store = store_of(request, store_id)
     if request.method == "PATCH":
         body = body_json(await request.body())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import orjson
@@ -10,7 +9,7 @@ import sqlalchemy as sa
 
 from dicomlake.errors import InvalidArgument, NotFound
 from dicomlake.storage.db import Database, operations
-from dicomlake.store.catalog import DatasetRef, now_rfc3339
+from dicomlake.store.catalog import DatasetRef, encode_page_token, now_rfc3339, paging
 
 METADATA_TYPE = "type.googleapis.com/google.cloud.healthcare.v1.OperationMetadata"
 EMPTY_RESPONSE = {"@type": "type.googleapis.com/google.protobuf.Empty"}
@@ -35,35 +34,43 @@ def record_finished(
 
 
 def get(db: Database, dataset: DatasetRef, operation_id: str) -> dict[str, Any]:
-    if not operation_id.isdigit():
-        raise NotFound(f"operation {dataset.name}/operations/{operation_id} not found")
-    with db.read() as conn:
-        row = conn.execute(
-            sa.select(operations).where(operations.c.pk == int(operation_id), operations.c.dataset_pk == dataset.pk)
-        ).first()
+    pk = _operation_pk(operation_id)
+    row = None
+    if pk is not None:
+        with db.read() as conn:
+            row = conn.execute(
+                sa.select(operations).where(operations.c.pk == pk, operations.c.dataset_pk == dataset.pk)
+            ).first()
     if row is None:
         raise NotFound(f"operation {dataset.name}/operations/{operation_id} not found")
     return to_json(dataset, row)
 
 
+def _operation_pk(operation_id: str) -> int | None:
+    # Ids are positive 64-bit integers; anything else names no operation.
+    if not (operation_id.isascii() and operation_id.isdigit()):
+        return None
+    pk = int(operation_id)
+    return pk if 0 < pk < 2**63 else None
+
+
 def list_(db: Database, dataset: DatasetRef, page_size: int | None, page_token: str | None) -> dict[str, Any]:
-    size = min(page_size or 100, 1000)
-    after = 0
-    if page_token:
-        try:
-            after = int(base64.urlsafe_b64decode(page_token.encode()))
-        except ValueError:
-            raise InvalidArgument("invalid pageToken: pass the nextPageToken of the previous response") from None
+    size, after = paging(page_size, page_token, "operations")
+    after_pk = 0
+    if after:
+        after_pk = _operation_pk(after) or 0
+        if not after_pk:
+            raise InvalidArgument("invalid pageToken: pass the nextPageToken of the previous response")
     with db.read() as conn:
         rows = conn.execute(
             sa.select(operations)
-            .where(operations.c.dataset_pk == dataset.pk, operations.c.pk > after)
+            .where(operations.c.dataset_pk == dataset.pk, operations.c.pk > after_pk)
             .order_by(operations.c.pk)
             .limit(size + 1)
         ).all()
     out: dict[str, Any] = {"operations": [to_json(dataset, r) for r in rows[:size]]}
     if len(rows) > size:
-        out["nextPageToken"] = base64.urlsafe_b64encode(str(rows[size - 1].pk).encode()).decode()
+        out["nextPageToken"] = encode_page_token("operations", str(rows[size - 1].pk))
     return out
 
 

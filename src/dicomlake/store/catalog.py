@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,8 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from dicomlake.errors import AlreadyExists, InvalidArgument, NotFound
 from dicomlake.storage.db import Database, datasets, dicom_stores, instances, series, studies
 
-_ID = re.compile(r"^[\w\-.]{1,256}$")
-_TABLE_URI = re.compile(r"^bq://(?P<project>[\w\-.:]+)\.(?P<dataset>[A-Za-z0-9_]{1,1024})\.(?P<table>[\w\- ]{1,1024})$")
+_ID = re.compile(r"[\w\-.]{1,256}")
+_TABLE_URI = re.compile(r"bq://(?P<project>[\w\-.:]+)\.(?P<dataset>[A-Za-z0-9_]{1,1024})\.(?P<table>[\w\- ]{1,1024})")
+WRITE_DISPOSITIONS = ("WRITE_DISPOSITION_UNSPECIFIED", "WRITE_EMPTY", "WRITE_TRUNCATE", "WRITE_APPEND")
 MAX_STREAM_CONFIGS = 5
 MAX_LABELS = 64
 UPDATABLE_FIELDS = ("labels", "streamConfigs", "notificationConfig", "notificationConfigs")
@@ -56,7 +58,7 @@ def now_rfc3339() -> str:
 
 
 def check_id(kind: str, value: str) -> None:
-    if not _ID.match(value or ""):
+    if not _ID.fullmatch(value or ""):
         raise InvalidArgument(
             f"invalid {kind} ID {value!r}: use 1-256 letters, digits, '_', '-' or '.'"
         )
@@ -97,7 +99,7 @@ def get_dataset(db: Database, project: str, location: str, dataset_id: str) -> D
 def list_datasets(
     db: Database, project: str, location: str, page_size: int | None, page_token: str | None
 ) -> tuple[list[DatasetRef], str | None]:
-    size, after = _paging(page_size, page_token)
+    size, after = paging(page_size, page_token, "datasets")
     query = (
         sa.select(datasets.c.pk, datasets.c.dataset_id)
         .where(datasets.c.project == project, datasets.c.location == location, datasets.c.dataset_id > after)
@@ -107,7 +109,7 @@ def list_datasets(
     with db.read() as conn:
         rows = conn.execute(query).all()
     refs = [DatasetRef(r.pk, project, location, r.dataset_id) for r in rows[:size]]
-    return refs, _next_token(refs[-1].dataset_id) if len(rows) > size else None
+    return refs, encode_page_token("datasets", refs[-1].dataset_id) if len(rows) > size else None
 
 
 def delete_dataset(db: Database, dataset: DatasetRef) -> list[str]:
@@ -157,8 +159,8 @@ def get_store(db: Database, dataset: DatasetRef, store_id: str) -> StoreRef:
 def list_stores(
     db: Database, dataset: DatasetRef, page_size: int | None, page_token: str | None, filter_: str | None
 ) -> tuple[list[StoreRef], str | None]:
-    size, after = _paging(page_size, page_token)
-    label_filter = _parse_label_filter(filter_)
+    size, after = paging(page_size, page_token, "dicomStores")
+    matches = _parse_label_filter(filter_)
     query = (
         sa.select(dicom_stores.c.pk, dicom_stores.c.store_id, dicom_stores.c.config)
         .where(dicom_stores.c.dataset_pk == dataset.pk, dicom_stores.c.store_id > after)
@@ -169,14 +171,13 @@ def list_stores(
     with db.read() as conn:
         for row in conn.execute(query):
             ref = StoreRef(row.pk, dataset, row.store_id, orjson.loads(row.config))
-            labels = ref.config.get("labels", {})
-            if any(labels.get(k) != v and not (v == "*" and k in labels) for k, v in label_filter.items()):
+            if not matches(ref.config.get("labels", {})):
                 continue
             if len(refs) == size:
                 more = True
                 break
             refs.append(ref)
-    return refs, _next_token(refs[-1].store_id) if more else None
+    return refs, encode_page_token("dicomStores", refs[-1].store_id) if more else None
 
 
 def patch_store(db: Database, store: StoreRef, body: dict[str, Any], update_mask: str | None) -> StoreRef:
@@ -276,12 +277,17 @@ def validate_stream_configs(configs: Any) -> list[dict[str, Any]]:
     for config in configs:
         destination = config.get("bigqueryDestination") if isinstance(config, dict) else None
         uri = destination.get("tableUri") if isinstance(destination, dict) else None
-        if not isinstance(uri, str) or not _TABLE_URI.match(uri) or len(uri) > 2000:
+        if not isinstance(uri, str) or not _TABLE_URI.fullmatch(uri) or len(uri) > 2000:
             raise InvalidArgument(
                 f"invalid streamConfigs tableUri {uri!r}: expected bq://PROJECT_ID.DATASET_ID.TABLE_ID"
             )
         if uri in seen:
             raise InvalidArgument(f"duplicate streamConfigs destination {uri}: each destination must be unique")
+        disposition = destination.get("writeDisposition", WRITE_DISPOSITIONS[0])
+        if disposition not in WRITE_DISPOSITIONS:
+            raise InvalidArgument(
+                f"invalid writeDisposition {disposition!r}: use one of {', '.join(WRITE_DISPOSITIONS)}"
+            )
         seen.add(uri)
         out.append(config)
     return out
@@ -316,30 +322,105 @@ def _validate_labels(labels: Any) -> dict[str, str]:
     return dict(labels)
 
 
-def _parse_label_filter(filter_: str | None) -> dict[str, str]:
-    if not filter_:
-        return {}
-    out = {}
-    for term in re.split(r"\s+AND\s+", filter_.strip()):
-        match = re.fullmatch(r'labels\.([\w-]+)\s*[:=]\s*"?([^"]*)"?', term.strip())
-        if not match:
-            raise InvalidArgument(f"unsupported filter {filter_!r}: use labels.KEY=VALUE (joined with AND)")
-        out[match.group(1)] = match.group(2) or "*"
-    return out
+# A filter is `labels.KEY=VALUE` / `labels.KEY:VALUE` / `labels.KEY:*` terms joined with AND, OR, NOT and
+# parentheses, as Google's list filter syntax; only labels can be filtered on.
+_FILTER_TOKEN = re.compile(r'\s*(?:(?P<paren>[()])|(?P<term>labels\.[^\s=:()"]+\s*[=:]\s*(?:"[^"]*"|[^\s()"]+))'
+                           r'|(?P<word>AND|OR|NOT)(?=[\s()]|$))')
+_FILTER_TERM = re.compile(r'labels\.(?P<key>[^\s=:()"]+)\s*(?P<op>[=:])\s*(?P<value>"[^"]*"|[^\s()"]+)')
+LabelFilter = Callable[[dict[str, str]], bool]
 
 
-def _paging(page_size: int | None, page_token: str | None) -> tuple[int, str]:
+def _parse_label_filter(filter_: str | None) -> LabelFilter:
+    """A predicate on a store's labels; InvalidArgument for anything but a label filter."""
+    if not filter_ or not filter_.strip():
+        return lambda _labels: True
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    text = filter_.strip()
+    while pos < len(text):
+        match = _FILTER_TOKEN.match(text, pos)
+        if not match or match.end() == pos:
+            raise _bad_filter(filter_)
+        kind = match.lastgroup or ""
+        tokens.append((kind, match.group(kind)))
+        pos = match.end()
+    predicate, rest = _filter_or(tokens, filter_)
+    if rest:
+        raise _bad_filter(filter_)
+    return predicate
+
+
+def _bad_filter(filter_: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"unsupported filter {filter_!r}: only labels can be filtered on, e.g. labels.KEY=VALUE, "
+        "labels.KEY:*, combined with AND, OR, NOT and parentheses"
+    )
+
+
+def _filter_or(tokens: list[tuple[str, str]], text: str) -> tuple[LabelFilter, list[tuple[str, str]]]:
+    first, tokens = _filter_and(tokens, text)
+    alternatives = [first]
+    while tokens and tokens[0] == ("word", "OR"):
+        alternative, tokens = _filter_and(tokens[1:], text)
+        alternatives.append(alternative)
+    return (lambda labels: any(a(labels) for a in alternatives)), tokens
+
+
+def _filter_and(tokens: list[tuple[str, str]], text: str) -> tuple[LabelFilter, list[tuple[str, str]]]:
+    first, tokens = _filter_unary(tokens, text)
+    required = [first]
+    while tokens and tokens[0] == ("word", "AND"):
+        condition, tokens = _filter_unary(tokens[1:], text)
+        required.append(condition)
+    return (lambda labels: all(c(labels) for c in required)), tokens
+
+
+def _filter_unary(tokens: list[tuple[str, str]], text: str) -> tuple[LabelFilter, list[tuple[str, str]]]:
+    if not tokens:
+        raise _bad_filter(text)
+    kind, value = tokens[0]
+    if (kind, value) == ("word", "NOT"):
+        inner, rest = _filter_unary(tokens[1:], text)
+        return (lambda labels: not inner(labels)), rest
+    if (kind, value) == ("paren", "("):
+        inner, rest = _filter_or(tokens[1:], text)
+        if not rest or rest[0] != ("paren", ")"):
+            raise _bad_filter(text)
+        return inner, rest[1:]
+    if kind != "term":
+        raise _bad_filter(text)
+    term = _FILTER_TERM.fullmatch(value)
+    assert term is not None  # the tokenizer only yields well-formed terms
+    key, op, wanted = term.group("key"), term.group("op"), term.group("value")
+    quoted = wanted.startswith('"')
+    wanted = wanted.strip('"') if quoted else wanted
+    if op == ":" and wanted == "*" and not quoted:
+        return (lambda labels: key in labels), tokens[1:]
+    return (lambda labels: labels.get(key) == wanted), tokens[1:]
+
+
+def paging(page_size: int | None, page_token: str | None, kind: str) -> tuple[int, str]:
+    """(page size, the last name of the previous page) from a list request."""
     size = 100 if not page_size else page_size
     if size < 0:
         raise InvalidArgument(f"pageSize must not be negative, got {page_size}")
     size = min(size, 1000)
     if not page_token:
         return size, ""
+    return size, decode_page_token(page_token, kind)
+
+
+def encode_page_token(kind: str, last: str) -> str:
+    """An opaque nextPageToken for a `kind` listing that continues after `last`."""
+    return base64.urlsafe_b64encode(f"{kind}\n{last}".encode()).decode()
+
+
+def decode_page_token(token: str, kind: str) -> str:
     try:
-        return size, base64.urlsafe_b64decode(page_token.encode()).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("invalid pageToken: pass the nextPageToken of the previous response") from None
-
-
-def _next_token(last: str) -> str:
-    return base64.urlsafe_b64encode(last.encode()).decode()
+        decoded = base64.urlsafe_b64decode(token.encode("ascii", "strict") + b"=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeError):
+        decoded = ""
+    token_kind, sep, last = decoded.partition("\n")
+    if not sep or token_kind != kind:
+        raise InvalidArgument("invalid pageToken: pass the nextPageToken of the previous response")
+    return last

@@ -186,7 +186,7 @@ def _insert(
             **person_name_columns("referring_physician_name", _first(meta, "00080090")),
             patient_id=_first(meta, "00100020"),
             accession_number=_first(meta, "00080050"),
-            study_date=_first(meta, "00080020"),
+            study_date=_date(_first(meta, "00080020")),
             study_time=_first(meta, "00080030"),
             study_id=_first(meta, "00200010"),
             study_description=_first(meta, "00081030"),
@@ -212,6 +212,14 @@ def _first(meta: dict[str, Any], key: str) -> Any:
         return None
     values = element.get("Value")
     return values[0] if values else None
+
+
+def _date(value: Any) -> str | None:
+    """YYYYMMDD for range matching; the pre-1993 form YYYY.MM.DD is accepted, anything else is not indexed."""
+    if not isinstance(value, str):
+        return None
+    digits = value.replace(".", "")
+    return digits if len(digits) == 8 and digits.isdigit() else None
 
 
 def _text(value: Any) -> str | None:
