@@ -27,7 +27,7 @@ def put(store: Store, *names: str) -> list[pydicom.Dataset]:
         response = requests.post(f"{store.dicomweb}/studies", data=dicom_file(name).read_bytes(), timeout=30,
                                  headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json"})
         assert response.status_code == 200, response.text
-    return [pydicom.dcmread(dicom_file(name)) for name in names]
+    return [pydicom.dcmread(dicom_file(name), force=True) for name in names]
 
 
 def url(store: Store, ds: pydicom.Dataset, level: str = "instance") -> str:
@@ -71,7 +71,7 @@ def assert_error(response: requests.Response, code: int, status: str) -> None:
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
                                   "MR_small_RLE.dcm", "emri_small_jpeg_2k_lossless.dcm", "image_dfl.dcm",
-                                  "no_meta.dcm"])
+                                  "ExplVR_BigEndNoMeta.dcm"])
 def test_single_part_retrieve_with_any_syntax_is_byte_exact(store: Store, name: str) -> None:
     (ds,) = put(store, name)
 
@@ -220,13 +220,14 @@ def _normalise_value(value: Any) -> Any:
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, dict):
-        return {k: v for k, v in value.items() if v} or None
+        # A person name of separators only ("^^^^") is empty.
+        return {k: v for k, v in value.items() if v.strip("^= ")} or None
     return value
 
 
-@pytest.mark.parametrize("name", ["CT_small.dcm", "chrH31.dcm", "chrSQEncoding.dcm", "rtplan.dcm",
-                                  "MR_small_bigendian.dcm", "waveform_ecg.dcm", "emri_small_RLE.dcm",
-                                  "MR_small_implicit.dcm"])
+@pytest.mark.parametrize("name", ["CT_small.dcm", "chrH31.dcm", "chrJapMulti.dcm", "chrX1.dcm", "rtplan.dcm",
+                                  "rtstruct.dcm", "MR_small_bigendian.dcm", "rtdose_expb.dcm", "waveform_ecg.dcm",
+                                  "emri_small_RLE.dcm", "MR_small_implicit.dcm", "image_dfl.dcm"])
 def test_instance_metadata_equals_pydicoms_dicom_json(store: Store, name: str) -> None:
     (ds,) = put(store, name)
 
@@ -235,7 +236,14 @@ def test_instance_metadata_equals_pydicoms_dicom_json(store: Store, name: str) -
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/dicom+json"
     (metadata,) = response.json()
-    assert normalise(metadata) == normalise(ds.to_json_dict())
+    expected = normalise(ds.to_json_dict())
+    for tag in list(expected):
+        if tag.endswith("0000"):
+            del expected[tag]  # retired group lengths describe the encoding, not the data
+        elif int(tag[:4], 16) % 2 and metadata.get(tag, {}).get("vr") == "UN":
+            # Sent as UN, a private element is bulk data; pydicom decodes it with its private dictionary.
+            expected[tag] = "binary"
+    assert normalise(metadata) == expected
 
 
 def test_metadata_of_study_and_series_is_an_array_of_every_instance(store: Store) -> None:
@@ -301,10 +309,14 @@ def test_bulk_data_uris_are_absolute_and_return_the_element_values(store: Store)
     assert payload == ecg.WaveformSequence[0].WaveformData
 
 
-@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "MR_small_RLE.dcm", "MR_small_implicit.dcm"])
-def test_bulk_pixel_data_is_uncompressed_little_endian(store: Store, name: str) -> None:
+@pytest.mark.parametrize(("name", "little_endian_twin"), [
+    ("MR_small_bigendian.dcm", "MR_small.dcm"), ("MR_small_RLE.dcm", "MR_small.dcm"),
+    ("MR_small_implicit.dcm", "MR_small.dcm"), ("rtdose_expb.dcm", "rtdose.dcm"),
+    ("SC_rgb_small_odd_big_endian.dcm", "SC_rgb_small_odd.dcm"),
+])
+def test_bulk_pixel_data_is_uncompressed_little_endian(store: Store, name: str, little_endian_twin: str) -> None:
     (ds,) = put(store, name)
-    little_endian = pydicom.dcmread(dicom_file("MR_small.dcm")).PixelData
+    little_endian = pydicom.dcmread(dicom_file(little_endian_twin)).PixelData
 
     response = get(url(store, ds) + "/bulkdata/7FE00010", "application/octet-stream")
 

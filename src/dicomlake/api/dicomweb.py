@@ -398,8 +398,7 @@ def _choose_frame_media(request: Request, stored: str) -> tuple[bool, str, str]:
 def rendered(request: Request) -> Response:
     svc = services(request)
     media_type = _choose_rendered_media(request)
-    viewport = request.query_params.get("viewport")
-    size = pixels.parse_viewport(viewport) if viewport else None
+    size = _viewport(request.query_params.get("viewport"))
     quality = _quality(request.query_params.get("quality"))
     frame_list = request.path_params.get("frames")
     numbers = _frame_numbers(frame_list) if frame_list else [1]
@@ -425,6 +424,15 @@ def _choose_rendered_media(request: Request) -> str:
         if media_type in ("*/*", "image/*"):
             return "image/jpeg"
     raise NotAcceptable("rendered images are available as image/jpeg or image/png")
+
+
+def _viewport(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        return pixels.parse_viewport(value)
+    except pixels.PixelError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def _quality(value: str | None) -> int:

@@ -38,6 +38,14 @@ def body_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def list_response(field: str, items: list[dict[str, Any]], token: str | None) -> dict[str, Any]:
+    """A list method's answer as proto3 JSON: empty lists and tokens are left out, so no match is `{}`."""
+    out: dict[str, Any] = {field: items} if items else {}
+    if token:
+        out["nextPageToken"] = token
+    return out
+
+
 def page_size(request: Request) -> int | None:
     value = request.query_params.get("pageSize")
     if value in (None, ""):
@@ -79,10 +87,7 @@ async def datasets_collection(request: Request) -> Response:
                                             {"@type": DATASET_TYPE, "name": dataset.name}))
     refs, token = catalog.list_datasets(db, p["project"], p["location"], page_size(request),
                                         request.query_params.get("pageToken"))
-    out: dict[str, Any] = {"datasets": [{"name": r.name} for r in refs]}
-    if token:
-        out["nextPageToken"] = token
-    return json(out)
+    return json(list_response("datasets", [{"name": r.name} for r in refs], token))
 
 
 def dataset_item(request: Request) -> Response:
@@ -107,10 +112,7 @@ async def stores_collection(request: Request) -> Response:
         return json(store.resource())
     refs, token = catalog.list_stores(db, dataset, page_size(request), request.query_params.get("pageToken"),
                                       request.query_params.get("filter"))
-    out: dict[str, Any] = {"dicomStores": [r.resource() for r in refs]}
-    if token:
-        out["nextPageToken"] = token
-    return json(out)
+    return json(list_response("dicomStores", [r.resource() for r in refs], token))
 
 
 async def store_item(request: Request) -> Response:

@@ -68,7 +68,8 @@ def list_(db: Database, dataset: DatasetRef, page_size: int | None, page_token: 
             .order_by(operations.c.pk)
             .limit(size + 1)
         ).all()
-    out: dict[str, Any] = {"operations": [to_json(dataset, r) for r in rows[:size]]}
+    # proto3 JSON: an empty list is left out.
+    out: dict[str, Any] = {"operations": [to_json(dataset, r) for r in rows[:size]]} if rows else {}
     if len(rows) > size:
         out["nextPageToken"] = encode_page_token("operations", str(rows[size - 1].pk))
     return out

@@ -75,6 +75,76 @@ def store_instance(
     storage_class: str = "STANDARD",
 ) -> Stored | Failed:
     """Store one Part 10 instance byte-exact; a failure says why and changes nothing."""
+    return store_instances(db, blobs, store, [data], expected_study, storage_class)[0]
+
+
+@dataclass
+class _Pending:
+    index: int
+    parsed: ParsedInstance
+    data: bytes
+    key: str
+    uids: dict[str, Any]
+
+
+def store_instances(
+    db: Database,
+    blobs: BlobStore,
+    store: StoreRef,
+    datas: list[bytes],
+    expected_study: str | None = None,
+    storage_class: str = "STANDARD",
+) -> list[Stored | Failed]:
+    """Store several instances with two index transactions in all (not two each); one result per input,
+    in order. Each instance is stored or refused on its own, exactly as if sent alone."""
+    results: list[Stored | Failed | None] = [None] * len(datas)
+    pending: list[_Pending] = []
+    for index, data in enumerate(datas):
+        outcome = _check(data, expected_study)
+        if isinstance(outcome, Failed):
+            results[index] = outcome
+            continue
+        key = f"{store.pk}/{outcome.study_uid}/{outcome.series_uid}/{outcome.sop_uid}/{uuid.uuid4().hex}.dcm"
+        uids = {"store_pk": store.pk, "study_uid": outcome.study_uid, "series_uid": outcome.series_uid,
+                "sop_uid": outcome.sop_uid}
+        pending.append(_Pending(index, outcome, data, key, uids))
+    accepted: list[_Pending] = []
+    seen: set[tuple[str, str, str]] = set()
+    with db.write() as conn:
+        for item in pending:
+            triple = (item.parsed.study_uid, item.parsed.series_uid, item.parsed.sop_uid)
+            if triple in seen or conn.execute(_EXISTS, _where(item.uids)).first() is not None:
+                results[item.index] = _duplicate(item.parsed)
+                continue
+            seen.add(triple)
+            accepted.append(item)
+        if accepted:
+            now = time.time()
+            conn.execute(_ADD_PENDING, [{"blob_key": i.key, "owner": _OWNER, "created": now} for i in accepted])
+    try:
+        for item in accepted:
+            blobs.put(item.key, item.data)
+        with db.write() as conn:
+            for item in accepted:
+                _insert(conn, db, item.uids, item.parsed, item.key, len(item.data), storage_class)
+            if accepted:
+                conn.execute(_DROP_PENDING, [{"key": i.key} for i in accepted])
+    except IntegrityError:
+        # Another request stored one of these UID triples after our check: settle them one by one.
+        for item in accepted:
+            results[item.index] = _commit_one(db, blobs, item, storage_class)
+        accepted = []
+    except BaseException:
+        for item in accepted:
+            _forget_blob(db, blobs, item.key)
+        raise
+    for item in accepted:
+        p = item.parsed
+        results[item.index] = Stored(p.study_uid, p.series_uid, p.sop_uid, p.sop_class_uid)
+    return [r for r in results if r is not None]
+
+
+def _check(data: bytes, expected_study: str | None) -> ParsedInstance | Failed:
     try:
         parsed = parse(data)
     except DicomParseError as exc:
@@ -86,24 +156,19 @@ def store_instance(
             STUDY_UID_MISMATCH,
             f"StudyInstanceUID {parsed.study_uid} does not match the study {expected_study} in the request URL",
         )
-    if _exists(db, store.pk, parsed):
-        return _duplicate(parsed)
-    key = f"{store.pk}/{parsed.study_uid}/{parsed.series_uid}/{parsed.sop_uid}/{uuid.uuid4().hex}.dcm"
-    with db.write() as conn:
-        conn.execute(pending_blobs.insert().values(blob_key=key, owner=_OWNER, created=time.time()))
+    return parsed
+
+
+def _commit_one(db: Database, blobs: BlobStore, item: _Pending, storage_class: str) -> Stored | Failed:
     try:
-        blobs.put(key, data)
         with db.write() as conn:
-            _insert(conn, db, store.pk, parsed, key, len(data), storage_class)
-            conn.execute(pending_blobs.delete().where(pending_blobs.c.blob_key == key))
+            _insert(conn, db, item.uids, item.parsed, item.key, len(item.data), storage_class)
+            conn.execute(_DROP_PENDING, {"key": item.key})
     except IntegrityError:
-        # Another request stored the same UID triple between our check and our insert.
-        _forget_blob(db, blobs, key)
-        return _duplicate(parsed)
-    except BaseException:
-        _forget_blob(db, blobs, key)
-        raise
-    return Stored(parsed.study_uid, parsed.series_uid, parsed.sop_uid, parsed.sop_class_uid)
+        _forget_blob(db, blobs, item.key)
+        return _duplicate(item.parsed)
+    p = item.parsed
+    return Stored(p.study_uid, p.series_uid, p.sop_uid, p.sop_class_uid)
 
 
 def _duplicate(parsed: ParsedInstance) -> Failed:
@@ -116,94 +181,94 @@ def _duplicate(parsed: ParsedInstance) -> Failed:
     )
 
 
-def _exists(db: Database, store_pk: int, parsed: ParsedInstance) -> bool:
-    with db.read() as conn:
-        return (
-            conn.execute(
-                sa.select(sa.literal(1)).where(
-                    instances.c.store_pk == store_pk,
-                    instances.c.study_uid == parsed.study_uid,
-                    instances.c.series_uid == parsed.series_uid,
-                    instances.c.sop_uid == parsed.sop_uid,
-                )
-            ).first()
-            is not None
-        )
-
-
 def _forget_blob(db: Database, blobs: BlobStore, key: str) -> None:
     blobs.discard(key)
     with db.write() as conn:
-        conn.execute(pending_blobs.delete().where(pending_blobs.c.blob_key == key))
+        conn.execute(_DROP_PENDING, {"key": key})
+
+
+# Statements built once: building SQLAlchemy constructs per instance costs more than running them.
+_P = sa.bindparam
+_EXISTS = sa.select(sa.literal(1)).where(
+    instances.c.store_pk == _P("w_store"), instances.c.study_uid == _P("w_study"),
+    instances.c.series_uid == _P("w_series"), instances.c.sop_uid == _P("w_sop"),
+)
+_ADD_PENDING = pending_blobs.insert()
+_DROP_PENDING = pending_blobs.delete().where(pending_blobs.c.blob_key == _P("key"))
+_INSERT_INSTANCE = instances.insert()
+_COUNT_SERIES_INSTANCE = (
+    series.update()
+    .where(series.c.store_pk == _P("w_store"), series.c.study_uid == _P("w_study"),
+           series.c.series_uid == _P("w_series"))
+    .values(instance_count=series.c.instance_count + 1)
+)
+_COUNT_STUDY_INSTANCE = (
+    studies.update()
+    .where(studies.c.store_pk == _P("w_store"), studies.c.study_uid == _P("w_study"))
+    .values(instance_count=studies.c.instance_count + 1, series_count=studies.c.series_count + _P("new_series"))
+)
+_INSERT_IGNORE: dict[tuple[bool, str], sa.Insert] = {}
+
+
+def _where(uids: dict[str, Any]) -> dict[str, Any]:
+    return {"w_store": uids["store_pk"], "w_study": uids["study_uid"], "w_series": uids["series_uid"],
+            "w_sop": uids["sop_uid"]}
+
+
+def _insert_ignore(db: Database, table: sa.Table) -> sa.Insert:
+    statement = _INSERT_IGNORE.get((db.is_sqlite, table.name))
+    if statement is None:
+        statement = _INSERT_IGNORE[(db.is_sqlite, table.name)] = db.insert_ignore(table)
+    return statement
 
 
 def _insert(
-    conn: sa.Connection, db: Database, store_pk: int, parsed: ParsedInstance, key: str, size: int, storage_class: str
+    conn: sa.Connection, db: Database, uids: dict[str, Any], parsed: ParsedInstance, key: str, size: int,
+    storage_class: str,
 ) -> None:
     meta = parsed.metadata
     now = time.time()
-    conn.execute(
-        instances.insert().values(
-            store_pk=store_pk,
-            study_uid=parsed.study_uid,
-            series_uid=parsed.series_uid,
-            sop_uid=parsed.sop_uid,
-            sop_class_uid=parsed.sop_class_uid,
-            transfer_syntax_uid=parsed.transfer_syntax_uid,
-            instance_number=parsed.instance_number,
-            number_of_frames=parsed.number_of_frames,
-            blob_key=key,
-            blob_size=size,
-            storage_class=storage_class,
-            metadata=orjson.dumps(meta).decode(),
-            created=now,
-        )
-    )
-    new_series = conn.execute(
-        db.insert_ignore(series).values(
-            store_pk=store_pk,
-            study_uid=parsed.study_uid,
-            series_uid=parsed.series_uid,
-            modality=_first(meta, "00080060"),
-            series_number=_text(_first(meta, "00200011")),
-            series_description=_first(meta, "0008103E"),
-            instance_count=0,
-            attributes=_subset(meta, SERIES_ATTRIBUTES),
-            created=now,
-        )
-    ).rowcount
-    conn.execute(
-        series.update()
-        .where(series.c.store_pk == store_pk, series.c.study_uid == parsed.study_uid,
-               series.c.series_uid == parsed.series_uid)
-        .values(instance_count=series.c.instance_count + 1)
-    )
-    conn.execute(
-        db.insert_ignore(studies).values(
-            store_pk=store_pk,
-            study_uid=parsed.study_uid,
-            **person_name_columns("patient_name", _first(meta, "00100010")),
-            **person_name_columns("referring_physician_name", _first(meta, "00080090")),
-            patient_id=_first(meta, "00100020"),
-            accession_number=_first(meta, "00080050"),
-            study_date=_date(_first(meta, "00080020")),
-            study_time=_first(meta, "00080030"),
-            study_id=_first(meta, "00200010"),
-            study_description=_first(meta, "00081030"),
-            series_count=0,
-            instance_count=0,
-            attributes=_subset(meta, STUDY_ATTRIBUTES),
-            created=now,
-        )
-    )
-    conn.execute(
-        studies.update()
-        .where(studies.c.store_pk == store_pk, studies.c.study_uid == parsed.study_uid)
-        .values(
-            instance_count=studies.c.instance_count + 1,
-            series_count=studies.c.series_count + (1 if new_series else 0),
-        )
-    )
+    conn.execute(_INSERT_INSTANCE, {
+        **uids,
+        "sop_class_uid": parsed.sop_class_uid,
+        "transfer_syntax_uid": parsed.transfer_syntax_uid,
+        "instance_number": parsed.instance_number,
+        "number_of_frames": parsed.number_of_frames,
+        "blob_key": key,
+        "blob_size": size,
+        "storage_class": storage_class,
+        "metadata": orjson.dumps(meta).decode(),
+        "created": now,
+    })
+    new_series = conn.execute(_insert_ignore(db, series), {
+        "store_pk": uids["store_pk"],
+        "study_uid": parsed.study_uid,
+        "series_uid": parsed.series_uid,
+        "modality": _first(meta, "00080060"),
+        "series_number": _text(_first(meta, "00200011")),
+        "series_description": _first(meta, "0008103E"),
+        "instance_count": 0,
+        "attributes": _subset(meta, SERIES_ATTRIBUTES),
+        "created": now,
+    }).rowcount
+    conn.execute(_COUNT_SERIES_INSTANCE, _where(uids))
+    conn.execute(_insert_ignore(db, studies), {
+        "store_pk": uids["store_pk"],
+        "study_uid": parsed.study_uid,
+        **person_name_columns("patient_name", _first(meta, "00100010")),
+        **person_name_columns("referring_physician_name", _first(meta, "00080090")),
+        "patient_id": _first(meta, "00100020"),
+        "accession_number": _first(meta, "00080050"),
+        "study_date": _date(_first(meta, "00080020")),
+        "study_time": _first(meta, "00080030"),
+        "study_id": _first(meta, "00200010"),
+        "study_description": _first(meta, "00081030"),
+        "series_count": 0,
+        "instance_count": 0,
+        "attributes": _subset(meta, STUDY_ATTRIBUTES),
+        "created": now,
+    })
+    conn.execute(_COUNT_STUDY_INSTANCE, {**_where(uids), "new_series": 1 if new_series else 0})
 
 
 def _first(meta: dict[str, Any], key: str) -> Any:

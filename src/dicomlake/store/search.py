@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -116,41 +117,82 @@ def _searchable(level: str, key: str) -> bool:
 
 # ---- matching ---------------------------------------------------------------------------------
 
+# PS3.5 6.2.1.1: trailing empty components may be left out, so "Doe^John" and "Doe^John^^^" are one name.
+_MAX_TRAILING_DELIMITERS = 4
+_INT32 = 2**31
+
+
+def _universal(value: str) -> bool:
+    """An empty value or a lone `*` matches everything, values absent or empty included (PS3.4 C.2.2.2.3)."""
+    return not value.strip("*")
+
 
 def _like(pattern: str) -> str:
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def _text_match(column: sa.ColumnElement, value: str, key: str) -> sa.ColumnElement[bool]:
+def _text_match(column: sa.ColumnElement, value: str, key: str) -> sa.ColumnElement[bool] | None:
     if key in _UID_KEYS:
-        uids = [u for u in re.split(r"[\\,]", value) if u]
-        return column.in_(uids) if len(uids) > 1 else column == (uids[0] if uids else "")
+        uids = [u.strip() for u in re.split(r"[\\,]", value) if u.strip()]
+        if not uids:
+            return None
+        return column.in_(uids) if len(uids) > 1 else column == uids[0]
+    if _universal(value):
+        return None
     if "*" in value or "?" in value:
         return column.like(_like(value), escape="\\")
     return column == value
 
 
-def _person_name_match(prefix: str, value: str, fuzzy: bool) -> sa.ColumnElement[bool]:
+def _person_name_match(prefix: str, value: str, fuzzy: bool) -> sa.ColumnElement[bool] | None:
     if fuzzy:
         tokens = name_tokens(value.replace("*", " ").replace("?", " "))
-        column = studies.c[f"{prefix}_tokens"]
         if not tokens:
-            return sa.true()
+            return None
+        column = studies.c[f"{prefix}_tokens"]
         return sa.or_(*[column.like(f"% {_like(t)}%", escape="\\") for t in tokens])
-    needle = normalise_name(value)
+    if _universal(value):
+        return None
+    groups = [normalise_name(g).rstrip("^") for g in value.split("=")]
     columns = [studies.c[f"{prefix}_{group}"] for group in ("alphabetic", "ideographic", "phonetic")]
+    if len(groups) == 1:
+        # One group in the query: it may be written in any of the name's scripts.
+        return sa.or_(*[_group_match(c, groups[0]) for c in columns])
+    if len(groups) > len(columns):
+        raise InvalidArgument(f"invalid person name {value!r}: at most three '='-separated component groups")
+    matches = [_group_match(c, g) for c, g in zip(columns, groups) if g.strip("*")]
+    return sa.and_(*matches) if matches else None
+
+
+def _group_match(column: sa.ColumnElement, needle: str) -> sa.ColumnElement[bool]:
+    """One component group, lower-cased, against one stored group; wildcards stay inside the group."""
+    if needle.endswith("*"):
+        return column.like(_like(needle), escape="\\")
+    variants = [needle + "^" * n for n in range(_MAX_TRAILING_DELIMITERS + 1)]
     if "*" in needle or "?" in needle:
-        pattern = _like(needle)
-        return sa.or_(*[c.like(pattern, escape="\\") for c in columns])
-    return sa.or_(*[c == needle for c in columns])
+        return sa.or_(*[column.like(_like(v), escape="\\") for v in variants])
+    return column.in_(variants)
 
 
-def _date_match(column: sa.ColumnElement, value: str) -> sa.ColumnElement[bool]:
-    match = re.fullmatch(r"(\d{8})?(-)?(\d{8})?", value.strip())
-    if not match or not (match.group(1) or match.group(3)) or (match.group(3) and not match.group(2)):
+_DATE_QUERY = re.compile(r"(?P<start>\d{8})?(?P<dash>-)?(?P<end>\d{8})?")
+
+
+def _is_date(text: str | None) -> bool:
+    try:
+        datetime.strptime(text or "", "%Y%m%d")
+    except ValueError:
+        return False
+    return True
+
+
+def _date_match(column: sa.ColumnElement, value: str) -> sa.ColumnElement[bool] | None:
+    if value == "":
+        return None
+    match = _DATE_QUERY.fullmatch(value.strip())
+    start, dash, end = (match["start"], match["dash"], match["end"]) if match else (None, None, None)
+    if not (start or end) or (end and not dash) or not all(_is_date(d) for d in (start, end) if d):
         raise InvalidArgument(f"invalid StudyDate {value!r}: use YYYYMMDD, YYYYMMDD-YYYYMMDD, -YYYYMMDD or YYYYMMDD-")
-    start, dash, end = match.groups()
     if not dash:
         return column == start
     conditions = []
@@ -161,36 +203,51 @@ def _date_match(column: sa.ColumnElement, value: str) -> sa.ColumnElement[bool]:
     return sa.and_(*conditions)
 
 
+def _integer_match(column: sa.ColumnElement, value: str, key: str) -> sa.ColumnElement[bool] | None:
+    if _universal(value):
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or not -_INT32 <= number < _INT32:
+        raise InvalidArgument(f"{tags.keyword(key)} must be an integer, got {value!r}")
+    return column == number
+
+
+def _condition(query: Query, key: str, value: str) -> sa.ColumnElement[bool] | None:
+    if key in _STUDY_PN:
+        return _person_name_match(_STUDY_PN[key], value, query.fuzzy)
+    if key in _STUDY_TEXT:
+        return _text_match(_STUDY_TEXT[key], value, key)
+    if key == "00080020":
+        return _date_match(studies.c.study_date, value)
+    if key == "00080061":
+        modalities = [m for m in re.split(r"[\\,]", value) if m]
+        if not modalities:
+            return None
+        return sa.exists().where(
+            series.c.store_pk == studies.c.store_pk,
+            series.c.study_uid == studies.c.study_uid,
+            series.c.modality.in_(modalities),
+        )
+    if key == "0020000E" and query.level == "instance":
+        # Answered from the instance row itself, without joining series.
+        return _text_match(instances.c.series_uid, value, key)
+    if key in _SERIES_TEXT:
+        return _text_match(_SERIES_TEXT[key], value, key)
+    if key in _INSTANCE_TEXT:
+        return _text_match(_INSTANCE_TEXT[key], value, key)
+    # InstanceNumber, the one searchable key left (see _searchable).
+    return _integer_match(instances.c.instance_number, value, key)
+
+
 def _conditions(query: Query, store: StoreRef) -> list[sa.ColumnElement[bool]]:
     where: list[sa.ColumnElement[bool]] = [studies.c.store_pk == store.pk]
     for key, value in query.filters.items():
-        if key in _STUDY_PN:
-            where.append(_person_name_match(_STUDY_PN[key], value, query.fuzzy))
-        elif key in _STUDY_TEXT:
-            where.append(_text_match(_STUDY_TEXT[key], value, key))
-        elif key == "00080020":
-            where.append(_date_match(studies.c.study_date, value))
-        elif key == "00080061":
-            modalities = [m for m in re.split(r"[\\,]", value) if m]
-            where.append(
-                sa.exists().where(
-                    series.c.store_pk == studies.c.store_pk,
-                    series.c.study_uid == studies.c.study_uid,
-                    series.c.modality.in_(modalities),
-                )
-            )
-        elif key == "0020000E" and query.level == "instance":
-            # Answered from the instance row itself, without joining series.
-            where.append(_text_match(instances.c.series_uid, value, key))
-        elif key in _SERIES_TEXT:
-            where.append(_text_match(_SERIES_TEXT[key], value, key))
-        elif key in _INSTANCE_TEXT:
-            where.append(_text_match(_INSTANCE_TEXT[key], value, key))
-        elif key == "00200013":
-            try:
-                where.append(instances.c.instance_number == int(value))
-            except ValueError:
-                raise InvalidArgument(f"InstanceNumber must be an integer, got {value!r}") from None
+        condition = _condition(query, key, value)
+        if condition is not None:
+            where.append(condition)
     return where
 
 
@@ -219,10 +276,6 @@ def _page(select: sa.Select, query: Query) -> sa.Select:
 
 def _studies(conn: sa.Connection, query: Query, where: list, store_pk: int) -> list[dict[str, Any]]:
     select = sa.select(studies.c.study_uid, studies.c.attributes, studies.c.series_count, studies.c.instance_count)
-    if any(k in _SERIES_TEXT for k in query.filters):
-        select = select.distinct().join(
-            series, sa.and_(series.c.store_pk == studies.c.store_pk, series.c.study_uid == studies.c.study_uid)
-        )
     rows = conn.execute(_page(select.where(*where).order_by(studies.c.study_uid), query)).all()
     modalities = _modalities(conn, store_pk, [r.study_uid for r in rows])
     wanted = _wanted(tags.STUDY_DEFAULT, tags.STUDY_EXTRA, query)
@@ -261,7 +314,7 @@ def _series(conn: sa.Connection, query: Query, where: list) -> list[dict[str, An
     order = (series.c.study_uid, series.c.series_uid)
     rows = conn.execute(_page(select.where(*where).order_by(*order), query)).all()
     wanted = _wanted(tags.SERIES_DEFAULT, tags.SERIES_EXTRA, query)
-    study_wanted = {k for k in query.include if k in tags.STUDY_ATTRIBUTES}
+    study_wanted = {k for k in query.include | set(query.filters) if k in tags.STUDY_ATTRIBUTES}
     results = []
     for row in rows:
         attrs = _pick(orjson.loads(row.attributes), wanted, query)
@@ -285,12 +338,12 @@ def _instances(conn: sa.Connection, query: Query, where: list) -> list[dict[str,
         )
     order = (instances.c.study_uid, instances.c.series_uid, instances.c.instance_number, instances.c.sop_uid)
     rows = conn.execute(_page(select.where(*where).order_by(*order), query)).scalars().all()
-    wanted = set(tags.INSTANCE_DEFAULT) | {tags.STUDY_UID, tags.SERIES_UID} | query.include
+    wanted = set(tags.INSTANCE_DEFAULT) | {tags.STUDY_UID, tags.SERIES_UID} | query.include | set(query.filters)
     results = []
     for text in rows:
         metadata = orjson.loads(text)
         if query.include_all:
-            attrs = {k: v for k, v in metadata.items() if "BulkDataURI" not in v}
+            attrs = _without_bulkdata(metadata)
         else:
             attrs = {k: metadata[k] for k in wanted if k in metadata}
         attrs.setdefault(tags.INSTANCE_AVAILABILITY, _values("CS", ["ONLINE"]))
@@ -298,8 +351,21 @@ def _instances(conn: sa.Connection, query: Query, where: list) -> list[dict[str,
     return results
 
 
+def _without_bulkdata(dataset: dict[str, Any]) -> dict[str, Any]:
+    """Every attribute but those held as bulk data, at any depth: search results carry no BulkDataURIs."""
+    out = {}
+    for key, element in dataset.items():
+        if "BulkDataURI" in element:
+            continue
+        if element.get("vr") == "SQ" and element.get("Value"):
+            element = {**element, "Value": [_without_bulkdata(item) for item in element["Value"]]}
+        out[key] = element
+    return out
+
+
 def _wanted(default: tuple[str, ...], extra: tuple[str, ...], query: Query) -> set[str]:
-    wanted = set(default) | query.include
+    """The attributes a study or series result holds: the defaults, those asked for and those matched on."""
+    wanted = set(default) | query.include | set(query.filters)
     if query.include_all:
         wanted |= set(extra)
     return wanted

@@ -1,0 +1,1 @@
+"""Benchmarks: dicomlake (and Orthanc where both apply) measured as separate processes over HTTP."""

@@ -1,0 +1,26 @@
+"""`python -m bench quick|full|stow|qido|metadata`: run benchmarks, write bench/results/*.json."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import qido, stow
+
+
+def main(argv: list[str]) -> None:
+    what = argv[0] if argv else "quick"
+    if what in ("quick", "stow"):
+        stow.run(instances=2000, repeats=3)
+    if what in ("quick", "qido", "metadata"):
+        qido.run(studies=10_000, series_instances=500)
+    if what == "full":
+        stow.run(instances=5000, repeats=5)
+        stow.run(instances=500, repeats=3, clients=(1, 4), batch_sizes=(1, 10), source="US1_UNCR.dcm",
+                 name="stow_large")
+        qido.run(studies=100_000, series_instances=500, name="qido_100k")
+    if what not in ("quick", "full", "stow", "qido", "metadata"):
+        sys.exit(f"usage: python -m bench [quick|full|stow|qido|metadata], not {what!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,112 @@
+"""Start the servers under test as separate processes on loopback: dicomlake, and Orthanc with its
+DICOMweb plugin (Debian packages orthanc, orthanc-dicomweb) on the same corpus and client code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+ORTHANC_BINARY = "/usr/sbin/Orthanc"
+ORTHANC_DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+@dataclass
+class Target:
+    name: str
+    dicomweb: str  # base URL of the DICOMweb service
+    pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start within 60 s")
+
+
+@contextmanager
+def dicomlake(workdir: Path, workers: int = 2) -> Iterator[Target]:
+    port = free_port()
+    data_dir = workdir / "dicomlake-data"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    log = open(workdir / "dicomlake.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dicomlake", "serve", "--port", str(port), "--data-dir", str(data_dir),
+         "--workers", str(workers), "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}/v1/projects/bench/locations/local/datasets"
+    try:
+        _wait(base, process, "dicomlake")
+        requests.post(f"{base}?datasetId=bench", timeout=30).raise_for_status()
+        requests.post(f"{base}/bench/dicomStores?dicomStoreId=bench", json={}, timeout=30).raise_for_status()
+        yield Target("dicomlake", f"{base}/bench/dicomStores/bench/dicomWeb", process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def orthanc_available() -> bool:
+    return Path(ORTHANC_BINARY).exists() and Path(ORTHANC_DICOMWEB_PLUGIN).exists()
+
+
+@contextmanager
+def orthanc(workdir: Path) -> Iterator[Target]:
+    port = free_port()
+    storage = workdir / "orthanc-data"
+    shutil.rmtree(storage, ignore_errors=True)
+    storage.mkdir(parents=True)
+    config = {
+        "Name": "bench",
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "HttpPort": port,
+        # Orthanc 1.10 cannot bind to loopback only; refusing remote clients keeps it private.
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomServerEnabled": False,
+        "StorageCompression": False,
+        "Plugins": [ORTHANC_DICOMWEB_PLUGIN],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    config_path = workdir / "orthanc.json"
+    config_path.write_text(json.dumps(config))
+    log = open(workdir / "orthanc.log", "wb")
+    process = subprocess.Popen([ORTHANC_BINARY, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait(f"http://127.0.0.1:{port}/system", process, "Orthanc")
+        yield Target("orthanc", f"http://127.0.0.1:{port}/dicom-web", process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def version(name: str) -> str:
+    if name == "orthanc":
+        out = subprocess.run([ORTHANC_BINARY, "--version"], capture_output=True, text=True).stdout
+        return out.splitlines()[0] if out else "unknown"
+    from dicomlake import __version__
+
+    return __version__

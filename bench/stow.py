@@ -1,0 +1,67 @@
+"""STOW-RS ingest throughput, dicomlake next to Orthanc on the same instances and client code."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench import corpus, servers
+from bench.measure import latency_summary, multipart, run_concurrently, save, session
+
+WARMUP = 200
+
+
+def _stow(target: servers.Target, items: list[bytes], clients: int, batch: int) -> dict[str, Any]:
+    url = f"{target.dicomweb}/studies"
+
+    def send(datas: list[bytes]) -> None:
+        body, content_type = multipart(datas)
+        response = session().post(url, data=body, headers={"Content-Type": content_type,
+                                                           "Accept": "application/dicom+json"})
+        if response.status_code != 200:
+            raise RuntimeError(f"{target.name} STOW answered {response.status_code}: {response.text[:300]}")
+
+    wall, latencies = run_concurrently(list(corpus.batches(items, batch)), send, clients)
+    size = sum(len(d) for d in items)
+    return {"instances_per_s": round(len(items) / wall, 1), "mb_per_s": round(size / wall / 2**20, 2),
+            **latency_summary(latencies)}
+
+
+def run(instances: int = 3000, clients: tuple[int, ...] = (1, 4), batch_sizes: tuple[int, ...] = (1, 50),
+        repeats: int = 3, source: str = "MR_small.dcm", name: str = "stow_small") -> dict[str, Any]:
+    """Each configuration stores fresh instances `repeats` times; the median run is reported."""
+    configs = [(c, b) for c in clients for b in batch_sizes]
+    total = WARMUP + instances * repeats * len(configs)
+    items = corpus.make([corpus.Spec(n // 10, 0, n % 10, source) for n in range(total)])
+    results: dict[str, Any] = {"instance_bytes": len(items[0]), "instances_per_run": instances,
+                               "repeats": repeats, "runs": {}}
+    targets = [("dicomlake", servers.dicomlake)]
+    if servers.orthanc_available():
+        targets.append(("orthanc", servers.orthanc))
+    with tempfile.TemporaryDirectory() as tmp:
+        for target_name, start in targets:
+            with start(Path(tmp)) as target:
+                results.setdefault("versions", {})[target_name] = servers.version(target_name)
+                offset = WARMUP
+                _stow(target, items[:WARMUP], 4, 10)
+                for clients_, batch in configs:
+                    runs = []
+                    for _ in range(repeats):
+                        runs.append(_stow(target, items[offset : offset + instances], clients_, batch))
+                        offset += instances
+                    runs.sort(key=lambda r: r["instances_per_s"])
+                    median = dict(runs[len(runs) // 2])
+                    median["spread_instances_per_s"] = [runs[0]["instances_per_s"], runs[-1]["instances_per_s"]]
+                    results["runs"][f"{target_name} clients={clients_} batch={batch}"] = median
+    for clients_, batch in configs:
+        ours = results["runs"].get(f"dicomlake clients={clients_} batch={batch}")
+        theirs = results["runs"].get(f"orthanc clients={clients_} batch={batch}")
+        if ours and theirs:
+            ours["ratio_to_orthanc"] = round(ours["instances_per_s"] / theirs["instances_per_s"], 2)
+    save(name, results)
+    return results
+
+
+if __name__ == "__main__":
+    run()
