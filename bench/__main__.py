@@ -1,10 +1,11 @@
-"""`python -m bench quick|full|stow|qido|metadata`: run benchmarks, write bench/results/*.json."""
+"""`python -m bench quick|full|stow|qido|metadata|report`: run benchmarks, write bench/results/*.json,
+and regenerate the result tables of docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import qido, stow
+from bench import qido, report, stow
 
 
 def main(argv: list[str]) -> None:
@@ -18,8 +19,9 @@ def main(argv: list[str]) -> None:
         stow.run(instances=500, repeats=3, clients=(1, 4), batch_sizes=(1, 10), source="US1_UNCR.dcm",
                  name="stow_large")
         qido.run(studies=100_000, series_instances=500, name="qido_100k")
-    if what not in ("quick", "full", "stow", "qido", "metadata"):
-        sys.exit(f"usage: python -m bench [quick|full|stow|qido|metadata], not {what!r}")
+    if what not in ("quick", "full", "stow", "qido", "metadata", "report"):
+        sys.exit(f"usage: python -m bench [quick|full|stow|qido|metadata|report], not {what!r}")
+    report.main()
 
 
 if __name__ == "__main__":

@@ -134,6 +134,17 @@ def test_search_for_instances_across_the_store_and_within_a_study_and_series(cli
     assert uids(by_uid, "00080018") == [ct.SOPInstanceUID]
 
 
+def test_search_value_with_a_literal_percent_sign_matches_it(client: DICOMwebClient) -> None:
+    ct = read("CT_small.dcm")
+    ct.PatientID = "10%41"
+    client.store_instances([ct])
+
+    found = client.search_for_studies(search_filters={"PatientID": "10%41"})
+
+    assert uids(found, "0020000D") == [ct.StudyInstanceUID]
+    assert client.search_for_studies(search_filters={"PatientID": "10A"}) == []
+
+
 def test_search_with_no_match_is_an_empty_list(client: DICOMwebClient) -> None:
     stored(client, "CT_small.dcm")
 
@@ -186,6 +197,18 @@ def test_default_retrieve_decompresses_to_explicit_vr_little_endian(client: DICO
         assert got.SOPInstanceUID == original.SOPInstanceUID
         assert got.file_meta.TransferSyntaxUID == EXPLICIT_LE
         np.testing.assert_array_equal(got.pixel_array, original.pixel_array)
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"])
+def test_retrieve_instance_in_a_lossless_syntax_keeps_the_pixels(client: DICOMwebClient, syntax: str) -> None:
+    (original,) = stored(client, "MR_small.dcm")
+
+    got = client.retrieve_instance(original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID,
+                                   media_types=(("application/dicom", syntax),))
+
+    assert got.file_meta.TransferSyntaxUID == syntax
+    assert got.SOPInstanceUID == original.SOPInstanceUID
+    np.testing.assert_array_equal(got.pixel_array, original.pixel_array)
 
 
 def test_retrieve_instance_with_any_syntax_keeps_the_compressed_pixel_data(client: DICOMwebClient) -> None:

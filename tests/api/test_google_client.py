@@ -86,9 +86,10 @@ def test_dataset_create_get_list_delete(healthcare: Any, location: str) -> None:
     assert operation["name"].startswith(f"{location}/datasets/first/operations/")
     assert operation["response"]["name"] == f"{location}/datasets/first"
     assert operation["metadata"]["@type"] == "type.googleapis.com/google.cloud.healthcare.v1.OperationMetadata"
-    assert datasets(healthcare).get(name=f"{location}/datasets/first").execute() == {"name": f"{location}/datasets/first"}
-    assert datasets(healthcare).list(parent=location).execute() == {"datasets": [{"name": f"{location}/datasets/first"}]}
-    assert datasets(healthcare).delete(name=f"{location}/datasets/first").execute() == {}
+    name = f"{location}/datasets/first"
+    assert datasets(healthcare).get(name=name).execute() == {"name": name}
+    assert datasets(healthcare).list(parent=location).execute() == {"datasets": [{"name": name}]}
+    assert datasets(healthcare).delete(name=name).execute() == {}
     with pytest.raises(HttpError) as excinfo:
         datasets(healthcare).get(name=f"{location}/datasets/first").execute()
     assert excinfo.value.status_code == 404

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from email.parser import BytesParser
@@ -59,6 +60,18 @@ def post(store: Store, data: bytes, session: requests.Session | None = None) -> 
     response = (session or requests).post(f"{store.dicomweb}/studies", data=data,
                                           headers={"Content-Type": "application/dicom", **JSON}, timeout=60)
     assert response.status_code == 200, response.text
+
+
+def post_many(store: Store, instances: list[bytes]) -> None:
+    """One multipart STOW request for many instances: the cheap way to fill a store."""
+    boundary = uuid.uuid4().hex
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+                    for data in instances) + f"--{boundary}--\r\n".encode()
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    response = requests.post(f"{store.dicomweb}/studies", data=body, timeout=300,
+                             headers={"Content-Type": content_type, **JSON})
+    assert response.status_code == 200, response.text[:2000]
+    assert len(response.json()["00081199"]["Value"]) == len(instances)
 
 
 def search(store: Store, path: str, params: dict[str, Any] | str | None = None,
@@ -285,7 +298,7 @@ def test_patient_name_wildcards(corpus: Corpus) -> None:
         "*^Jane": {"B"},
         "Do?^Jo?n": {"A"},
         "J*": {"C"},
-        "*o*": {"A", "B", "C", "D", "E"},
+        "*n*": {"A", "B", "C", "D", "E"},
         "Mac*^Ronald": {"D"},
         "M?ller*": {"E"},
         "??e^????": {"A", "B"},
@@ -362,6 +375,8 @@ def test_query_values_are_percent_decoded(corpus: Corpus) -> None:
     assert study_uids(store, "PatientName=Do%3F%5EJane") == corpus.uid("B")
     assert study_uids(store, "PatientName=M%C3%BCller%5EJ%C3%BCrgen") == corpus.uid("E")
     assert study_uids(store, "%50atientID=PID-A") == corpus.uid("A")
+    # Decoded once only: %252D is the three characters "%2D", not "-".
+    assert search(store, "studies", "PatientID=PID%252DA").status_code == 204
 
 
 def test_standard_google_parameters_are_ignored(corpus: Corpus) -> None:
@@ -442,7 +457,7 @@ def test_matched_attributes_are_returned(corpus: Corpus) -> None:
 def test_includefield_by_keyword_and_by_tag(corpus: Corpus) -> None:
     a = corpus.studies["A"]
     ds = pydicom.dcmread(dicom_file(a.source), stop_before_pixels=True)
-    for include in ("StudyDescription", "00081030", "0008,1030", "(0008,1030)"):
+    for include in ("StudyDescription", "00081030", "00081030,StudyDescription"):
         (result,) = found(corpus.store, "studies", {"StudyInstanceUID": a.uid, "includefield": include})
         assert value(result, "StudyDescription") == ds.StudyDescription, include
     (result,) = found(corpus.store, "studies", [("StudyInstanceUID", a.uid), ("includefield", "InstitutionName"),
@@ -579,11 +594,8 @@ def many(server: Server) -> Many:
     store = make_store(server)
     studies = [generate_uid() for _ in range(MANY_STUDIES)]
     big_study, big_series = generate_uid(), generate_uid()
-    with requests.Session() as session:
-        for i, study in enumerate(studies):
-            post(store, tiny_instance(study, generate_uid(), 1, PatientID=f"P{i:03d}"), session)
-        for number in range(1, BIG_SERIES + 1):
-            post(store, tiny_instance(big_study, big_series, number, PatientID="BIG"), session)
+    post_many(store, [tiny_instance(s, generate_uid(), 1, PatientID=f"P{i:03d}") for i, s in enumerate(studies)])
+    post_many(store, [tiny_instance(big_study, big_series, n, PatientID="BIG") for n in range(1, BIG_SERIES + 1)])
     return Many(store, sorted(studies + [big_study]), big_study, big_series)
 
 
@@ -657,7 +669,8 @@ def charsets(server: Server) -> tuple[Store, dict[str, CharsetStudy]]:
             if label == "chrSQEncoding":
                 ds.PatientName = ds.RequestedProcedureCodeSequence[0].PatientName
                 ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+            ds.SOPInstanceUID = generate_uid()
             post(store, to_bytes(ds), session)
             name = pydicom.dcmread(io.BytesIO(to_bytes(ds))).PatientName
             out[label] = CharsetStudy(ds.StudyInstanceUID, name)
@@ -725,8 +738,6 @@ def test_name_in_a_sequence_item_uses_the_items_character_set(charsets: tuple[St
                                           "Phonetic": "やまだ^たろう"}]
 
 
-@pytest.mark.xfail(strict=True, reason="person names are stored NFKD-decomposed (store/instances.py normalise_name), "
-                                       "so `?` meets one Hangul jamo, not one syllable")
 def test_question_mark_matches_one_hangul_syllable(charsets: tuple[Store, dict[str, CharsetStudy]]) -> None:
     store, studies = charsets
     assert studies["chrKoreanMulti"].study in study_uids(store, {"PatientName": "?희중"})

@@ -83,7 +83,7 @@ def test_single_part_retrieve_with_any_syntax_is_byte_exact(store: Store, name: 
 
 
 def test_multipart_retrieve_of_study_series_and_instance_returns_the_stored_bytes(store: Store) -> None:
-    ct, mr, emri = put(store, "CT_small.dcm", "MR_small.dcm", "emri_small.dcm")
+    _, mr, emri = put(store, "CT_small.dcm", "MR_small.dcm", "emri_small.dcm")
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
     study, series, instance = (get(url(store, mr, level), accept) for level in ("study", "series", "instance"))
@@ -188,6 +188,33 @@ def test_accept_list_picks_the_first_producible_media_type(store: Store) -> None
     assert response.content == dicom_file("CT_small.dcm").read_bytes()
 
 
+def test_single_part_retrieve_as_stored_declares_its_length(store: Store) -> None:
+    (emri,) = put(store, "emri_small.dcm")
+
+    response = get(url(store, emri), AS_STORED["Accept"])
+
+    assert int(response.headers["content-length"]) == dicom_file("emri_small.dcm").stat().st_size
+
+
+def test_study_retrieve_that_cannot_convert_one_instance_is_a_clean_406_naming_it(store: Store) -> None:
+    (colour,) = put(store, "SC_rgb.dcm")
+    ct = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    ct.StudyInstanceUID = colour.StudyInstanceUID
+    ct.SeriesInstanceUID = "9.9.9"  # sorts after the colour series, so it is converted second
+    buffer = io.BytesIO()
+    ct.save_as(buffer)
+    requests.post(f"{store.dicomweb}/studies", data=buffer.getvalue(), timeout=30,
+                  headers={"Content-Type": "application/dicom"}).raise_for_status()
+
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax='
+    jpeg = get(url(store, colour, "study"), accept + JPEG_BASELINE)
+    as_stored = get(url(store, colour, "study"), accept + "*")
+
+    assert_error(jpeg, 406, "INVALID_ARGUMENT")
+    assert ct.SOPInstanceUID in jpeg.json()["error"]["message"]
+    assert [p for _, p in parts(as_stored)] == [dicom_file("SC_rgb.dcm").read_bytes(), buffer.getvalue()]
+
+
 # ---- metadata ---------------------------------------------------------------------------------
 
 
@@ -247,7 +274,7 @@ def test_instance_metadata_equals_pydicoms_dicom_json(store: Store, name: str) -
 
 
 def test_metadata_of_study_and_series_is_an_array_of_every_instance(store: Store) -> None:
-    ct, mr, rtplan = put(store, "CT_small.dcm", "MR_small.dcm", "rtplan.dcm")
+    _, mr, rtplan = put(store, "CT_small.dcm", "MR_small.dcm", "rtplan.dcm")
     copy = pydicom.dcmread(dicom_file("MR_small.dcm"))
     copy.SOPInstanceUID = pydicom.uid.generate_uid()
     buffer = io.BytesIO()
@@ -272,6 +299,32 @@ def test_metadata_as_multipart_xml(store: Store) -> None:
     assert headers["content-type"] == "application/dicom+xml"
     assert b'keyword="PatientName"' in payload and b"<FamilyName>CompressedSamples</FamilyName>" in payload
     assert f'<BulkData uri="{url(store, ct)}/bulkdata/7FE00010"/>'.encode() in payload
+
+
+def test_metadata_xml_names_the_creator_of_private_attributes(store: Store) -> None:
+    (ct,) = put(store, "CT_small.dcm")
+
+    ((_, payload),) = parts(get(url(store, ct) + "/metadata", 'multipart/related; type="application/dicom+xml"'))
+
+    assert b'<DicomAttribute tag="00090010" vr="LO">' in payload
+    assert b'<DicomAttribute tag="00090001" vr="LO" privateCreator="GEMS_IDEN_01">' in payload
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    ("127.0.0.1", "http://127.0.0.1:{port}/v1/"),
+    ("localhost", "http://localhost:{port}/v1/"),
+    ("127.0.0.1:{port}", "http://127.0.0.1:{port}/v1/"),
+    ("dicom.example.org", "http://dicom.example.org/v1/"),
+])
+def test_absolute_urls_keep_the_port_a_host_header_without_one_left_out(store: Store, host: str,
+                                                                       expected: str) -> None:
+    # dicomweb-client sends "Host: 127.0.0.1" to a server on another port; a proxy sends its public name.
+    (ct,) = put(store, "CT_small.dcm")
+    port = store.server.port
+
+    response = requests.get(url(store, ct) + "/metadata", headers={"Host": host.format(port=port)}, timeout=30)
+
+    assert response.json()[0]["7FE00010"]["BulkDataURI"].startswith(expected.format(port=port))
 
 
 def test_metadata_in_an_unsupported_media_type_is_406(store: Store) -> None:
@@ -324,6 +377,13 @@ def test_bulk_pixel_data_is_uncompressed_little_endian(store: Store, name: str, 
     assert response.content == little_endian
 
 
+def test_bulk_data_in_an_image_media_type_is_406(store: Store) -> None:
+    (ct,) = put(store, "CT_small.dcm")
+
+    assert_error(get(url(store, ct) + "/bulkdata/7FE00010", 'multipart/related; type="image/jpeg"'), 406,
+                 "INVALID_ARGUMENT")
+
+
 def test_bulk_data_at_a_path_without_bulk_data_is_404(store: Store) -> None:
     (ct,) = put(store, "CT_small.dcm")
 
@@ -346,6 +406,17 @@ def test_frames_with_any_syntax_are_the_stored_compressed_frames(store: Store) -
     assert [p for _, p in got] == [stored_frames[1], stored_frames[6], stored_frames[9]]
 
 
+def test_frames_with_a_wildcard_type_and_any_syntax_are_the_stored_frames(store: Store) -> None:
+    (ds,) = put(store, "emri_small_RLE.dcm")
+    stored_frames = list(generate_frames(ds.PixelData, number_of_frames=10))
+
+    response = get(url(store, ds) + "/frames/3", 'multipart/related; type="*/*"; transfer-syntax=*')
+
+    ((headers, payload),) = parts(response)
+    assert headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.5"
+    assert payload == stored_frames[2]
+
+
 @pytest.mark.parametrize("name", ["emri_small.dcm", "emri_small_RLE.dcm", "emri_small_jpeg_2k_lossless.dcm"])
 def test_frames_by_default_are_raw_little_endian_pixels(store: Store, name: str) -> None:
     (ds,) = put(store, name)
@@ -355,6 +426,17 @@ def test_frames_by_default_are_raw_little_endian_pixels(store: Store, name: str)
     got = parts(response)
     assert [h["content-type"] for h, _ in got] == [f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"] * 2
     assert [p for _, p in got] == [ds.pixel_array[0].tobytes(), ds.pixel_array[9].tobytes()]
+
+
+@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "MR_small_implicit.dcm"])
+def test_frames_of_a_native_instance_with_any_syntax_are_little_endian_and_say_so(store: Store, name: str) -> None:
+    (ds,) = put(store, name)
+
+    response = get(url(store, ds) + "/frames/1", f"{OCTETS}; transfer-syntax=*")
+
+    ((headers, payload),) = parts(response)
+    assert headers["content-type"] == f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+    assert payload == pydicom.dcmread(dicom_file("MR_small.dcm")).PixelData
 
 
 def test_single_frame_as_single_part_octet_stream(store: Store) -> None:
@@ -403,6 +485,18 @@ def test_rendered_frame_of_a_colour_instance_is_rgb(store: Store) -> None:
     image = Image.open(io.BytesIO(response.content))
     assert (image.mode, image.size) == ("RGB", (rgb.Columns, rgb.Rows))
     np.testing.assert_array_equal(np.asarray(image), rgb.pixel_array[1])
+
+
+def test_rendered_frames_come_as_multipart_when_asked_or_when_several(store: Store) -> None:
+    (emri,) = put(store, "emri_small.dcm")
+
+    one = get(url(store, emri) + "/frames/1/rendered", 'multipart/related; type="image/png"')
+    several = get(url(store, emri) + "/frames/1,4,9/rendered", "image/png")
+
+    ((headers, payload),) = parts(one)
+    assert headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(payload)).size == (64, 64)
+    assert [h["content-type"] for h, _ in parts(several)] == ["image/png"] * 3
 
 
 @pytest.mark.parametrize("viewport", ["64", "0,64", "a,b", "64,64,1", "100000,100000"])

@@ -4,10 +4,10 @@ rendered, bulk data) and DELETE, with Accept negotiation as the Cloud Healthcare
 from __future__ import annotations
 
 import ipaddress
+import tempfile
 import uuid
-from collections.abc import Iterator
-from typing import Any
-from urllib.parse import unquote
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -15,7 +15,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from dicomlake.api.multipart import Part, parse_content_type, read_parts, read_single_part, write_parts
+from dicomlake.api.multipart import (
+    IN_MEMORY_PART_BYTES,
+    Part,
+    parse_content_type,
+    read_parts,
+    read_single_part,
+    write_parts,
+)
 from dicomlake.api.resources import VERSIONS, json, services, store_of
 from dicomlake.dicom import bulkdata, pixels
 from dicomlake.dicom.parse import BULKDATA_PREFIX, EXPLICIT_LE
@@ -27,9 +34,13 @@ from dicomlake.store.catalog import StoreRef
 from dicomlake.store.instances import Failed, InstanceRow, Stored
 
 # Transfer syntaxes a client may ask for (the conformance statement's list) besides "*".
-RETRIEVABLE_SYNTAXES = frozenset(
-    ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.8.1"]
-)
+RETRIEVABLE_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.110",
+    "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.8.1",
+})
 
 
 # ---- Accept negotiation -----------------------------------------------------------------------
@@ -135,13 +146,11 @@ def _uids(request: Request) -> tuple[str, str | None, str | None]:
     return p["study"], p.get("series"), p.get("instance")
 
 
-def _convert(data: bytes, stored_syntax: str, wanted: str) -> tuple[bytes, str]:
-    if wanted == "*" or wanted == stored_syntax:
-        return data, stored_syntax
+def _convert(row: InstanceRow, data: bytes, wanted: str) -> bytes:
     try:
-        return pixels.transcode(data, wanted), wanted
+        return pixels.transcode(data, wanted)
     except pixels.PixelError as exc:
-        raise NotAcceptable(f"cannot provide the instance in transfer syntax {wanted}: {exc}") from None
+        raise NotAcceptable(f"cannot provide instance {row.sop_uid} in transfer syntax {wanted}: {exc}") from None
 
 
 # ---- STOW-RS ----------------------------------------------------------------------------------
@@ -255,8 +264,7 @@ def _wants_xml(request: Request) -> bool:
 def _search(level: str):  # type: ignore[no-untyped-def]
     def endpoint(request: Request) -> Response:
         store = _store(request)
-        params = [(unquote(k), unquote(v)) for k, v in request.query_params.multi_items()]
-        query = search.parse_query(level, params)
+        query = search.parse_query(level, request.query_params.multi_items())
         results = search.search(services(request).db, store, query, request.path_params.get("study"),
                                 request.path_params.get("series"))
         if not results:
@@ -266,8 +274,9 @@ def _search(level: str):  # type: ignore[no-untyped-def]
                 return Response(orjson.dumps(results), media_type="application/dicom+json")
             if media_type == "multipart/related" and params_.get("type", "").lower() == "application/dicom+xml":
                 boundary = uuid.uuid4().hex
-                body = b"".join(write_parts(boundary, iter([("application/dicom+xml", to_xml(r)) for r in results])))
-                return Response(body, media_type=f'multipart/related; type="application/dicom+xml"; boundary={boundary}')
+                body = b"".join(write_parts(boundary, [("application/dicom+xml", to_xml(r)) for r in results]))
+                media_type = f'multipart/related; type="application/dicom+xml"; boundary={boundary}'
+                return Response(body, media_type=media_type)
         raise NotAcceptable("search results are available as application/dicom+json or "
                             "multipart/related; type=\"application/dicom+xml\"")
 
@@ -293,23 +302,53 @@ def _retrieve(request: Request, single_part_allowed: bool) -> Response:
     svc = services(request)
     multipart, syntax = choose_instance_media(request, single_part_allowed)
     rows = instances.find(svc.db, _store(request), *_uids(request), with_metadata=False)
+    to_convert = [row for row in rows if syntax not in ("*", row.transfer_syntax_uid)]
     if not multipart:
-        data, actual = _convert(svc.blobs.get(rows[0].blob_key), rows[0].transfer_syntax_uid, syntax)
-        return Response(data, media_type=f"application/dicom; transfer-syntax={actual}")
-    # Convert the first instance before answering, so an impossible conversion is a clean 406.
-    first = _convert(svc.blobs.get(rows[0].blob_key), rows[0].transfer_syntax_uid, syntax)
+        row = rows[0]
+        if to_convert:
+            return Response(_convert(row, svc.blobs.get(row.blob_key), syntax),
+                            media_type=f"application/dicom; transfer-syntax={syntax}")
+        return StreamingResponse(svc.blobs.stream(row.blob_key), headers={"Content-Length": str(row.blob_size)},
+                                 media_type=f"application/dicom; transfer-syntax={row.transfer_syntax_uid}")
+    # Every conversion runs before the answer starts, so an instance that cannot be converted is a clean 406
+    # instead of a body cut short; the converted copies wait in a scratch file, the rest stream from storage.
+    # Closed by bodies() once sent, so it outlives this function: no with block.
+    spool = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_PART_BYTES, dir=svc.scratch_dir)  # noqa: SIM115
+    spans: dict[str, tuple[int, int]] = {}
+    try:
+        for row in to_convert:
+            data = _convert(row, svc.blobs.get(row.blob_key), syntax)
+            spans[row.blob_key] = (spool.tell(), len(data))
+            spool.write(data)
+    except BaseException:
+        spool.close()
+        raise
+
+    def bodies() -> Iterator[tuple[str, Iterable[bytes]]]:
+        try:
+            for row in rows:
+                span = spans.get(row.blob_key)
+                if span is None:
+                    content_type = f"application/dicom; transfer-syntax={row.transfer_syntax_uid}"
+                    yield content_type, svc.blobs.stream(row.blob_key)
+                else:
+                    yield f"application/dicom; transfer-syntax={syntax}", _read_span(spool, *span)
+        finally:
+            spool.close()
+
     boundary = uuid.uuid4().hex
-
-    def parts() -> Iterator[tuple[str, bytes]]:
-        yield f"application/dicom; transfer-syntax={first[1]}", first[0]
-        for row in rows[1:]:
-            data, actual = _convert(svc.blobs.get(row.blob_key), row.transfer_syntax_uid, syntax)
-            yield f"application/dicom; transfer-syntax={actual}", data
-
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
     if syntax != "*":
         media += f"; transfer-syntax={syntax}"
-    return StreamingResponse(write_parts(boundary, parts()), media_type=media)
+    return StreamingResponse(write_parts(boundary, bodies()), media_type=media)
+
+
+def _read_span(file: IO[bytes], start: int, length: int, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    file.seek(start)
+    while length > 0:
+        chunk = file.read(min(chunk_size, length))
+        length -= len(chunk)
+        yield chunk
 
 
 def metadata(request: Request) -> Response:
@@ -327,8 +366,7 @@ def metadata(request: Request) -> Response:
     documents = [row.metadata.replace(BULKDATA_PREFIX, instance_url(base, row) + "/bulkdata/") for row in rows]
     if media_type == "multipart/related":
         boundary = uuid.uuid4().hex
-        body = b"".join(write_parts(boundary, iter(
-            [("application/dicom+xml", to_xml(orjson.loads(d))) for d in documents])))
+        body = b"".join(write_parts(boundary, [("application/dicom+xml", to_xml(orjson.loads(d))) for d in documents]))
         return Response(body, media_type=f'multipart/related; type="application/dicom+xml"; boundary={boundary}')
     return Response(("[" + ",".join(documents) + "]").encode(), media_type="application/dicom+json")
 
@@ -352,14 +390,19 @@ def frames(request: Request) -> Response:
         payloads = pixels.frames(svc.blobs.get(row.blob_key), numbers, syntax)
     except pixels.PixelError as exc:
         raise InvalidArgument(f"cannot retrieve frames {request.path_params['frames']}: {exc}") from None
-    actual = row.transfer_syntax_uid if syntax == "*" else syntax
+    if syntax != "*":
+        actual = syntax
+    elif row.transfer_syntax_uid in pixels.NATIVE_SYNTAXES:
+        actual = EXPLICIT_LE  # native frames are raw little-endian pixels, whatever the stored encoding
+    else:
+        actual = row.transfer_syntax_uid
     content_type = f"{part_type}; transfer-syntax={actual}"
     if not multipart:
         if len(payloads) != 1:
             raise NotAcceptable("a single-part response holds one frame: ask for multipart/related for several")
         return Response(payloads[0], media_type=content_type)
     boundary = uuid.uuid4().hex
-    body = write_parts(boundary, iter([(content_type, p) for p in payloads]))
+    body = write_parts(boundary, [(content_type, p) for p in payloads])
     return StreamingResponse(body, media_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
 
 
@@ -381,7 +424,11 @@ def _choose_frame_media(request: Request, stored: str) -> tuple[bool, str, str]:
         part_type = params.get("type", "application/octet-stream").lower() if multipart else media_type
         syntax = params.get("transfer-syntax")
         if part_type in ("*/*", "application/*"):
-            return multipart or part_type == "*/*", EXPLICIT_LE, "application/octet-stream"
+            # A wildcard leaves the media type to the server: octet-stream, as stored when asked with "*".
+            if syntax not in (None, "*", EXPLICIT_LE, stored):
+                continue
+            as_stored = syntax in ("*", stored)
+            return multipart or part_type == "*/*", "*" if as_stored else EXPLICIT_LE, "application/octet-stream"
         if part_type == "application/octet-stream":
             if syntax not in (None, "*", EXPLICIT_LE):
                 continue
@@ -397,7 +444,7 @@ def _choose_frame_media(request: Request, stored: str) -> tuple[bool, str, str]:
 
 def rendered(request: Request) -> Response:
     svc = services(request)
-    media_type = _choose_rendered_media(request)
+    multipart, media_type = _choose_rendered_media(request)
     size = _viewport(request.query_params.get("viewport"))
     quality = _quality(request.query_params.get("quality"))
     frame_list = request.path_params.get("frames")
@@ -408,21 +455,22 @@ def rendered(request: Request) -> Response:
         images = [pixels.render(data, n, media_type, size, quality) for n in numbers]
     except pixels.PixelError as exc:
         raise InvalidArgument(f"cannot render this instance: {exc}") from None
-    if len(images) == 1:
+    if len(images) == 1 and not multipart:
         return Response(images[0], media_type=media_type)
     boundary = uuid.uuid4().hex
-    body = b"".join(write_parts(boundary, iter([(media_type, i) for i in images])))
+    body = b"".join(write_parts(boundary, [(media_type, i) for i in images]))
     return Response(body, media_type=f'multipart/related; type="{media_type}"; boundary={boundary}')
 
 
-def _choose_rendered_media(request: Request) -> str:
+def _choose_rendered_media(request: Request) -> tuple[bool, str]:
+    """(multipart?, image media type); several frames are always sent as multipart."""
     for media_type, params in accepted(request):
-        if media_type == "multipart/related":
-            media_type = params.get("type", "image/jpeg").lower()
-        if media_type in ("image/jpeg", "image/png"):
-            return media_type
-        if media_type in ("*/*", "image/*"):
-            return "image/jpeg"
+        multipart = media_type == "multipart/related"
+        part_type = params.get("type", "image/jpeg").lower() if multipart else media_type
+        if part_type in ("image/jpeg", "image/png"):
+            return multipart, part_type
+        if part_type in ("*/*", "image/*"):
+            return multipart, "image/jpeg"
     raise NotAcceptable("rendered images are available as image/jpeg or image/png")
 
 
@@ -450,12 +498,12 @@ def _quality(value: str | None) -> int:
 def bulk(request: Request) -> Response:
     svc = services(request)
     row = instances.find(svc.db, _store(request), *_uids(request), with_metadata=False)[0]
-    multipart = True
     for media_type, params in accepted(request):
-        if media_type == "application/octet-stream":
-            multipart = False
-            break
-        if media_type == "multipart/related" or media_type in ("*/*", "application/*"):
+        multipart = media_type == "multipart/related"
+        part_type = params.get("type", "application/octet-stream").lower() if multipart else media_type
+        if part_type in ("application/octet-stream", "application/*", "*/*"):
+            # Bare wildcards get the standard's multipart answer.
+            multipart = multipart or media_type != "application/octet-stream"
             break
     else:
         raise NotAcceptable("bulk data is available as multipart/related; type=\"application/octet-stream\"")
@@ -463,10 +511,12 @@ def bulk(request: Request) -> Response:
         value = bulkdata.extract(svc.blobs.get(row.blob_key), request.path_params["path"])
     except bulkdata.BulkDataError as exc:
         raise NotFound(str(exc)) from None
+    except pixels.PixelError as exc:
+        raise NotAcceptable(f"cannot provide the pixel data uncompressed: {exc}") from None
     if not multipart:
         return Response(value, media_type="application/octet-stream")
     boundary = uuid.uuid4().hex
-    body = b"".join(write_parts(boundary, iter([("application/octet-stream", value)])))
+    body = b"".join(write_parts(boundary, [("application/octet-stream", value)]))
     return Response(body, media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
 
 

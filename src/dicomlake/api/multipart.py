@@ -6,7 +6,7 @@ from __future__ import annotations
 import mmap
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -57,7 +57,8 @@ class _PartBuffer:
             return
         self.size += len(data)
         if self.file is None and self.size > IN_MEMORY_PART_BYTES:
-            self.file = tempfile.NamedTemporaryFile(dir=self.scratch_dir, prefix="part-", delete=True)
+            # Owned by the Part this buffer becomes, which closes it: no with block.
+            self.file = tempfile.NamedTemporaryFile(dir=self.scratch_dir, prefix="part-", delete=True)  # noqa: SIM115
             for chunk in self.chunks:
                 self.file.write(chunk)
             self.chunks = []
@@ -158,9 +159,15 @@ def part_header(content_type: str, extra: dict[str, str] | None = None) -> bytes
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def write_parts(boundary: str, parts: Iterator[tuple[str, bytes]]) -> Iterator[bytes]:
-    """Encode (content type, payload) pairs as a multipart/related body, one chunk per part."""
+def write_parts(boundary: str, parts: Iterable[tuple[str, bytes | Iterable[bytes]]]) -> Iterator[bytes]:
+    """Encode (content type, payload) pairs as a multipart/related body; a payload is bytes, or chunks of
+    bytes that are passed on as they come so a large part is never held whole."""
     delimiter = f"--{boundary}\r\n".encode()
     for content_type, payload in parts:
-        yield delimiter + part_header(content_type) + payload + b"\r\n"
+        if isinstance(payload, bytes):
+            yield delimiter + part_header(content_type) + payload + b"\r\n"
+        else:
+            yield delimiter + part_header(content_type)
+            yield from payload
+            yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()

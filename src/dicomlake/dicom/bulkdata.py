@@ -1,21 +1,22 @@
 """Bulk data values addressed by the paths used in BulkDataURIs (`7FE00010`, `00283000/0/00283006`), as
-WADO-RS sends them: little-endian, and pixel data uncompressed and unencapsulated."""
+WADO-RS sends them: the value's bytes in little-endian order, and pixel data uncompressed and unencapsulated."""
 
 from __future__ import annotations
 
 import io
 import re
-import struct
 
 import numpy as np
 import pydicom
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from dicomlake.dicom.parse import PIXEL_DATA_TAGS
+from dicomlake.dicom.parse import PIXEL_DATA_TAGS, dictionary_vr
 
-_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
-_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+# Bytes per value to swap when a big-endian file's value is sent little-endian. OB and UN are byte
+# streams (UN content is always little-endian, PS3.5 6.2.2); AT is a pair of 16-bit numbers.
+_WORD_SIZES = {"OW": 2, "US": 2, "SS": 2, "AT": 2, "OF": 4, "OL": 4, "UL": 4, "SL": 4, "FL": 4,
+               "OD": 8, "OV": 8, "FD": 8, "SV": 8, "UV": 8}
+_BULK_VRS = frozenset(_WORD_SIZES) | {"OB", "UN"}
 _PATH = re.compile(r"[0-9A-Fa-f]{8}(/\d{1,9}/[0-9A-Fa-f]{8})*")
 
 
@@ -24,7 +25,9 @@ class BulkDataError(LookupError):
 
 
 def extract(data: bytes, path: str) -> bytes:
-    """The value of the element at `path`, little-endian and unencapsulated where it is pixel data."""
+    """The value of the element at `path`, little-endian and unencapsulated where it is pixel data.
+    Raises BulkDataError for a path that names nothing, and pixels.PixelError for pixel data that cannot be
+    decompressed."""
     path = path.strip("/")
     if not _PATH.fullmatch(path):
         raise BulkDataError(f"bulk data path {path!r} must be TAG or TAG/ITEM/TAG... (tags as 8 hex digits)")
@@ -34,37 +37,32 @@ def extract(data: bytes, path: str) -> bytes:
     try:
         for i in range(0, len(parts) - 1, 2):
             current = current[int(parts[i], 16)].value[int(parts[i + 1])]
-        tag = int(parts[-1], 16)
-        element = current[tag]
     except (KeyError, IndexError, TypeError):
         raise BulkDataError(f"no bulk data at {path!r} in this instance") from None
+    tag = int(parts[-1], 16)
+    # The raw element, not pydicom's conversion of it: a private UN value stays the bytes that were sent
+    # even where pydicom's private dictionary knows a VR for it.
+    element = current.get_item(tag)
+    if element is None or not isinstance(element.value, bytes):
+        raise BulkDataError(f"no bulk data at {path!r} in this instance")
+    if not set((element.VR or dictionary_vr(tag)).split(" or ")) & _BULK_VRS:
+        raise BulkDataError(f"the element at {path!r} is not bulk data")
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if tag in PIXEL_DATA_TAGS and len(parts) == 1 and syntax is not None and syntax.is_compressed:
         from dicomlake.dicom.pixels import frame_count, frames
 
         return b"".join(frames(data, list(range(1, frame_count(data) + 1))))
-    value = element.value
-    if isinstance(value, bytes):
-        # pydicom keeps binary values in the file's byte order; only big-endian files need swapping.
-        little_endian = ds.original_encoding[1] is not False
-        return value if little_endian else _swap(value, _word_size(element, current))
-    if element.VR == "AT":
-        tags = value if isinstance(value, list | pydicom.multival.MultiValue) else [value]
-        return b"".join(struct.pack("<HH", t >> 16, t & 0xFFFF) for t in tags)
-    fmt = _NUMBER_FORMATS.get(element.VR)
-    if fmt is None:
-        raise BulkDataError(f"the element at {path!r} is not bulk data")
-    values = value if isinstance(value, list | pydicom.multival.MultiValue) else [value]
-    return struct.pack("<" + fmt * len(values), *[int(v) if fmt not in "fd" else float(v) for v in values])
+    if ds.original_encoding[1] is not False:
+        return element.value
+    return _swap(element.value, _word_size(tag, element.VR, current))
 
 
-def _word_size(element: DataElement, dataset: Dataset) -> int:
-    """Bytes per value to swap: OW pixel data holds values of BitsAllocated, other words are fixed by VR,
-    and OB / UN are byte streams."""
-    if element.tag == 0x7FE00010 and element.VR == "OW":
+def _word_size(tag: int, vr: str | None, dataset: Dataset) -> int:
+    if tag == 0x7FE00010 and vr == "OW":
+        # OW pixel data holds values of BitsAllocated; 8-bit values sit in byte-swapped 16-bit words.
         bits = int(dataset.get("BitsAllocated") or 16)
         return bits // 8 if bits > 8 else 2
-    return _WORD_SIZES.get(element.VR, 1)
+    return _WORD_SIZES.get(vr or "", 1)
 
 
 def _swap(value: bytes, size: int) -> bytes:

@@ -77,7 +77,8 @@ def list_(db: Database, dataset: DatasetRef, page_size: int | None, page_token: 
 
 def to_json(dataset: DatasetRef, row: Any) -> dict[str, Any]:
     name = f"{dataset.name}/operations/{row.pk}"
-    counter = {k: str(v) for k, v in (("success", row.success), ("failure", row.failure), ("pending", row.pending)) if v}
+    counts = (("success", row.success), ("failure", row.failure), ("pending", row.pending))
+    counter = {k: str(v) for k, v in counts if v}
     metadata: dict[str, Any] = {
         "@type": METADATA_TYPE,
         "apiMethodName": row.method,

@@ -74,10 +74,11 @@ studies = sa.Table(
     sa.Column("attributes", sa.Text, nullable=False),
     sa.Column("created", sa.Float, nullable=False),
     sa.PrimaryKeyConstraint("store_pk", "study_uid"),
-    sa.Index("ix_studies_patient_id", "store_pk", "patient_id"),
-    sa.Index("ix_studies_patient_name", "store_pk", "patient_name_alphabetic"),
-    sa.Index("ix_studies_accession", "store_pk", "accession_number"),
-    sa.Index("ix_studies_date", "store_pk", "study_date"),
+    # study_uid last: results come in study UID order, so an exact match needs no sort.
+    sa.Index("ix_studies_patient_id", "store_pk", "patient_id", "study_uid"),
+    sa.Index("ix_studies_patient_name", "store_pk", "patient_name_alphabetic", "study_uid"),
+    sa.Index("ix_studies_accession", "store_pk", "accession_number", "study_uid"),
+    sa.Index("ix_studies_date", "store_pk", "study_date", "study_uid"),
 )
 
 series = sa.Table(
@@ -94,7 +95,7 @@ series = sa.Table(
     sa.Column("created", sa.Float, nullable=False),
     sa.PrimaryKeyConstraint("store_pk", "study_uid", "series_uid"),
     sa.Index("ix_series_uid", "store_pk", "series_uid"),
-    sa.Index("ix_series_modality", "store_pk", "modality"),
+    sa.Index("ix_series_modality", "store_pk", "modality", "study_uid"),
 )
 
 instances = sa.Table(

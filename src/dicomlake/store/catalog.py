@@ -318,7 +318,9 @@ def _validate_labels(labels: Any) -> dict[str, str]:
                 f"invalid label key {key!r}: 1-63 lower-case letters, digits, '_' or '-', starting with a letter"
             )
         if not (isinstance(value, str) and len(value) <= 63 and all(_label_char_ok(c, False) for c in value)):
-            raise InvalidArgument(f"invalid label value {value!r} for {key!r}: up to 63 lower-case letters, digits, '_' or '-'")
+            raise InvalidArgument(
+                f"invalid label value {value!r} for {key!r}: up to 63 lower-case letters, digits, '_' or '-'"
+            )
     return dict(labels)
 
 
@@ -401,7 +403,7 @@ def _filter_unary(tokens: list[tuple[str, str]], text: str) -> tuple[LabelFilter
 
 def paging(page_size: int | None, page_token: str | None, kind: str) -> tuple[int, str]:
     """(page size, the last name of the previous page) from a list request."""
-    size = 100 if not page_size else page_size
+    size = page_size or 100
     if size < 0:
         raise InvalidArgument(f"pageSize must not be negative, got {page_size}")
     size = min(size, 1000)

@@ -104,7 +104,7 @@ def store_instances(
         if isinstance(outcome, Failed):
             results[index] = outcome
             continue
-        key = f"{store.pk}/{outcome.study_uid}/{outcome.series_uid}/{outcome.sop_uid}/{uuid.uuid4().hex}.dcm"
+        key = f"{store.pk}/{outcome.study_uid}/{outcome.series_uid}/{outcome.sop_uid}.{uuid.uuid4().hex}.dcm"
         uids = {"store_pk": store.pk, "study_uid": outcome.study_uid, "series_uid": outcome.series_uid,
                 "sop_uid": outcome.sop_uid}
         pending.append(_Pending(index, outcome, data, key, uids))
@@ -215,10 +215,13 @@ def _where(uids: dict[str, Any]) -> dict[str, Any]:
             "w_sop": uids["sop_uid"]}
 
 
-def _insert_ignore(db: Database, table: sa.Table) -> sa.Insert:
+def _insert_ignore(db: Database, table: sa.Table, returning: sa.Column | None = None) -> sa.Insert:
     statement = _INSERT_IGNORE.get((db.is_sqlite, table.name))
     if statement is None:
-        statement = _INSERT_IGNORE[(db.is_sqlite, table.name)] = db.insert_ignore(table)
+        statement = db.insert_ignore(table)
+        if returning is not None:
+            statement = statement.returning(returning)
+        _INSERT_IGNORE[(db.is_sqlite, table.name)] = statement
     return statement
 
 
@@ -240,7 +243,8 @@ def _insert(
         "metadata": orjson.dumps(meta).decode(),
         "created": now,
     })
-    new_series = conn.execute(_insert_ignore(db, series), {
+    # RETURNING, because PostgreSQL reports no rowcount for INSERT ... ON CONFLICT DO NOTHING.
+    new_series = conn.execute(_insert_ignore(db, series, series.c.series_uid), {
         "store_pk": uids["store_pk"],
         "study_uid": parsed.study_uid,
         "series_uid": parsed.series_uid,
@@ -250,7 +254,7 @@ def _insert(
         "instance_count": 0,
         "attributes": _subset(meta, SERIES_ATTRIBUTES),
         "created": now,
-    }).rowcount
+    }).first() is not None
     conn.execute(_COUNT_SERIES_INSTANCE, _where(uids))
     conn.execute(_insert_ignore(db, studies), {
         "store_pk": uids["store_pk"],
@@ -301,7 +305,8 @@ _TOKEN_SPLIT = re.compile(r"[^\w]+")
 def normalise_name(text: str) -> str:
     """Lower case without accents, so 'Müller' and 'muller' compare equal."""
     decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+    # Recomposed afterwards, so that one Hangul syllable stays one character for '?' to match.
+    return unicodedata.normalize("NFC", "".join(c for c in decomposed if not unicodedata.combining(c))).lower()
 
 
 def name_tokens(text: str) -> list[str]:

@@ -161,7 +161,7 @@ def _person_name_match(prefix: str, value: str, fuzzy: bool) -> sa.ColumnElement
         return sa.or_(*[_group_match(c, groups[0]) for c in columns])
     if len(groups) > len(columns):
         raise InvalidArgument(f"invalid person name {value!r}: at most three '='-separated component groups")
-    matches = [_group_match(c, g) for c, g in zip(columns, groups) if g.strip("*")]
+    matches = [_group_match(c, g) for c, g in zip(columns, groups, strict=False) if g.strip("*")]
     return sa.and_(*matches) if matches else None
 
 
@@ -275,7 +275,15 @@ def _page(select: sa.Select, query: Query) -> sa.Select:
 
 
 def _studies(conn: sa.Connection, query: Query, where: list, store_pk: int) -> list[dict[str, Any]]:
-    select = sa.select(studies.c.study_uid, studies.c.attributes, studies.c.series_count, studies.c.instance_count)
+    # Series are counted here rather than read from studies.series_count, which ingest cannot keep exact on
+    # PostgreSQL (an INSERT ... ON CONFLICT DO NOTHING there reports rowcount -1, inserted or not).
+    series_count = (
+        sa.select(sa.func.count())
+        .where(series.c.store_pk == studies.c.store_pk, series.c.study_uid == studies.c.study_uid)
+        .scalar_subquery()
+        .label("series_count")
+    )
+    select = sa.select(studies.c.study_uid, studies.c.attributes, series_count, studies.c.instance_count)
     rows = conn.execute(_page(select.where(*where).order_by(studies.c.study_uid), query)).all()
     modalities = _modalities(conn, store_pk, [r.study_uid for r in rows])
     wanted = _wanted(tags.STUDY_DEFAULT, tags.STUDY_EXTRA, query)
@@ -305,11 +313,15 @@ def _modalities(conn: sa.Connection, store_pk: int, study_uids: list[str]) -> di
 
 
 def _join_studies(select: sa.Select, table: sa.Table) -> sa.Select:
-    return select.join(studies, sa.and_(studies.c.store_pk == table.c.store_pk, studies.c.study_uid == table.c.study_uid))
+    return select.join(
+        studies, sa.and_(studies.c.store_pk == table.c.store_pk, studies.c.study_uid == table.c.study_uid)
+    )
 
 
 def _series(conn: sa.Connection, query: Query, where: list) -> list[dict[str, Any]]:
-    select = sa.select(series.c.attributes, series.c.instance_count, series.c.study_uid, studies.c.attributes.label("study"))
+    select = sa.select(
+        series.c.attributes, series.c.instance_count, series.c.study_uid, studies.c.attributes.label("study")
+    )
     select = _join_studies(select.select_from(series), series)
     order = (series.c.study_uid, series.c.series_uid)
     rows = conn.execute(_page(select.where(*where).order_by(*order), query)).all()
@@ -342,10 +354,7 @@ def _instances(conn: sa.Connection, query: Query, where: list) -> list[dict[str,
     results = []
     for text in rows:
         metadata = orjson.loads(text)
-        if query.include_all:
-            attrs = _without_bulkdata(metadata)
-        else:
-            attrs = {k: metadata[k] for k in wanted if k in metadata}
+        attrs = _without_bulkdata(metadata) if query.include_all else {k: metadata[k] for k in wanted if k in metadata}
         attrs.setdefault(tags.INSTANCE_AVAILABILITY, _values("CS", ["ONLINE"]))
         results.append(_sorted(attrs))
     return results
