@@ -12,7 +12,7 @@ import pydicom
 import pytest
 import requests
 from PIL import Image
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 
 from conftest import Store, dicom_file
 
@@ -377,6 +377,17 @@ def test_bulk_pixel_data_is_uncompressed_little_endian(store: Store, name: str, 
     assert response.content == little_endian
 
 
+def test_bulk_data_of_a_private_un_element_is_the_bytes_sent(store: Store) -> None:
+    (ds,) = put(store, "chrJapMulti.dcm")
+    (metadata,) = get(url(store, ds) + "/metadata").json()
+
+    response = get(metadata["00191015"]["BulkDataURI"], "application/octet-stream")
+
+    assert metadata["00191015"]["vr"] == "UN"
+    assert response.status_code == 200
+    assert response.content == ds.get_item(0x00191015).value == b"2.8 "
+
+
 def test_bulk_data_in_an_image_media_type_is_406(store: Store) -> None:
     (ct,) = put(store, "CT_small.dcm")
 
@@ -516,6 +527,23 @@ def test_rendered_of_an_instance_without_pixels_is_400(store: Store) -> None:
     (rtplan,) = put(store, "rtplan.dcm")
 
     assert_error(get(url(store, rtplan) + "/rendered"), 400, "INVALID_ARGUMENT")
+
+
+def test_pixel_data_that_cannot_be_decoded_is_a_4xx_never_a_500(store: Store) -> None:
+    ds = pydicom.dcmread(dicom_file("MR_small_RLE.dcm"))
+    ds.PixelData = encapsulate([b"\x63" + b"\x00" * 63])  # an RLE header announcing 99 segments
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    requests.post(f"{store.dicomweb}/studies", data=buffer.getvalue(), timeout=30,
+                  headers={"Content-Type": "application/dicom"}).raise_for_status()
+
+    assert_error(get(url(store, ds), "application/dicom"), 406, "INVALID_ARGUMENT")
+    assert_error(get(url(store, ds, "series"), 'multipart/related; type="application/dicom"'), 406,
+                 "INVALID_ARGUMENT")
+    assert_error(get(url(store, ds) + "/bulkdata/7FE00010"), 406, "INVALID_ARGUMENT")
+    assert_error(get(url(store, ds) + "/frames/1", OCTETS), 400, "INVALID_ARGUMENT")
+    assert_error(get(url(store, ds) + "/rendered"), 400, "INVALID_ARGUMENT")
+    assert get(url(store, ds), AS_STORED["Accept"]).content == buffer.getvalue()
 
 
 # ---- not found --------------------------------------------------------------------------------

@@ -70,7 +70,11 @@ def dataset_of(request: Request) -> catalog.DatasetRef:
 
 
 def store_of(request: Request, store_id: str) -> catalog.StoreRef:
-    return catalog.get_store(services(request).db, dataset_of(request), store_id)
+    p = request.path_params
+    dataset_id, verb = split_verb(p["dataset"])
+    if verb:
+        raise NotFound(f"unknown method :{verb} on datasets")
+    return catalog.find_store(services(request).db, p["project"], p["location"], dataset_id, store_id)
 
 
 # ---- datasets ---------------------------------------------------------------------------------

@@ -144,16 +144,27 @@ def create_store(db: Database, dataset: DatasetRef, store_id: str, body: dict[st
     return StoreRef(pk, dataset, store_id, config)
 
 
-def get_store(db: Database, dataset: DatasetRef, store_id: str) -> StoreRef:
+_FIND_STORE = (
+    sa.select(datasets.c.pk.label("dataset_pk"), dicom_stores.c.pk, dicom_stores.c.config)
+    .select_from(datasets.outerjoin(dicom_stores, sa.and_(dicom_stores.c.dataset_pk == datasets.c.pk,
+                                                          dicom_stores.c.store_id == sa.bindparam("store_id"))))
+    .where(datasets.c.project == sa.bindparam("project"), datasets.c.location == sa.bindparam("location"),
+           datasets.c.dataset_id == sa.bindparam("dataset_id"))
+)
+
+
+def find_store(db: Database, project: str, location: str, dataset_id: str, store_id: str) -> StoreRef:
+    """A store by its full name in one query (every DICOMweb request starts here)."""
+    params = {"project": project, "location": location, "dataset_id": dataset_id, "store_id": store_id}
     with db.read() as conn:
-        row = conn.execute(
-            sa.select(dicom_stores.c.pk, dicom_stores.c.config).where(
-                dicom_stores.c.dataset_pk == dataset.pk, dicom_stores.c.store_id == store_id
-            )
-        ).first()
+        row = conn.execute(_FIND_STORE, params).first()
+    dataset_name = f"projects/{project}/locations/{location}/datasets/{dataset_id}"
     if row is None:
-        raise NotFound(f"DICOM store {dataset.name}/dicomStores/{store_id} not found")
-    return StoreRef(row.pk, dataset, store_id, orjson.loads(row.config))
+        raise NotFound(f"dataset {dataset_name} not found")
+    if row.pk is None:
+        raise NotFound(f"DICOM store {dataset_name}/dicomStores/{store_id} not found")
+    return StoreRef(row.pk, DatasetRef(row.dataset_pk, project, location, dataset_id), store_id,
+                    orjson.loads(row.config))
 
 
 def list_stores(
