@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 
 import numpy as np
 import pydicom
@@ -334,7 +335,7 @@ def test_fifty_instances_in_one_chunked_multipart_body_are_all_stored(store: Sto
     parts = [with_new_uids(CT, study) for _ in range(50)]
     body = multipart(*parts)
 
-    def chunks() -> object:
+    def chunks() -> Iterator[bytes]:
         for start in range(0, len(body), 8191):
             yield body[start:start + 8191]
 
