@@ -9,6 +9,7 @@ from pathlib import Path
 from dicomlake.config import Settings
 from dicomlake.storage.blobs import BlobStore
 from dicomlake.storage.db import Database
+from dicomlake.storage.journal import Journal
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Services:
     scratch_dir: Path
 
     def close(self) -> None:
+        self.blobs.journal.close()
         self.db.dispose()
 
 
@@ -28,4 +30,5 @@ def open_services(settings: Settings) -> Services:
     scratch.mkdir(exist_ok=True)
     db = Database(settings.resolved_database_url)
     db.create_schema()
-    return Services(settings=settings, db=db, blobs=BlobStore(settings.resolved_blob_url), scratch_dir=scratch)
+    blobs = BlobStore(settings.resolved_blob_url, Journal(settings.data_dir / "journal"))
+    return Services(settings=settings, db=db, blobs=blobs, scratch_dir=scratch)

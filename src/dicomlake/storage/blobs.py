@@ -3,6 +3,7 @@ and memory by URL. Writes are atomic: a reader sees a whole object or none."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -12,14 +13,17 @@ import obstore
 from obstore.exceptions import NotFoundError
 from obstore.store import LocalStore, from_url
 
+from dicomlake.storage.journal import Journal
+
 __all__ = ["BlobStore", "NotFoundError"]
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 
 
 class BlobStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, journal: Journal) -> None:
         self.url = url
+        self.journal = journal
         parsed = urlparse(url)
         self._root: Path | None = None
         if parsed.scheme == "file":
@@ -46,10 +50,9 @@ class BlobStore:
         return int(obstore.head(self._store, key)["size"])
 
     def delete(self, key: str) -> None:
-        try:
+        # obstore reports a missing local file as FileNotFoundError, a missing remote object as NotFoundError.
+        with contextlib.suppress(NotFoundError, FileNotFoundError):
             obstore.delete(self._store, key)
-        except NotFoundError:
-            pass
 
     def discard(self, key: str) -> None:
         """Delete an object and whatever a write of it interrupted by a crash left behind."""

@@ -119,15 +119,6 @@ instances = sa.Table(
     sa.Index("ix_instances_sop", "store_pk", "sop_uid"),
 )
 
-# Blobs written before their instance row commits; what is left here after a crash is an orphan.
-pending_blobs = sa.Table(
-    "pending_blobs",
-    metadata,
-    sa.Column("blob_key", sa.Text, primary_key=True),
-    sa.Column("owner", sa.Text, nullable=False),
-    sa.Column("created", sa.Float, nullable=False),
-)
-
 operations = sa.Table(
     "operations",
     metadata,

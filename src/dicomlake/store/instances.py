@@ -1,14 +1,13 @@
 """Instances: store (parse, blob, one index transaction), look up, read back and delete.
 
 An instance exists from the moment its index row commits. Its blob is written first, under a key
-no other upload uses, and recorded in `pending_blobs` until that commit; a crash in between leaves
-an orphan blob that `recover()` removes, never a row without a blob or a half-written blob."""
+no other upload uses, after the key is recorded in the blob store's journal; a crash in between
+leaves a journal line that `recover()` follows to remove the orphan, never a row without a blob
+or a half-written blob."""
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import time
 import unicodedata
 import uuid
@@ -24,7 +23,7 @@ from dicomlake.dicom.parse import DicomParseError, ParsedInstance, parse
 from dicomlake.dicom.tags import SERIES_ATTRIBUTES, STUDY_ATTRIBUTES
 from dicomlake.errors import NotFound
 from dicomlake.storage.blobs import BlobStore
-from dicomlake.storage.db import Database, instances, pending_blobs, series, studies
+from dicomlake.storage.db import Database, instances, series, studies
 from dicomlake.store.catalog import StoreRef
 
 # DICOM PS3.18 / PS3.4 failure reasons used in STOW responses.
@@ -32,7 +31,6 @@ PROCESSING_FAILURE = 0x0110
 CANNOT_UNDERSTAND = 0xC000
 STUDY_UID_MISMATCH = 0xA901
 STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
-_OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,8 @@ def store_instances(
         pending.append(_Pending(index, outcome, data, key, uids))
     accepted: list[_Pending] = []
     seen: set[tuple[str, str, str]] = set()
-    with db.write() as conn:
+    # Duplicates are refused before any blob is written; the unique key settles the rare race.
+    with db.read() as conn:
         for item in pending:
             triple = (item.parsed.study_uid, item.parsed.series_uid, item.parsed.sop_uid)
             if triple in seen or conn.execute(_EXISTS, _where(item.uids)).first() is not None:
@@ -118,26 +117,22 @@ def store_instances(
                 continue
             seen.add(triple)
             accepted.append(item)
-        if accepted:
-            now = time.time()
-            conn.execute(_ADD_PENDING, [{"blob_key": i.key, "owner": _OWNER, "created": now} for i in accepted])
-    try:
-        for item in accepted:
-            blobs.put(item.key, item.data)
-        with db.write() as conn:
+    with blobs.journal.recording([item.key for item in accepted]):
+        try:
             for item in accepted:
-                _insert(conn, db, item.uids, item.parsed, item.key, len(item.data), storage_class)
-            if accepted:
-                conn.execute(_DROP_PENDING, [{"key": i.key} for i in accepted])
-    except IntegrityError:
-        # Another request stored one of these UID triples after our check: settle them one by one.
-        for item in accepted:
-            results[item.index] = _commit_one(db, blobs, item, storage_class)
-        accepted = []
-    except BaseException:
-        for item in accepted:
-            _forget_blob(db, blobs, item.key)
-        raise
+                blobs.put(item.key, item.data)
+            with db.write() as conn:
+                for item in accepted:
+                    _insert(conn, db, item.uids, item.parsed, item.key, len(item.data), storage_class)
+        except IntegrityError:
+            # Another request stored one of these UID triples after our check: settle them one by one.
+            for item in accepted:
+                results[item.index] = _commit_one(db, blobs, item, storage_class)
+            accepted = []
+        except BaseException:
+            for item in accepted:
+                blobs.discard(item.key)
+            raise
     for item in accepted:
         p = item.parsed
         results[item.index] = Stored(p.study_uid, p.series_uid, p.sop_uid, p.sop_class_uid)
@@ -163,9 +158,8 @@ def _commit_one(db: Database, blobs: BlobStore, item: _Pending, storage_class: s
     try:
         with db.write() as conn:
             _insert(conn, db, item.uids, item.parsed, item.key, len(item.data), storage_class)
-            conn.execute(_DROP_PENDING, {"key": item.key})
     except IntegrityError:
-        _forget_blob(db, blobs, item.key)
+        blobs.discard(item.key)
         return _duplicate(item.parsed)
     p = item.parsed
     return Stored(p.study_uid, p.series_uid, p.sop_uid, p.sop_class_uid)
@@ -181,20 +175,16 @@ def _duplicate(parsed: ParsedInstance) -> Failed:
     )
 
 
-def _forget_blob(db: Database, blobs: BlobStore, key: str) -> None:
-    blobs.discard(key)
-    with db.write() as conn:
-        conn.execute(_DROP_PENDING, {"key": key})
-
-
 # Statements built once: building SQLAlchemy constructs per instance costs more than running them.
 _P = sa.bindparam
 _EXISTS = sa.select(sa.literal(1)).where(
     instances.c.store_pk == _P("w_store"), instances.c.study_uid == _P("w_study"),
     instances.c.series_uid == _P("w_series"), instances.c.sop_uid == _P("w_sop"),
 )
-_ADD_PENDING = pending_blobs.insert()
-_DROP_PENDING = pending_blobs.delete().where(pending_blobs.c.blob_key == _P("key"))
+_BLOB_OF = sa.select(instances.c.blob_key).where(
+    instances.c.store_pk == _P("w_store"), instances.c.study_uid == _P("w_study"),
+    instances.c.series_uid == _P("w_series"), instances.c.sop_uid == _P("w_sop"),
+)
 _INSERT_INSTANCE = instances.insert()
 _COUNT_SERIES_INSTANCE = (
     series.update()
@@ -405,30 +395,24 @@ def _refresh_counts(conn: sa.Connection, store_pk: int, study: str, series_uids:
         conn.execute(studies.delete().where(*match_study))
 
 
-def recover(db: Database, blobs: BlobStore, older_than: float = 3600.0) -> int:
-    """Remove blobs whose instance never committed: those left by dead processes of this host, and any
-    older than `older_than` seconds (other hosts). Returns how many were removed."""
-    host = socket.gethostname()
-    with db.read() as conn:
-        rows = conn.execute(sa.select(pending_blobs.c.blob_key, pending_blobs.c.owner, pending_blobs.c.created)).all()
+def recover(db: Database, blobs: BlobStore) -> int:
+    """Remove the blobs that dead processes of this host wrote but never committed; returns how many."""
     removed = 0
-    for row in rows:
-        owner_host, _, pid = row.owner.rpartition(":")
-        stale = time.time() - row.created > older_than
-        dead = owner_host == host and not _alive(int(pid or 0))
-        if stale or dead:
-            _forget_blob(db, blobs, row.blob_key)
-            removed += 1
+    for journal_file, keys in blobs.journal.leftovers():
+        for key in keys:
+            if not _committed(db, key):
+                blobs.discard(key)
+                removed += 1
+        journal_file.unlink(missing_ok=True)
     return removed
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
+def _committed(db: Database, key: str) -> bool:
+    # Keys are "<store>/<study>/<series>/<sop>.<unique>.dcm": look the instance up by its primary key.
+    parts = key.split("/")
+    if len(parts) != 4 or not parts[0].isdigit():
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    sop = parts[3].rsplit(".", 2)[0]
+    uids = {"w_store": int(parts[0]), "w_study": parts[1], "w_series": parts[2], "w_sop": sop}
+    with db.read() as conn:
+        return conn.execute(_BLOB_OF, uids).scalar() == key
