@@ -70,6 +70,8 @@ studies = sa.Table(
     sa.Column("study_description", sa.Text),
     sa.Column("series_count", sa.Integer, nullable=False, default=0),
     sa.Column("instance_count", sa.Integer, nullable=False, default=0),
+    # ModalitiesInStudy, sorted and backslash-separated, kept current by ingest and delete.
+    sa.Column("modalities", sa.Text),
     # Study-level attributes of the first instance stored, as DICOM JSON.
     sa.Column("attributes", sa.Text, nullable=False),
     sa.Column("created", sa.Float, nullable=False),

@@ -197,6 +197,13 @@ _COUNT_STUDY_INSTANCE = (
     .where(studies.c.store_pk == _P("w_store"), studies.c.study_uid == _P("w_study"))
     .values(instance_count=studies.c.instance_count + 1, series_count=studies.c.series_count + _P("new_series"))
 )
+_MODALITIES_OF = sa.select(studies.c.modalities).where(
+    studies.c.store_pk == _P("w_store"), studies.c.study_uid == _P("w_study"))
+_SET_MODALITIES = (
+    studies.update()
+    .where(studies.c.store_pk == _P("w_store"), studies.c.study_uid == _P("w_study"))
+    .values(modalities=_P("modalities"))
+)
 _INSERT_IGNORE: dict[tuple[bool, str], sa.Insert] = {}
 
 
@@ -263,6 +270,12 @@ def _insert(
         "created": now,
     })
     conn.execute(_COUNT_STUDY_INSTANCE, {**_where(uids), "new_series": 1 if new_series else 0})
+    modality = _first(meta, "00080060")
+    if new_series and modality:
+        current = conn.execute(_MODALITIES_OF, _where(uids)).scalar()
+        known = current.split("\\") if current else []
+        if modality not in known:
+            conn.execute(_SET_MODALITIES, {**_where(uids), "modalities": "\\".join(sorted([*known, modality]))})
 
 
 def _first(meta: dict[str, Any], key: str) -> Any:
@@ -390,7 +403,12 @@ def _refresh_counts(conn: sa.Connection, store_pk: int, study: str, series_uids:
     ).one()
     match_study = (studies.c.store_pk == store_pk, studies.c.study_uid == study)
     if counts[0]:
-        conn.execute(studies.update().where(*match_study).values(series_count=counts[0], instance_count=counts[1]))
+        modalities = conn.execute(
+            sa.select(series.c.modality).distinct().where(
+                series.c.store_pk == store_pk, series.c.study_uid == study, series.c.modality.is_not(None))
+        ).scalars().all()
+        conn.execute(studies.update().where(*match_study).values(
+            series_count=counts[0], instance_count=counts[1], modalities="\\".join(sorted(modalities)) or None))
     else:
         conn.execute(studies.delete().where(*match_study))
 

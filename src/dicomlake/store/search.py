@@ -264,7 +264,7 @@ def search(db: Database, store: StoreRef, query: Query, study: str | None = None
     where = _conditions(query, store)
     with db.read() as conn:
         if query.level == "study":
-            return _studies(conn, query, where, store.pk)
+            return _studies(conn, query, where)
         if query.level == "series":
             return _series(conn, query, where)
         return _instances(conn, query, where)
@@ -274,42 +274,19 @@ def _page(select: sa.Select, query: Query) -> sa.Select:
     return select.limit(query.limit).offset(query.offset)
 
 
-def _studies(conn: sa.Connection, query: Query, where: list, store_pk: int) -> list[dict[str, Any]]:
-    # Series are counted here rather than read from studies.series_count, which ingest cannot keep exact on
-    # PostgreSQL (an INSERT ... ON CONFLICT DO NOTHING there reports rowcount -1, inserted or not).
-    series_count = (
-        sa.select(sa.func.count())
-        .where(series.c.store_pk == studies.c.store_pk, series.c.study_uid == studies.c.study_uid)
-        .scalar_subquery()
-        .label("series_count")
-    )
-    select = sa.select(studies.c.study_uid, studies.c.attributes, series_count, studies.c.instance_count)
+def _studies(conn: sa.Connection, query: Query, where: list) -> list[dict[str, Any]]:
+    select = sa.select(studies.c.study_uid, studies.c.attributes, studies.c.series_count, studies.c.instance_count,
+                       studies.c.modalities)
     rows = conn.execute(_page(select.where(*where).order_by(studies.c.study_uid), query)).all()
-    modalities = _modalities(conn, store_pk, [r.study_uid for r in rows])
     wanted = _wanted(tags.STUDY_DEFAULT, tags.STUDY_EXTRA, query)
     results = []
     for row in rows:
         attrs = _pick(orjson.loads(row.attributes), wanted, query)
-        attrs[tags.MODALITIES_IN_STUDY] = _values("CS", modalities.get(row.study_uid, []))
+        attrs[tags.MODALITIES_IN_STUDY] = _values("CS", row.modalities.split("\\") if row.modalities else [])
         attrs[tags.STUDY_SERIES_COUNT] = _values("IS", [row.series_count])
         attrs[tags.STUDY_INSTANCE_COUNT] = _values("IS", [row.instance_count])
         results.append(_sorted(attrs))
     return results
-
-
-def _modalities(conn: sa.Connection, store_pk: int, study_uids: list[str]) -> dict[str, list[str]]:
-    if not study_uids:
-        return {}
-    rows = conn.execute(
-        sa.select(series.c.study_uid, series.c.modality)
-        .distinct()
-        .where(series.c.store_pk == store_pk, series.c.study_uid.in_(study_uids), series.c.modality.is_not(None))
-        .order_by(series.c.study_uid, series.c.modality)
-    )
-    out: dict[str, list[str]] = {}
-    for row in rows:
-        out.setdefault(row.study_uid, []).append(row.modality)
-    return out
 
 
 def _join_studies(select: sa.Select, table: sa.Table) -> sa.Select:
