@@ -12,8 +12,18 @@ import pydicom
 from pydicom.data import get_testdata_file
 
 UID_ROOT = "1.2.826.0.1.3680043.10.1234."  # a private root for benchmark data
-NAMES = ["Doe^John", "Smith^Anna", "Yamada^Tarou", "Müller^Jürgen", "Dupont^Marie", "Kowalski^Jan",
-         "Rossi^Giulia", "Nguyen^Van", "Silva^Pedro", "Ivanova^Olga"]
+NAMES = [
+    "Doe^John",
+    "Smith^Anna",
+    "Yamada^Tarou",
+    "Müller^Jürgen",
+    "Dupont^Marie",
+    "Kowalski^Jan",
+    "Rossi^Giulia",
+    "Nguyen^Van",
+    "Silva^Pedro",
+    "Ivanova^Olga",
+]
 MODALITIES = ["CT", "MR", "US", "CR", "DX", "PT"]
 
 

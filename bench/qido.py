@@ -15,8 +15,11 @@ REPEATS = 300
 def _load(target: servers.Target, items: list[bytes]) -> None:
     def send(datas: list[bytes]) -> None:
         body, content_type = multipart(datas)
-        response = session().post(f"{target.dicomweb}/studies", data=body,
-                                  headers={"Content-Type": content_type, "Accept": "application/dicom+json"})
+        response = session().post(
+            f"{target.dicomweb}/studies",
+            data=body,
+            headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
+        )
         response.raise_for_status()
 
     run_concurrently(list(corpus.batches(items, 100)), send, 4)

@@ -17,7 +17,8 @@ def _stow(result: dict) -> list[str]:
         f"### {result['benchmark']}: STOW-RS of {result['instance_bytes'] / 1024:.1f} KB instances "
         f"({result['instances_per_run']} per run, median of {result['repeats']})",
         "",
-        "| server | clients | batch | instances/s | MB/s | p50 ms | p99 ms | spread (instances/s) | dicomlake / Orthanc |",
+        "| server | clients | batch | instances/s | MB/s | p50 ms | p99 ms | spread (instances/s) "
+        "| dicomlake / Orthanc |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, run in result["runs"].items():
@@ -25,7 +26,8 @@ def _stow(result: dict) -> list[str]:
         lines.append(
             f"| {server} | {clients.split('=')[1]} | {batch.split('=')[1]} | {run['instances_per_s']} | "
             f"{run['mb_per_s']} | {run['p50_ms']} | {run['p99_ms']} | "
-            f"{run['spread_instances_per_s'][0]}–{run['spread_instances_per_s'][1]} | {run.get('ratio_to_orthanc', '')} |"
+            f"{run['spread_instances_per_s'][0]}–{run['spread_instances_per_s'][1]} | "
+            f"{run.get('ratio_to_orthanc', '')} |"
         )
     versions = ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items())
     return [*lines, "", f"Versions: {versions}. Run {result['date']}.", ""]
@@ -42,7 +44,9 @@ def _qido(result: dict) -> list[str]:
     for label, latency in result["searches"].items():
         lines.append(f"| search: {label} | {latency['p50_ms']} | {latency['p99_ms']} |")
     meta = result["metadata_of_large_series"]
-    lines.append(f"| /metadata of the {result['series_instances']}-instance series | {meta['p50_ms']} | {meta['p99_ms']} |")
+    lines.append(
+        f"| /metadata of the {result['series_instances']}-instance series | {meta['p50_ms']} | {meta['p99_ms']} |"
+    )
     return [*lines, "", f"Run {result['date']}.", ""]
 
 

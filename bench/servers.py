@@ -51,12 +51,25 @@ def dicomlake(workdir: Path, workers: int = 2) -> Iterator[Target]:
     port = free_port()
     data_dir = workdir / "dicomlake-data"
     shutil.rmtree(data_dir, ignore_errors=True)
-    log = open(workdir / "dicomlake.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dicomlake", "serve", "--port", str(port), "--data-dir", str(data_dir),
-         "--workers", str(workers), "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    with open(workdir / "dicomlake.log", "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dicomlake",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--workers",
+                str(workers),
+                "--log-level",
+                "warning",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}/v1/projects/bench/locations/local/datasets"
     try:
         _wait(base, process, "dicomlake")
@@ -93,8 +106,8 @@ def orthanc(workdir: Path) -> Iterator[Target]:
     }
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config))
-    log = open(workdir / "orthanc.log", "wb")
-    process = subprocess.Popen([ORTHANC_BINARY, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+    with open(workdir / "orthanc.log", "wb") as log:
+        process = subprocess.Popen([ORTHANC_BINARY, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait(f"http://127.0.0.1:{port}/system", process, "Orthanc")
         yield Target("orthanc", f"http://127.0.0.1:{port}/dicom-web", process.pid)

@@ -17,25 +17,39 @@ def _stow(target: servers.Target, items: list[bytes], clients: int, batch: int) 
 
     def send(datas: list[bytes]) -> None:
         body, content_type = multipart(datas)
-        response = session().post(url, data=body, headers={"Content-Type": content_type,
-                                                           "Accept": "application/dicom+json"})
+        response = session().post(
+            url, data=body, headers={"Content-Type": content_type, "Accept": "application/dicom+json"}
+        )
         if response.status_code != 200:
             raise RuntimeError(f"{target.name} STOW answered {response.status_code}: {response.text[:300]}")
 
     wall, latencies = run_concurrently(list(corpus.batches(items, batch)), send, clients)
     size = sum(len(d) for d in items)
-    return {"instances_per_s": round(len(items) / wall, 1), "mb_per_s": round(size / wall / 2**20, 2),
-            **latency_summary(latencies)}
+    return {
+        "instances_per_s": round(len(items) / wall, 1),
+        "mb_per_s": round(size / wall / 2**20, 2),
+        **latency_summary(latencies),
+    }
 
 
-def run(instances: int = 3000, clients: tuple[int, ...] = (1, 4), batch_sizes: tuple[int, ...] = (1, 50),
-        repeats: int = 3, source: str = "MR_small.dcm", name: str = "stow_small") -> dict[str, Any]:
+def run(
+    instances: int = 3000,
+    clients: tuple[int, ...] = (1, 4),
+    batch_sizes: tuple[int, ...] = (1, 50),
+    repeats: int = 3,
+    source: str = "MR_small.dcm",
+    name: str = "stow_small",
+) -> dict[str, Any]:
     """Each configuration stores fresh instances `repeats` times; the median run is reported."""
     configs = [(c, b) for c in clients for b in batch_sizes]
     total = WARMUP + instances * repeats * len(configs)
     items = corpus.make([corpus.Spec(n // 10, 0, n % 10, source) for n in range(total)])
-    results: dict[str, Any] = {"instance_bytes": len(items[0]), "instances_per_run": instances,
-                               "repeats": repeats, "runs": {}}
+    results: dict[str, Any] = {
+        "instance_bytes": len(items[0]),
+        "instances_per_run": instances,
+        "repeats": repeats,
+        "runs": {},
+    }
     targets = [("dicomlake", servers.dicomlake)]
     if servers.orthanc_available():
         targets.append(("orthanc", servers.orthanc))

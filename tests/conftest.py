@@ -85,12 +85,26 @@ class Server:
 
 
 def _spawn(env: dict[str, str], port: int, data_dir: Path) -> subprocess.Popen:
-    log = open(data_dir / "server.log", "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "dicomlake", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(data_dir), "--log-level", "warning"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
+    with open(data_dir / "server.log", "ab") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dicomlake",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait_ready(server: Server) -> None:
@@ -99,8 +113,11 @@ def _wait_ready(server: Server) -> None:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited: {(server.data_dir / 'server.log').read_text()[-2000:]}")
         try:
-            requests.get(server.api("projects/p/locations/l/datasets"), timeout=1,
-                         headers={"Authorization": f"Bearer {server.env.get('DICOMLAKE_AUTH_TOKENS', '')}"})
+            requests.get(
+                server.api("projects/p/locations/l/datasets"),
+                timeout=1,
+                headers={"Authorization": f"Bearer {server.env.get('DICOMLAKE_AUTH_TOKENS', '')}"},
+            )
             return
         except requests.ConnectionError:
             time.sleep(0.1)
@@ -160,8 +177,9 @@ def make_store(server: Server, headers: dict[str, str] | None = None) -> Store:
     store = Store(server, "test-project", "us-central1", f"ds_{suffix}", f"store_{suffix}")
     base = server.api(f"projects/{store.project}/locations/{store.location}/datasets")
     requests.post(f"{base}?datasetId={store.dataset}", headers=headers, timeout=30).raise_for_status()
-    requests.post(f"{base}/{store.dataset}/dicomStores?dicomStoreId={store.store}", json={}, headers=headers,
-                  timeout=30).raise_for_status()
+    requests.post(
+        f"{base}/{store.dataset}/dicomStores?dicomStoreId={store.store}", json={}, headers=headers, timeout=30
+    ).raise_for_status()
     return store
 
 

@@ -23,14 +23,21 @@ def main() -> None:
 @main.command()
 @click.option("--host", help="Address to listen on (default 127.0.0.1; env DICOMLAKE_HOST).")
 @click.option("--port", type=int, help="Port to listen on (default 8080; env DICOMLAKE_PORT).")
-@click.option("--data-dir", type=click.Path(path_type=Path),
-              help="Directory for the embedded index, blobs and buckets (default ./dicomlake-data).")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="Directory for the embedded index, blobs and buckets (default ./dicomlake-data).",
+)
 @click.option("--database-url", help="Index database, e.g. postgresql://host/db (default: SQLite in the data dir).")
 @click.option("--blob-url", help="Blob store URL: file://, s3://, gs:// (default: a directory in the data dir).")
-@click.option("--auth-tokens-file", type=click.Path(path_type=Path),
-              help="File with one accepted bearer token per line (env DICOMLAKE_AUTH_TOKENS takes a comma list).")
-@click.option("--insecure", is_flag=True, default=None,
-              help="Allow listening on a non-loopback address without access tokens.")
+@click.option(
+    "--auth-tokens-file",
+    type=click.Path(path_type=Path),
+    help="File with one accepted bearer token per line (env DICOMLAKE_AUTH_TOKENS takes a comma list).",
+)
+@click.option(
+    "--insecure", is_flag=True, default=None, help="Allow listening on a non-loopback address without access tokens."
+)
 @click.option("--workers", type=int, help="Server processes (default 1; env DICOMLAKE_WORKERS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
 def serve(**flags: object) -> None:

@@ -41,8 +41,9 @@ def test_tokens_file_is_read(tmp_path: Path) -> None:
 
 
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dicomlake", "serve", *args], capture_output=True, text=True,
-                          timeout=30, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "dicomlake", "serve", *args], capture_output=True, text=True, timeout=30, env=env
+    )
 
 
 def test_serve_refuses_a_public_address_without_tokens(tmp_path: Path) -> None:

@@ -39,9 +39,10 @@ def _expected_uids(path: Path) -> tuple[str, str, str] | None:
 
 def _multipart(datas: list[bytes]) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = b"".join(
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n" for data in datas
-    ) + f"--{boundary}--\r\n".encode()
+    body = (
+        b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n" for data in datas)
+        + f"--{boundary}--\r\n".encode()
+    )
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
@@ -52,8 +53,12 @@ def corpus(server) -> tuple[Store, dict[Path, dict[str, Any]]]:  # type: ignore[
     outcomes: dict[Path, dict[str, Any]] = {}
     for path in all_dicom_files():
         body, content_type = _multipart([path.read_bytes()])
-        response = requests.post(f"{store.dicomweb}/studies", data=body, timeout=120,
-                                 headers={"Content-Type": content_type, "Accept": "application/dicom+json"})
+        response = requests.post(
+            f"{store.dicomweb}/studies",
+            data=body,
+            timeout=120,
+            headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
+        )
         assert response.status_code in (200, 409), (path.name, response.status_code, response.text)
         outcomes[path] = {"status": response.status_code, "body": response.json()}
     return store, outcomes
@@ -143,8 +148,11 @@ def _reference_json(path: Path) -> dict[str, Any]:
 def _comparable(metadata: dict[str, Any]) -> dict[str, Any]:
     # Group 0002 belongs to the file, not the data set; group lengths describe an encoding; private
     # elements are opaque (UN) to us.
-    return {k: v for k, v in metadata.items()
-            if not k.startswith("0002") and not k.endswith("0000") and not int(k[:4], 16) % 2}
+    return {
+        k: v
+        for k, v in metadata.items()
+        if not k.startswith("0002") and not k.endswith("0000") and not int(k[:4], 16) % 2
+    }
 
 
 def test_metadata_equals_an_independent_encoder_element_for_element(corpus) -> None:  # type: ignore[no-untyped-def]
@@ -164,7 +172,10 @@ def test_metadata_equals_an_independent_encoder_element_for_element(corpus) -> N
         mine, theirs = _normalise(_comparable(ours)), _normalise(_comparable(reference))
         mine, theirs = mine or {}, theirs or {}
         differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        assert not differing, (path.name, [(k, str(mine.get(k))[:120], str(theirs.get(k))[:120]) for k in differing[:3]])
+        assert not differing, (
+            path.name,
+            [(k, str(mine.get(k))[:120], str(theirs.get(k))[:120]) for k in differing[:3]],
+        )
         compared += 1
     assert compared > 150
 

@@ -4,6 +4,8 @@ the blob directory agree."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import signal
 import threading
 import time
@@ -29,9 +31,7 @@ def _instances(study: str, series: str) -> list[tuple[str, bytes]]:
         source.file_meta.MediaStorageSOPInstanceUID = source.SOPInstanceUID
         source.StudyInstanceUID, source.SeriesInstanceUID = study, series
         source.InstanceNumber = number + 1
-        from io import BytesIO
-
-        buffer = BytesIO()
+        buffer = io.BytesIO()
         source.save_as(buffer, enforce_file_format=True)
         out.append((source.SOPInstanceUID, buffer.getvalue()))
     return out
@@ -68,11 +68,13 @@ def test_sigkill_during_stow_leaves_every_instance_whole_or_absent(killable_serv
         yield f"--{boundary}--\r\n".encode()
 
     def upload() -> None:
-        try:
-            requests.post(f"{store.dicomweb}/studies", data=body(), timeout=120,
-                          headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
-        except requests.RequestException:
-            pass  # the server dies under this request
+        with contextlib.suppress(requests.RequestException):  # the server dies under this request
+            requests.post(
+                f"{store.dicomweb}/studies",
+                data=body(),
+                timeout=120,
+                headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+            )
 
     thread = threading.Thread(target=upload)
     thread.start()
@@ -92,7 +94,8 @@ def test_sigkill_during_stow_leaves_every_instance_whole_or_absent(killable_serv
     for sop_uid, data in items:
         response = requests.get(
             f"{store.dicomweb}/studies/{study}/series/{series}/instances/{sop_uid}",
-            headers={"Accept": "application/dicom; transfer-syntax=*"}, timeout=30,
+            headers={"Accept": "application/dicom; transfer-syntax=*"},
+            timeout=30,
         )
         assert response.status_code in (200, 404), response.text
         if response.status_code == 200:
@@ -107,6 +110,9 @@ def test_sigkill_during_stow_leaves_every_instance_whole_or_absent(killable_serv
     # The store keeps working after the crash: the rest of the study can be sent again.
     missing = [data for sop_uid, data in items[present:]]
     for data in missing[:5]:
-        response = requests.post(f"{store.dicomweb}/studies", data=data,
-                                 headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json"})
+        response = requests.post(
+            f"{store.dicomweb}/studies",
+            data=data,
+            headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json"},
+        )
         assert response.status_code in (200, 409)

@@ -189,7 +189,9 @@ def test_default_retrieve_decompresses_to_explicit_vr_little_endian(client: DICO
 
     (series,) = client.retrieve_series(original.StudyInstanceUID, original.SeriesInstanceUID)
     instance = client.retrieve_instance(
-        original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID,
+        original.StudyInstanceUID,
+        original.SeriesInstanceUID,
+        original.SOPInstanceUID,
         media_types=(("application/dicom", EXPLICIT_LE),),
     )
 
@@ -203,8 +205,12 @@ def test_default_retrieve_decompresses_to_explicit_vr_little_endian(client: DICO
 def test_retrieve_instance_in_a_lossless_syntax_keeps_the_pixels(client: DICOMwebClient, syntax: str) -> None:
     (original,) = stored(client, "MR_small.dcm")
 
-    got = client.retrieve_instance(original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID,
-                                   media_types=(("application/dicom", syntax),))
+    got = client.retrieve_instance(
+        original.StudyInstanceUID,
+        original.SeriesInstanceUID,
+        original.SOPInstanceUID,
+        media_types=(("application/dicom", syntax),),
+    )
 
     assert got.file_meta.TransferSyntaxUID == syntax
     assert got.SOPInstanceUID == original.SOPInstanceUID
@@ -266,22 +272,29 @@ def test_retrieve_instance_frames_of_a_multi_frame_instance_are_raw_pixels(clien
     (emri,) = stored(client, name)
     wanted = [1, 5, 10]
 
-    frames = client.retrieve_instance_frames(emri.StudyInstanceUID, emri.SeriesInstanceUID, emri.SOPInstanceUID,
-                                             wanted)
+    frames = client.retrieve_instance_frames(emri.StudyInstanceUID, emri.SeriesInstanceUID, emri.SOPInstanceUID, wanted)
 
     assert frames == [emri.pixel_array[n - 1].tobytes() for n in wanted]
 
 
 @pytest.mark.parametrize(("media_type", "pillow_format"), [("image/jpeg", "JPEG"), ("image/png", "PNG")])
 def test_retrieve_instance_rendered_is_a_consumer_image_of_the_instance_size(
-    client: DICOMwebClient, media_type: str, pillow_format: str,
+    client: DICOMwebClient,
+    media_type: str,
+    pillow_format: str,
 ) -> None:
     (ct,) = stored(client, "CT_small.dcm")
 
-    data = client.retrieve_instance_rendered(ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID,
-                                             media_types=(media_type,))
-    scaled = client.retrieve_instance_rendered(ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID,
-                                               media_types=(media_type,), params={"viewport": "32,32"})
+    data = client.retrieve_instance_rendered(
+        ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID, media_types=(media_type,)
+    )
+    scaled = client.retrieve_instance_rendered(
+        ct.StudyInstanceUID,
+        ct.SeriesInstanceUID,
+        ct.SOPInstanceUID,
+        media_types=(media_type,),
+        params={"viewport": "32,32"},
+    )
 
     image = Image.open(io.BytesIO(data))
     assert (image.format, image.size, image.mode) == (pillow_format, (128, 128), "L")
@@ -290,19 +303,23 @@ def test_retrieve_instance_rendered_is_a_consumer_image_of_the_instance_size(
 
 @pytest.mark.parametrize(("media_type", "pillow_format"), [("image/jpeg", "JPEG"), ("image/png", "PNG")])
 def test_retrieve_instance_frames_rendered_renders_the_asked_frame(
-    client: DICOMwebClient, media_type: str, pillow_format: str,
+    client: DICOMwebClient,
+    media_type: str,
+    pillow_format: str,
 ) -> None:
     (emri,) = stored(client, "emri_small.dcm")
 
-    data = client.retrieve_instance_frames_rendered(emri.StudyInstanceUID, emri.SeriesInstanceUID,
-                                                    emri.SOPInstanceUID, [3], media_types=(media_type,))
+    data = client.retrieve_instance_frames_rendered(
+        emri.StudyInstanceUID, emri.SeriesInstanceUID, emri.SOPInstanceUID, [3], media_types=(media_type,)
+    )
 
     image = Image.open(io.BytesIO(data))
     assert (image.format, image.size) == (pillow_format, (64, 64))
     if pillow_format == "PNG":
         # Frame 3 rendered differs from frame 1 rendered: the frame number is honoured.
-        first = client.retrieve_instance_frames_rendered(emri.StudyInstanceUID, emri.SeriesInstanceUID,
-                                                         emri.SOPInstanceUID, [1], media_types=(media_type,))
+        first = client.retrieve_instance_frames_rendered(
+            emri.StudyInstanceUID, emri.SeriesInstanceUID, emri.SOPInstanceUID, [1], media_types=(media_type,)
+        )
         assert np.asarray(Image.open(io.BytesIO(first))).tobytes() != np.asarray(image).tobytes()
 
 
@@ -324,10 +341,13 @@ def test_delete_instance_removes_only_that_instance(client: DICOMwebClient) -> N
     client.delete_instance(ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID)
 
     assert uids(client.search_for_instances(), "00080018") == [sibling.SOPInstanceUID]
-    assert status_of(lambda: client.retrieve_instance(ct.StudyInstanceUID, ct.SeriesInstanceUID,
-                                                      ct.SOPInstanceUID)) == 404
-    assert client.retrieve_instance(ct.StudyInstanceUID, ct.SeriesInstanceUID,
-                                    sibling.SOPInstanceUID).PixelData == ct.PixelData
+    assert (
+        status_of(lambda: client.retrieve_instance(ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID)) == 404
+    )
+    assert (
+        client.retrieve_instance(ct.StudyInstanceUID, ct.SeriesInstanceUID, sibling.SOPInstanceUID).PixelData
+        == ct.PixelData
+    )
     (study,) = client.search_for_studies()
     assert study["00201208"]["Value"] == [1]
 
@@ -351,6 +371,10 @@ def test_delete_study_removes_all_its_instances(client: DICOMwebClient) -> None:
     assert uids(client.search_for_studies(), "0020000D") == [rtplan.StudyInstanceUID]
     assert client.search_for_instances(study_instance_uid=ct.StudyInstanceUID) == []
     assert status_of(lambda: client.retrieve_study(ct.StudyInstanceUID)) == 404
-    assert status_of(lambda: client.retrieve_instance_frames(ct.StudyInstanceUID, ct.SeriesInstanceUID,
-                                                             ct.SOPInstanceUID, [1])) == 404
+    assert (
+        status_of(
+            lambda: client.retrieve_instance_frames(ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID, [1])
+        )
+        == 404
+    )
     assert status_of(lambda: client.delete_study(ct.StudyInstanceUID)) == 404

@@ -22,8 +22,11 @@ def healthcare(server: Server) -> Iterator[Any]:
     # No static_discovery argument: without a discoveryServiceUrl the client already uses the
     # document shipped in googleapiclient/discovery_cache/documents/healthcare.v1.json (no network).
     client = googleapiclient.discovery.build(
-        "healthcare", "v1", client_options={"api_endpoint": server.url},
-        credentials=google.auth.credentials.AnonymousCredentials(), cache_discovery=False,
+        "healthcare",
+        "v1",
+        client_options={"api_endpoint": server.url},
+        credentials=google.auth.credentials.AnonymousCredentials(),
+        cache_discovery=False,
     )
     yield client
     client.close()
@@ -143,8 +146,10 @@ def test_unknown_dataset_and_store_are_404_in_google_envelope(healthcare: Any, d
 @pytest.mark.parametrize("bad_id", ["has space", "x" * 257, "semi;colon"])
 def test_invalid_ids_are_400(healthcare: Any, dataset: str, bad_id: str) -> None:
     location = dataset.rsplit("/datasets/", 1)[0]
-    for request in (datasets(healthcare).create(parent=location, datasetId=bad_id, body={}),
-                    stores(healthcare).create(parent=dataset, dicomStoreId=bad_id, body={})):
+    for request in (
+        datasets(healthcare).create(parent=location, datasetId=bad_id, body={}),
+        stores(healthcare).create(parent=dataset, dicomStoreId=bad_id, body={}),
+    ):
         with pytest.raises(HttpError) as excinfo:
             request.execute()
         assert (excinfo.value.status_code, error_of(excinfo)["status"]) == (400, "INVALID_ARGUMENT")
@@ -178,8 +183,11 @@ def test_store_list_pages_across_more_than_two_pages(healthcare: Any, dataset: s
 
 
 def test_patch_labels_with_update_mask(healthcare: Any, dicom_store: str) -> None:
-    patched = stores(healthcare).patch(name=dicom_store, updateMask="labels",
-                                       body={"labels": {"env": "prod", "owner": "radiology"}}).execute()
+    patched = (
+        stores(healthcare)
+        .patch(name=dicom_store, updateMask="labels", body={"labels": {"env": "prod", "owner": "radiology"}})
+        .execute()
+    )
     assert patched == {"name": dicom_store, "labels": {"env": "prod", "owner": "radiology"}}
     assert stores(healthcare).get(name=dicom_store).execute() == patched
 
@@ -191,9 +199,14 @@ def test_patch_stream_configs_accepts_valid_and_rejects_invalid(healthcare: Any,
     valid = configs("bq://project-1.dataset_1.table_a", "bq://project-1.dataset_1.table_b")
     patched = stores(healthcare).patch(name=dicom_store, updateMask="streamConfigs", body=valid).execute()
     assert patched == {"name": dicom_store, **valid}
-    for body in (configs(*[f"bq://p.d.t{i}" for i in range(6)]),
-                 configs("bq://p.d.same", "bq://p.d.same"),
-                 configs("bq://p.d"), configs("bq:/p.d.t"), configs("p.d.t"), configs("bq://p.d.t.u.v!")):
+    for body in (
+        configs(*[f"bq://p.d.t{i}" for i in range(6)]),
+        configs("bq://p.d.same", "bq://p.d.same"),
+        configs("bq://p.d"),
+        configs("bq:/p.d.t"),
+        configs("p.d.t"),
+        configs("bq://p.d.t.u.v!"),
+    ):
         with pytest.raises(HttpError) as excinfo:
             stores(healthcare).patch(name=dicom_store, updateMask="streamConfigs", body=body).execute()
         assert (excinfo.value.status_code, error_of(excinfo)["status"]) == (400, "INVALID_ARGUMENT")
@@ -241,17 +254,29 @@ def test_searches_ignore_alt_json(healthcare: Any, dicom_store: str) -> None:
 
     series = stores(healthcare).searchForSeries(parent=dicom_store, dicomWebPath="series").execute()
     assert {(s["0020000E"]["Value"][0], s["00080060"]["Value"][0]) for s in series} == {
-        (ct.SeriesInstanceUID, "CT"), (mr.SeriesInstanceUID, "MR")}
+        (ct.SeriesInstanceUID, "CT"),
+        (mr.SeriesInstanceUID, "MR"),
+    }
 
     instances = stores(healthcare).searchForInstances(parent=dicom_store, dicomWebPath="instances").execute()
     assert {i["00080018"]["Value"][0] for i in instances} == {ct.SOPInstanceUID, mr.SOPInstanceUID}
 
-    in_study = stores(healthcare).studies().searchForSeries(
-        parent=dicom_store, dicomWebPath=f"studies/{ct.StudyInstanceUID}/series").execute()
+    in_study = (
+        stores(healthcare)
+        .studies()
+        .searchForSeries(parent=dicom_store, dicomWebPath=f"studies/{ct.StudyInstanceUID}/series")
+        .execute()
+    )
     assert [s["0020000E"]["Value"][0] for s in in_study] == [ct.SeriesInstanceUID]
-    in_series = stores(healthcare).studies().series().searchForInstances(
-        parent=dicom_store,
-        dicomWebPath=f"studies/{mr.StudyInstanceUID}/series/{mr.SeriesInstanceUID}/instances").execute()
+    in_series = (
+        stores(healthcare)
+        .studies()
+        .series()
+        .searchForInstances(
+            parent=dicom_store, dicomWebPath=f"studies/{mr.StudyInstanceUID}/series/{mr.SeriesInstanceUID}/instances"
+        )
+        .execute()
+    )
     assert [i["00080018"]["Value"][0] for i in in_series] == [mr.SOPInstanceUID]
 
 

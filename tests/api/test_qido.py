@@ -23,8 +23,7 @@ from conftest import Server, Store, dicom_file, make_store
 from dicomlake.dicom import tags
 
 JSON = {"Accept": "application/dicom+json"}
-STANDARD_PARAMS = {"alt": "json", "prettyPrint": "false", "fields": "x", "key": "k", "$.xgafv": "2",
-                   "quotaUser": "u"}
+STANDARD_PARAMS = {"alt": "json", "prettyPrint": "false", "fields": "x", "key": "k", "$.xgafv": "2", "quotaUser": "u"}
 COMPUTED_STUDY = {tags.MODALITIES_IN_STUDY, tags.STUDY_SERIES_COUNT, tags.STUDY_INSTANCE_COUNT}
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
@@ -57,25 +56,32 @@ def tiny_instance(study: str, series: str, number: int, **attributes: Any) -> by
 
 
 def post(store: Store, data: bytes, session: requests.Session | None = None) -> None:
-    response = (session or requests).post(f"{store.dicomweb}/studies", data=data,
-                                          headers={"Content-Type": "application/dicom", **JSON}, timeout=60)
+    response = (session or requests).post(
+        f"{store.dicomweb}/studies", data=data, headers={"Content-Type": "application/dicom", **JSON}, timeout=60
+    )
     assert response.status_code == 200, response.text
 
 
 def post_many(store: Store, instances: list[bytes]) -> None:
     """One multipart STOW request for many instances: the cheap way to fill a store."""
     boundary = uuid.uuid4().hex
-    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
-                    for data in instances) + f"--{boundary}--\r\n".encode()
+    body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n" for data in instances
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
     content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    response = requests.post(f"{store.dicomweb}/studies", data=body, timeout=300,
-                             headers={"Content-Type": content_type, **JSON})
+    response = requests.post(
+        f"{store.dicomweb}/studies", data=body, timeout=300, headers={"Content-Type": content_type, **JSON}
+    )
     assert response.status_code == 200, response.text[:2000]
     assert len(response.json()["00081199"]["Value"]) == len(instances)
 
 
-def search(store: Store, path: str, params: dict[str, Any] | str | None = None,
-           headers: dict[str, str] | None = None) -> requests.Response:
+def search(
+    store: Store, path: str, params: dict[str, Any] | str | None = None, headers: dict[str, str] | None = None
+) -> requests.Response:
     return requests.get(f"{store.dicomweb}/{path}", params=params, headers=headers or JSON, timeout=60)
 
 
@@ -238,8 +244,14 @@ def test_sql_wildcard_characters_are_literal(corpus: Corpus) -> None:
 
 def test_empty_value_and_lone_star_are_universal_matching(corpus: Corpus) -> None:
     everything = corpus.uid(*CORPUS)
-    for params in ({"PatientName": ""}, {"PatientName": "*"}, {"AccessionNumber": ""}, {"PatientID": "*"},
-                   {"StudyDate": ""}, {"StudyInstanceUID": ""}):
+    for params in (
+        {"PatientName": ""},
+        {"PatientName": "*"},
+        {"AccessionNumber": ""},
+        {"PatientID": "*"},
+        {"StudyDate": ""},
+        {"StudyInstanceUID": ""},
+    ):
         assert study_uids(corpus.store, params) == everything, params
 
 
@@ -251,9 +263,11 @@ def test_series_and_instance_attributes_match_at_their_levels(corpus: Corpus) ->
     assert uids(found(store, "instances", {"Modality": "MR"}), "SOPInstanceUID") == mr_sops
     assert uids(found(store, "instances", {"InstanceNumber": "2"}), "SOPInstanceUID") == {a.series[0].sops[1]}
     assert uids(found(store, "instances", {"SeriesInstanceUID": a.series[0].uid}), "SOPInstanceUID") == set(
-        a.series[0].sops)
+        a.series[0].sops
+    )
     assert uids(found(store, "instances", {"PatientName": "Doe^Jane"}), "SOPInstanceUID") == set(
-        corpus.studies["B"].sops)
+        corpus.studies["B"].sops
+    )
     assert uids(found(store, "series", {"PatientID": "pid-a"}), "SeriesInstanceUID") == {c.series[0].uid}
 
 
@@ -328,22 +342,39 @@ def test_fuzzy_matching_false_is_exact(corpus: Corpus) -> None:
 # ---- dates --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("query", "labels"), [
-    ("20200115", {"A"}),
-    ("20200101-20201231", {"A", "E"}),
-    ("20200115-20200115", {"A"}),
-    ("-20200115", {"A", "C"}),
-    ("20200116-", {"B", "D", "E"}),
-    ("19000101-20991231", {"A", "B", "C", "D", "E"}),
-    ("20210101-20200101", set()),
-    ("20230101", set()),
-])
+@pytest.mark.parametrize(
+    ("query", "labels"),
+    [
+        ("20200115", {"A"}),
+        ("20200101-20201231", {"A", "E"}),
+        ("20200115-20200115", {"A"}),
+        ("-20200115", {"A", "C"}),
+        ("20200116-", {"B", "D", "E"}),
+        ("19000101-20991231", {"A", "B", "C", "D", "E"}),
+        ("20210101-20200101", set()),
+        ("20230101", set()),
+    ],
+)
 def test_study_date_single_and_ranges(corpus: Corpus, query: str, labels: set[str]) -> None:
     assert study_uids(corpus.store, {"StudyDate": query}) == corpus.uid(*labels)
 
 
-@pytest.mark.parametrize("query", ["2020-01-15", "20201301", "20200230", "2020011", "abc", "20200101--20200102",
-                                   "-", "20200101-2020", "2020*", "20200101,20200102", "020200115"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "2020-01-15",
+        "20201301",
+        "20200230",
+        "2020011",
+        "abc",
+        "20200101--20200102",
+        "-",
+        "20200101-2020",
+        "2020*",
+        "20200101,20200102",
+        "020200115",
+    ],
+)
 def test_malformed_study_date_is_400(corpus: Corpus, query: str) -> None:
     response = search(corpus.store, "studies", {"StudyDate": query})
     assert response.status_code == 400, response.text
@@ -382,20 +413,31 @@ def test_query_values_are_percent_decoded(corpus: Corpus) -> None:
 def test_standard_google_parameters_are_ignored(corpus: Corpus) -> None:
     for path in ("studies", "series", "instances"):
         assert found(corpus.store, path, {**STANDARD_PARAMS, "PatientID": "PID-B"}) == found(
-            corpus.store, path, {"PatientID": "PID-B"})
+            corpus.store, path, {"PatientID": "PID-B"}
+        )
 
 
-@pytest.mark.parametrize("params", [{"NotAKeyword": "1"}, {"PatientSex": "M"}, {"includefield": "NotAKeyword"},
-                                    {"fuzzymatching": "yes"}, {"Modality": "CT"}, {"SOPInstanceUID": "1.2"},
-                                    {"00091001": "x"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"NotAKeyword": "1"},
+        {"PatientSex": "M"},
+        {"includefield": "NotAKeyword"},
+        {"fuzzymatching": "yes"},
+        {"Modality": "CT"},
+        {"SOPInstanceUID": "1.2"},
+        {"00091001": "x"},
+    ],
+)
 def test_unknown_or_unsupported_parameter_is_400(corpus: Corpus, params: dict[str, str]) -> None:
     response = search(corpus.store, "studies", params)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == 400
 
 
-@pytest.mark.parametrize("params", [{"InstanceNumber": "abc"}, {"InstanceNumber": "99999999999999999999"},
-                                    {"PatientName": "a=b=c=d"}])
+@pytest.mark.parametrize(
+    "params", [{"InstanceNumber": "abc"}, {"InstanceNumber": "99999999999999999999"}, {"PatientName": "a=b=c=d"}]
+)
 def test_invalid_values_are_400_not_500(corpus: Corpus, params: dict[str, str]) -> None:
     response = search(corpus.store, "instances", params)
     assert response.status_code == 400, response.text
@@ -443,7 +485,10 @@ def test_instance_default_attributes_are_the_spec_list(corpus: Corpus) -> None:
     expected = keys_of(tags.INSTANCE_DEFAULT, ds) | {tags.INSTANCE_AVAILABILITY}
     assert set(result) - {tags.STUDY_UID, tags.SERIES_UID} == expected
     assert (value(result, "Rows"), value(result, "Columns"), value(result, "BitsAllocated")) == (
-        ds.Rows, ds.Columns, ds.BitsAllocated)
+        ds.Rows,
+        ds.Columns,
+        ds.BitsAllocated,
+    )
     assert value(result, "InstanceNumber") == 1
 
 
@@ -460,16 +505,19 @@ def test_includefield_by_keyword_and_by_tag(corpus: Corpus) -> None:
     for include in ("StudyDescription", "00081030", "00081030,StudyDescription"):
         (result,) = found(corpus.store, "studies", {"StudyInstanceUID": a.uid, "includefield": include})
         assert value(result, "StudyDescription") == ds.StudyDescription, include
-    (result,) = found(corpus.store, "studies", [("StudyInstanceUID", a.uid), ("includefield", "InstitutionName"),
-                                                ("includefield", "00081030")])
+    (result,) = found(
+        corpus.store,
+        "studies",
+        [("StudyInstanceUID", a.uid), ("includefield", "InstitutionName"), ("includefield", "00081030")],
+    )
     assert value(result, "InstitutionName") == ds.InstitutionName
     assert value(result, "StudyDescription") == ds.StudyDescription
-    (result,) = found(corpus.store, "instances", {"SOPInstanceUID": a.sops[0],
-                                                  "includefield": "Manufacturer,00180050"})
+    (result,) = found(corpus.store, "instances", {"SOPInstanceUID": a.sops[0], "includefield": "Manufacturer,00180050"})
     assert value(result, "Manufacturer") == ds.Manufacturer
     assert float(value(result, "SliceThickness")) == float(ds.SliceThickness)
-    (series,) = found(corpus.store, f"studies/{a.uid}/series",
-                      {"SeriesInstanceUID": a.series[0].uid, "includefield": "PatientName"})
+    (series,) = found(
+        corpus.store, f"studies/{a.uid}/series", {"SeriesInstanceUID": a.series[0].uid, "includefield": "PatientName"}
+    )
     assert value(series, "PatientName") == {"Alphabetic": "Doe^John"}
 
 
@@ -485,8 +533,9 @@ def test_includefield_all_at_study_level_adds_the_spec_extra_list(corpus: Corpus
 def test_includefield_all_at_series_level_adds_the_spec_extra_list(corpus: Corpus) -> None:
     a = corpus.studies["A"]
     ds = pydicom.dcmread(dicom_file(a.source), stop_before_pixels=True)
-    (result,) = found(corpus.store, f"studies/{a.uid}/series", {"SeriesInstanceUID": a.series[0].uid,
-                                                                 "includefield": "all"})
+    (result,) = found(
+        corpus.store, f"studies/{a.uid}/series", {"SeriesInstanceUID": a.series[0].uid, "includefield": "all"}
+    )
     expected = keys_of(tags.SERIES_DEFAULT + tags.SERIES_EXTRA, ds)
     assert set(result) - {tags.STUDY_UID, tags.SERIES_INSTANCE_COUNT} == expected
     assert value(result, "SeriesNumber") == int(ds.SeriesNumber)
@@ -514,21 +563,27 @@ def test_computed_study_and_series_attributes(corpus: Corpus) -> None:
         assert result[tags.STUDY_SERIES_COUNT]["Value"] == [series_count]
         assert result[tags.STUDY_INSTANCE_COUNT]["Value"] == [instance_count]
     a = corpus.studies["A"]
-    counts = {value(r, "SeriesInstanceUID"): r[tags.SERIES_INSTANCE_COUNT]["Value"][0]
-              for r in found(store, f"studies/{a.uid}/series")}
+    counts = {
+        value(r, "SeriesInstanceUID"): r[tags.SERIES_INSTANCE_COUNT]["Value"][0]
+        for r in found(store, f"studies/{a.uid}/series")
+    }
     assert counts == {a.series[0].uid: 2, a.series[1].uid: 1}
 
 
 def test_computed_attributes_follow_deletions(server: Server) -> None:
     store = make_store(server)
     study, series = generate_uid(), [generate_uid(), generate_uid()]
-    instances = [tiny_instance(study, series[0], 1, Modality="CT"), tiny_instance(study, series[0], 2, Modality="CT"),
-                 tiny_instance(study, series[1], 1, Modality="MR")]
+    instances = [
+        tiny_instance(study, series[0], 1, Modality="CT"),
+        tiny_instance(study, series[0], 2, Modality="CT"),
+        tiny_instance(study, series[1], 1, Modality="MR"),
+    ]
     for data in instances:
         post(store, data)
     sop = pydicom.dcmread(io.BytesIO(instances[2])).SOPInstanceUID
-    requests.delete(f"{store.dicomweb}/studies/{study}/series/{series[1]}/instances/{sop}",
-                    timeout=30).raise_for_status()
+    requests.delete(
+        f"{store.dicomweb}/studies/{study}/series/{series[1]}/instances/{sop}", timeout=30
+    ).raise_for_status()
     (result,) = found(store, "studies")
     assert result[tags.MODALITIES_IN_STUDY]["Value"] == ["CT"]
     assert (result[tags.STUDY_SERIES_COUNT]["Value"], result[tags.STUDY_INSTANCE_COUNT]["Value"]) == ([1], [2])
@@ -539,7 +594,8 @@ def test_computed_attributes_follow_deletions(server: Server) -> None:
 
 def multipart_parts(response: requests.Response) -> list[tuple[str, bytes]]:
     message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + response.headers["content-type"].encode() + b"\r\n\r\n" + response.content)
+        b"Content-Type: " + response.headers["content-type"].encode() + b"\r\n\r\n" + response.content
+    )
     assert message.is_multipart()
     return [(part.get_content_type(), part.get_payload(decode=True)) for part in message.iter_parts()]
 
@@ -631,8 +687,18 @@ def test_offset_beyond_the_results_is_204(many: Many) -> None:
     assert search(many.store, "studies", {"offset": 1_000_000}).status_code == 204
 
 
-@pytest.mark.parametrize("params", [{"offset": 1_000_001}, {"offset": -1}, {"offset": "x"}, {"limit": -1},
-                                    {"limit": "abc"}, {"limit": "1.5"}, {"limit": ""}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"offset": 1_000_001},
+        {"offset": -1},
+        {"offset": "x"},
+        {"limit": -1},
+        {"limit": "abc"},
+        {"limit": "1.5"},
+        {"limit": ""},
+    ],
+)
 def test_bad_limit_or_offset_is_400(many: Many, params: dict[str, Any]) -> None:
     for path in ("studies", "instances"):
         response = search(many.store, path, params)
@@ -641,9 +707,24 @@ def test_bad_limit_or_offset_is_400(many: Many, params: dict[str, Any]) -> None:
 
 # ---- names in every character set ---------------------------------------------------------------
 
-CHARSET_FILES = ["chrArab", "chrFren", "chrFrenMulti", "chrGerm", "chrGreek", "chrH31", "chrH32", "chrHbrw", "chrI2",
-                 "chrJapMulti", "chrJapMultiExplicitIR6", "chrKoreanMulti", "chrRuss", "chrSQEncoding", "chrX1",
-                 "chrX2"]
+CHARSET_FILES = [
+    "chrArab",
+    "chrFren",
+    "chrFrenMulti",
+    "chrGerm",
+    "chrGreek",
+    "chrH31",
+    "chrH32",
+    "chrHbrw",
+    "chrI2",
+    "chrJapMulti",
+    "chrJapMultiExplicitIR6",
+    "chrKoreanMulti",
+    "chrRuss",
+    "chrSQEncoding",
+    "chrX1",
+    "chrX2",
+]
 
 
 @dataclass
@@ -678,8 +759,9 @@ def charsets(server: Server) -> tuple[Store, dict[str, CharsetStudy]]:
 
 
 @pytest.mark.parametrize("label", CHARSET_FILES)
-def test_patient_name_in_its_own_script_finds_the_study(charsets: tuple[Store, dict[str, CharsetStudy]],
-                                                        label: str) -> None:
+def test_patient_name_in_its_own_script_finds_the_study(
+    charsets: tuple[Store, dict[str, CharsetStudy]], label: str
+) -> None:
     store, studies = charsets
     expected = studies[label]
     query = native_name(expected.name)
@@ -688,8 +770,11 @@ def test_patient_name_in_its_own_script_finds_the_study(charsets: tuple[Store, d
     by_study = {value(r, "StudyInstanceUID"): r for r in results}
     assert expected.study in by_study, query
     returned = value(by_study[expected.study], "PatientName")
-    groups = {"Alphabetic": expected.name.alphabetic, "Ideographic": expected.name.ideographic,
-              "Phonetic": expected.name.phonetic}
+    groups = {
+        "Alphabetic": expected.name.alphabetic,
+        "Ideographic": expected.name.ideographic,
+        "Phonetic": expected.name.phonetic,
+    }
     assert returned == {k: v for k, v in groups.items() if v}
 
 
@@ -703,7 +788,8 @@ def test_patient_name_wildcard_in_its_own_script(charsets: tuple[Store, dict[str
 
 
 def test_patient_name_wildcard_matches_within_one_component_group(
-        charsets: tuple[Store, dict[str, CharsetStudy]]) -> None:
+    charsets: tuple[Store, dict[str, CharsetStudy]],
+) -> None:
     store, studies = charsets
     h31 = studies["chrH31"].study  # Yamada^Tarou=山田^太郎=やまだ^たろう
     assert h31 in study_uids(store, {"PatientName": "Yamada*"})
@@ -714,7 +800,8 @@ def test_patient_name_wildcard_matches_within_one_component_group(
 
 
 def test_patient_name_with_several_groups_matches_group_by_group(
-        charsets: tuple[Store, dict[str, CharsetStudy]]) -> None:
+    charsets: tuple[Store, dict[str, CharsetStudy]],
+) -> None:
     store, studies = charsets
     h31, h32 = studies["chrH31"].study, studies["chrH32"].study
     assert h31 in study_uids(store, {"PatientName": "Yamada^Tarou=山田^太郎=やまだ^たろう"})
@@ -734,8 +821,9 @@ def test_name_in_a_sequence_item_uses_the_items_character_set(charsets: tuple[St
     store, studies = charsets
     (result,) = found(store, f"studies/{studies['chrSQEncoding'].study}/instances", {"includefield": "all"})
     (item,) = result["00321064"]["Value"]
-    assert item["00100010"]["Value"] == [{"Alphabetic": "ﾔﾏﾀﾞ^ﾀﾛｳ", "Ideographic": "山田^太郎",
-                                          "Phonetic": "やまだ^たろう"}]
+    assert item["00100010"]["Value"] == [
+        {"Alphabetic": "ﾔﾏﾀﾞ^ﾀﾛｳ", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}
+    ]
 
 
 def test_question_mark_matches_one_hangul_syllable(charsets: tuple[Store, dict[str, CharsetStudy]]) -> None:

@@ -92,15 +92,15 @@ def test_dataset_list_pages_through_every_dataset_once(server: Server) -> None:
 def test_creating_an_existing_dataset_is_already_exists(server: Server) -> None:
     project, dataset = unique("proj"), unique("ds")
     create_dataset(server, "v1", project, dataset)
-    again = requests.post(f"{location_url(server, 'v1', project)}/datasets", params={"datasetId": dataset},
-                          timeout=30)
+    again = requests.post(f"{location_url(server, 'v1', project)}/datasets", params={"datasetId": dataset}, timeout=30)
     assert_error(again, 409, "ALREADY_EXISTS")
 
 
 @pytest.mark.parametrize("dataset_id", ["", "has space", "semi;colon", "x" * 257, "trailing-newline\n", "a@b"])
 def test_invalid_dataset_id_is_invalid_argument(server: Server, dataset_id: str) -> None:
-    response = requests.post(f"{location_url(server, 'v1', unique('proj'))}/datasets",
-                             params={"datasetId": dataset_id}, timeout=30)
+    response = requests.post(
+        f"{location_url(server, 'v1', unique('proj'))}/datasets", params={"datasetId": dataset_id}, timeout=30
+    )
     assert_error(response, 400, "INVALID_ARGUMENT")
 
 
@@ -112,9 +112,13 @@ def test_dataset_id_accepts_unicode_letters_digits_dot_dash_underscore(server: S
 
 def test_unknown_dataset_is_not_found_in_google_envelope(server: Server) -> None:
     url = f"{location_url(server, 'v1', unique('proj'))}/datasets/{unique('missing')}"
-    for response in (requests.get(url, timeout=30), requests.get(f"{url}/dicomStores", timeout=30),
-                     requests.delete(url, timeout=30), requests.get(f"{url}/operations", timeout=30),
-                     requests.get(f"{url}/dicomStores/s/dicomWeb/studies", timeout=30)):
+    for response in (
+        requests.get(url, timeout=30),
+        requests.get(f"{url}/dicomStores", timeout=30),
+        requests.delete(url, timeout=30),
+        requests.get(f"{url}/operations", timeout=30),
+        requests.get(f"{url}/dicomStores/s/dicomWeb/studies", timeout=30),
+    ):
         assert_error(response, 404, "NOT_FOUND")
         assert set(response.json()) == {"error"}
 
@@ -134,8 +138,12 @@ def test_store_lifecycle_answers_the_same_on_v1_and_v1beta1(server: Server, vers
     assert requests.get(f"{dataset_url}/dicomStores/{store}", timeout=30).json() == created.json()
     assert requests.get(f"{dataset_url}/dicomStores", timeout=30).json() == {"dicomStores": [created.json()]}
 
-    patched = requests.patch(f"{dataset_url}/dicomStores/{store}", params={"updateMask": "labels"},
-                             json={"labels": {"env": "prod", "team": "imaging"}}, timeout=30)
+    patched = requests.patch(
+        f"{dataset_url}/dicomStores/{store}",
+        params={"updateMask": "labels"},
+        json={"labels": {"env": "prod", "team": "imaging"}},
+        timeout=30,
+    )
     assert patched.json()["labels"] == {"env": "prod", "team": "imaging"}
 
     assert requests.delete(f"{dataset_url}/dicomStores/{store}", timeout=30).json() == {}
@@ -155,19 +163,28 @@ def test_invalid_store_id_is_invalid_argument(dataset_url: str, store_id: str) -
 
 def test_standard_google_parameters_are_ignored(dataset_url: str) -> None:
     store = unique("store")
-    created = requests.post(f"{dataset_url}/dicomStores", params={"dicomStoreId": store, **STANDARD_PARAMS},
-                            json={"labels": {"a": "b"}}, timeout=30)
+    created = requests.post(
+        f"{dataset_url}/dicomStores",
+        params={"dicomStoreId": store, **STANDARD_PARAMS},
+        json={"labels": {"a": "b"}},
+        timeout=30,
+    )
     assert created.status_code == 200, created.text
     full = {"name": created.json()["name"], "labels": {"a": "b"}}
     assert created.json() == full
     assert requests.get(f"{dataset_url}/dicomStores/{store}", params=STANDARD_PARAMS, timeout=30).json() == full
     listed = requests.get(f"{dataset_url}/dicomStores", params=STANDARD_PARAMS, timeout=30)
     assert listed.json() == {"dicomStores": [full]}
-    patched = requests.patch(f"{dataset_url}/dicomStores/{store}", params={"updateMask": "labels", **STANDARD_PARAMS},
-                             json={"labels": {"c": "d"}}, timeout=30)
+    patched = requests.patch(
+        f"{dataset_url}/dicomStores/{store}",
+        params={"updateMask": "labels", **STANDARD_PARAMS},
+        json={"labels": {"c": "d"}},
+        timeout=30,
+    )
     assert patched.json() == {**full, "labels": {"c": "d"}}
-    metrics = requests.get(f"{dataset_url}/dicomStores/{store}:getDICOMStoreMetrics", params=STANDARD_PARAMS,
-                           timeout=30)
+    metrics = requests.get(
+        f"{dataset_url}/dicomStores/{store}:getDICOMStoreMetrics", params=STANDARD_PARAMS, timeout=30
+    )
     assert metrics.status_code == 200 and metrics.json()["name"] == full["name"]
 
 
@@ -211,16 +228,30 @@ def test_store_list_filters_on_a_label(dataset_url: str) -> None:
 def test_store_list_filter_pages_over_matching_stores_only(dataset_url: str) -> None:
     for i in range(6):
         create_store(dataset_url, f"s{i}", {"labels": {"keep": "yes" if i % 2 else "no"}})
-    first = requests.get(f"{dataset_url}/dicomStores", params={"filter": "labels.keep=yes", "pageSize": 2},
-                         timeout=30).json()
-    second = requests.get(f"{dataset_url}/dicomStores", params={"filter": "labels.keep=yes", "pageSize": 2,
-                                                                "pageToken": first["nextPageToken"]}, timeout=30).json()
+    first = requests.get(
+        f"{dataset_url}/dicomStores", params={"filter": "labels.keep=yes", "pageSize": 2}, timeout=30
+    ).json()
+    second = requests.get(
+        f"{dataset_url}/dicomStores",
+        params={"filter": "labels.keep=yes", "pageSize": 2, "pageToken": first["nextPageToken"]},
+        timeout=30,
+    ).json()
     assert [s["name"][-2:] for s in first["dicomStores"] + second["dicomStores"]] == ["s1", "s3", "s5"]
     assert "nextPageToken" not in second
 
 
-@pytest.mark.parametrize("filter_", ["name=foo", "labels.env", "labels.env=", "(labels.env=prod",
-                                     "labels.env=prod AND", "labels.env=prod OR OR labels.a=b", "%00"])
+@pytest.mark.parametrize(
+    "filter_",
+    [
+        "name=foo",
+        "labels.env",
+        "labels.env=",
+        "(labels.env=prod",
+        "labels.env=prod AND",
+        "labels.env=prod OR OR labels.a=b",
+        "%00",
+    ],
+)
 def test_unsupported_store_list_filter_is_invalid_argument(dataset_url: str, filter_: str) -> None:
     response = requests.get(f"{dataset_url}/dicomStores", params={"filter": filter_}, timeout=30)
     assert_error(response, 400, "INVALID_ARGUMENT")
@@ -252,19 +283,19 @@ VALID_LABELS = [
     {"team-1_x": "v-2_3"},
     {"ключ": "значение"},
     {"日本": "値"},
-    {"日" * 42: "x"},                 # 126 bytes
+    {"日" * 42: "x"},  # 126 bytes
     {"k" * 63: "v" * 63},
     {f"k{i}": str(i) for i in range(64)},
 ]
 INVALID_LABELS = [
-    {"Env": "prod"},                 # upper-case key
-    {"1abc": "x"},                   # key must start with a letter
+    {"Env": "prod"},  # upper-case key
+    {"1abc": "x"},  # key must start with a letter
     {"_a": "x"},
     {"-a": "x"},
     {"": "x"},
-    {"k" * 64: "x"},                 # more than 63 characters
-    {"日" * 43: "x"},                 # more than 128 bytes
-    {"env": "Prod"},                 # upper-case value
+    {"k" * 64: "x"},  # more than 63 characters
+    {"日" * 43: "x"},  # more than 128 bytes
+    {"env": "Prod"},  # upper-case value
     {"env": "has space"},
     {"env": "dot.ted"},
     {"env": "v" * 64},
@@ -285,8 +316,9 @@ def test_valid_labels_are_stored(dataset_url: str, labels: dict[str, str]) -> No
 def test_invalid_labels_are_rejected_on_create_and_patch(dataset_url: str, labels: dict[str, Any]) -> None:
     assert_error(create_store(dataset_url, "s", {"labels": labels}), 400, "INVALID_ARGUMENT")
     assert create_store(dataset_url, "t").status_code == 200
-    patched = requests.patch(f"{dataset_url}/dicomStores/t", params={"updateMask": "labels"},
-                             json={"labels": labels}, timeout=30)
+    patched = requests.patch(
+        f"{dataset_url}/dicomStores/t", params={"updateMask": "labels"}, json={"labels": labels}, timeout=30
+    )
     assert_error(patched, 400, "INVALID_ARGUMENT")
     assert "labels" not in requests.get(f"{dataset_url}/dicomStores/t", timeout=30).json()
 
@@ -301,8 +333,12 @@ def test_labels_must_be_an_object(dataset_url: str) -> None:
 def test_patch_changes_only_the_fields_in_the_update_mask(dataset_url: str) -> None:
     create_store(dataset_url, "s", {"labels": {"a": "1"}, "notificationConfig": {"pubsubTopic": "projects/p/topics/t"}})
     url = f"{dataset_url}/dicomStores/s"
-    patched = requests.patch(url, params={"updateMask": "labels"},
-                             json={"labels": {"b": "2"}, "notificationConfig": {"pubsubTopic": "ignored"}}, timeout=30)
+    patched = requests.patch(
+        url,
+        params={"updateMask": "labels"},
+        json={"labels": {"b": "2"}, "notificationConfig": {"pubsubTopic": "ignored"}},
+        timeout=30,
+    )
     assert patched.json()["labels"] == {"b": "2"}
     assert patched.json()["notificationConfig"] == {"pubsubTopic": "projects/p/topics/t"}
     cleared = requests.patch(url, params={"updateMask": "labels"}, json={}, timeout=30)
@@ -323,13 +359,24 @@ def test_patch_stream_configs_validates_destinations(dataset_url: str) -> None:
     ok = patch([destination("bq://my-project.my_dataset.table1"), destination("bq://example.com:p.d.t")])
     assert ok.status_code == 200, ok.text
     assert [c["bigqueryDestination"]["tableUri"] for c in ok.json()["streamConfigs"]] == [
-        "bq://my-project.my_dataset.table1", "bq://example.com:p.d.t"]
-    for bad in ([destination(f"bq://p.d.t{i}") for i in range(6)],
-                [destination("bq://p.d.t"), destination("bq://p.d.t")],
-                [destination("bq://p.d")], [destination("p.d.t")], [destination("bq:/p.d.t")],
-                [destination("bq://p.d-s.t")], [destination("bq://p..t")], [destination("bq://p.d.t\n")],
-                [{"bigqueryDestination": {}}], [{}], ["bq://p.d.t"], {"tableUri": "bq://p.d.t"},
-                [{"bigqueryDestination": {"tableUri": "bq://p.d.t", "writeDisposition": "WRITE_SOMETIMES"}}]):
+        "bq://my-project.my_dataset.table1",
+        "bq://example.com:p.d.t",
+    ]
+    for bad in (
+        [destination(f"bq://p.d.t{i}") for i in range(6)],
+        [destination("bq://p.d.t"), destination("bq://p.d.t")],
+        [destination("bq://p.d")],
+        [destination("p.d.t")],
+        [destination("bq:/p.d.t")],
+        [destination("bq://p.d-s.t")],
+        [destination("bq://p..t")],
+        [destination("bq://p.d.t\n")],
+        [{"bigqueryDestination": {}}],
+        [{}],
+        ["bq://p.d.t"],
+        {"tableUri": "bq://p.d.t"},
+        [{"bigqueryDestination": {"tableUri": "bq://p.d.t", "writeDisposition": "WRITE_SOMETIMES"}}],
+    ):
         assert_error(patch(bad), 400, "INVALID_ARGUMENT")
     assert len(requests.get(url, timeout=30).json()["streamConfigs"]) == 2
     assert "streamConfigs" not in patch([]).json()
@@ -352,11 +399,13 @@ def test_patch_without_update_mask_is_invalid_argument(dataset_url: str) -> None
 def test_non_json_object_body_is_invalid_argument(dataset_url: str, body: bytes) -> None:
     create_store(dataset_url, "existing")
     headers = {"Content-Type": "application/json"}
-    created = requests.post(f"{dataset_url}/dicomStores", params={"dicomStoreId": "s"}, data=body, headers=headers,
-                            timeout=30)
+    created = requests.post(
+        f"{dataset_url}/dicomStores", params={"dicomStoreId": "s"}, data=body, headers=headers, timeout=30
+    )
     assert_error(created, 400, "INVALID_ARGUMENT")
-    patched = requests.patch(f"{dataset_url}/dicomStores/existing", params={"updateMask": "labels"}, data=body,
-                             headers=headers, timeout=30)
+    patched = requests.patch(
+        f"{dataset_url}/dicomStores/existing", params={"updateMask": "labels"}, data=body, headers=headers, timeout=30
+    )
     assert_error(patched, 400, "INVALID_ARGUMENT")
 
 
@@ -368,8 +417,10 @@ def test_unknown_store_field_is_invalid_argument(dataset_url: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-@pytest.mark.parametrize("path", ["dicomStores/s:frobnicate", "dicomStores/s:getdicomstoremetrics",
-                                  "dicomStores/s:", "operations/1:frobnicate"])
+@pytest.mark.parametrize(
+    "path",
+    ["dicomStores/s:frobnicate", "dicomStores/s:getdicomstoremetrics", "dicomStores/s:", "operations/1:frobnicate"],
+)
 def test_unknown_custom_verb_is_not_found(dataset_url: str, method: str, path: str) -> None:
     create_store(dataset_url, "s")
     assert_error(requests.request(method, f"{dataset_url}/{path}", timeout=30), 404, "NOT_FOUND")
@@ -388,12 +439,19 @@ def test_post_to_a_store_without_a_verb_is_rejected(dataset_url: str) -> None:
 
 def test_store_metrics_count_studies_series_and_instances(store: Store) -> None:
     metrics = requests.get(f"{store.url}:getDICOMStoreMetrics", timeout=30).json()
-    assert metrics == {"name": store.name, "studyCount": "0", "seriesCount": "0", "instanceCount": "0",
-                       "blobStorageSizeBytes": "0", "structuredStorageSizeBytes": "0"}
+    assert metrics == {
+        "name": store.name,
+        "studyCount": "0",
+        "seriesCount": "0",
+        "instanceCount": "0",
+        "blobStorageSizeBytes": "0",
+        "structuredStorageSizeBytes": "0",
+    }
     for name in ("CT_small.dcm", "MR_small.dcm"):
         data = dicom_file(name).read_bytes()
-        requests.post(f"{store.dicomweb}/studies", data=data, headers={"Content-Type": "application/dicom"},
-                      timeout=30).raise_for_status()
+        requests.post(
+            f"{store.dicomweb}/studies", data=data, headers={"Content-Type": "application/dicom"}, timeout=30
+        ).raise_for_status()
     metrics = requests.get(f"{store.url}:getDICOMStoreMetrics", timeout=30).json()
     assert (metrics["studyCount"], metrics["seriesCount"], metrics["instanceCount"]) == ("2", "2", "2")
     sizes = dicom_file("CT_small.dcm").stat().st_size + dicom_file("MR_small.dcm").stat().st_size
@@ -403,8 +461,9 @@ def test_store_metrics_count_studies_series_and_instances(store: Store) -> None:
 
 def test_delete_study_operation_is_listed_and_readable(store: Store) -> None:
     data = dicom_file("CT_small.dcm").read_bytes()
-    requests.post(f"{store.dicomweb}/studies", data=data, headers={"Content-Type": "application/dicom"},
-                  timeout=30).raise_for_status()
+    requests.post(
+        f"{store.dicomweb}/studies", data=data, headers={"Content-Type": "application/dicom"}, timeout=30
+    ).raise_for_status()
     study = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
     operation = requests.delete(f"{store.dicomweb}/studies/{study}", timeout=30).json()
     assert operation["done"] is True
@@ -419,8 +478,9 @@ def test_operation_list_pages(store: Store) -> None:
     studies = []
     for name in ("CT_small.dcm", "MR_small.dcm"):
         data = dicom_file(name).read_bytes()
-        requests.post(f"{store.dicomweb}/studies", data=data, headers={"Content-Type": "application/dicom"},
-                      timeout=30).raise_for_status()
+        requests.post(
+            f"{store.dicomweb}/studies", data=data, headers={"Content-Type": "application/dicom"}, timeout=30
+        ).raise_for_status()
         studies.append(pydicom.dcmread(dicom_file(name)).StudyInstanceUID)
     deletes = [requests.delete(f"{store.dicomweb}/studies/{s}", timeout=30).json() for s in studies]
     url = store.server.api(f"{store.dataset_name}/operations")
@@ -468,8 +528,9 @@ def test_odd_requests_are_answered_without_a_server_error(server: Server, method
     project, dataset = unique("proj"), unique("ds")
     dataset_url = create_dataset(server, "v1", project, dataset)
     create_store(dataset_url, "s")
-    response = requests.request(method, f"{location_url(server, 'v1', project)}/{path.format(ds=dataset)}",
-                                json={}, timeout=30)
+    response = requests.request(
+        method, f"{location_url(server, 'v1', project)}/{path.format(ds=dataset)}", json={}, timeout=30
+    )
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert response.json()["error"]["code"] == response.status_code

@@ -36,10 +36,19 @@ def multipart(*payloads: bytes, boundary: str = BOUNDARY, part_type: str = "appl
     return body + f"--{boundary}--\r\n".encode()
 
 
-def post(store: Store, body: bytes, content_type: str = MULTIPART, path: str = "/studies",
-         headers: dict[str, str] | None = None) -> requests.Response:
-    return requests.post(f"{store.dicomweb}{path}", data=body,
-                         headers={"Content-Type": content_type, **(JSON if headers is None else headers)}, timeout=120)
+def post(
+    store: Store,
+    body: bytes,
+    content_type: str = MULTIPART,
+    path: str = "/studies",
+    headers: dict[str, str] | None = None,
+) -> requests.Response:
+    return requests.post(
+        f"{store.dicomweb}{path}",
+        data=body,
+        headers={"Content-Type": content_type, **(JSON if headers is None else headers)},
+        timeout=120,
+    )
 
 
 def instance_url(store: Store, study: str, series: str, sop: str) -> str:
@@ -47,8 +56,9 @@ def instance_url(store: Store, study: str, series: str, sop: str) -> str:
 
 
 def retrieve_as_stored(store: Store, study: str, series: str, sop: str) -> requests.Response:
-    return requests.get(instance_url(store, study, series, sop),
-                        headers={"Accept": "application/dicom; transfer-syntax=*"}, timeout=120)
+    return requests.get(
+        instance_url(store, study, series, sop), headers={"Accept": "application/dicom; transfer-syntax=*"}, timeout=120
+    )
 
 
 def instance_count(store: Store) -> int:
@@ -104,8 +114,12 @@ def test_single_part_application_dicom_body_is_stored_byte_exact(store: Store) -
     assert values(item, "00081190") == [instance_url(store, CT_STUDY, CT_SERIES, CT_SOP)]
     assert values(response.json(), "00081190") == [f"{store.dicomweb}/studies/{CT_STUDY}"]
     assert "00081198" not in response.json()
-    assert requests.get(values(item, "00081190")[0], headers={"Accept": "application/dicom; transfer-syntax=*"},
-                        timeout=30).content == data
+    assert (
+        requests.get(
+            values(item, "00081190")[0], headers={"Accept": "application/dicom; transfer-syntax=*"}, timeout=30
+        ).content
+        == data
+    )
 
 
 def test_multipart_body_with_several_parts_stores_every_instance(store: Store) -> None:
@@ -126,10 +140,14 @@ def test_multipart_body_with_several_parts_stores_every_instance(store: Store) -
 
 def test_multipart_parts_without_content_type_or_with_extra_headers_are_stored(store: Store) -> None:
     first, second = with_new_uids(CT), with_new_uids(CT)
-    body = (f"--{BOUNDARY}\r\n\r\n".encode() + first
-            + f"\r\n--{BOUNDARY}\r\nContent-Type: application/dicom\r\nContent-Length: {len(second)}\r\n"
-              f"Content-Location: x.dcm\r\n\r\n".encode()
-            + second + f"\r\n--{BOUNDARY}--".encode())
+    body = (
+        f"--{BOUNDARY}\r\n\r\n".encode()
+        + first
+        + f"\r\n--{BOUNDARY}\r\nContent-Type: application/dicom\r\nContent-Length: {len(second)}\r\n"
+        f"Content-Location: x.dcm\r\n\r\n".encode()
+        + second
+        + f"\r\n--{BOUNDARY}--".encode()
+    )
 
     response = post(store, body, f'multipart/related; type=application/dicom; boundary="{BOUNDARY}"')
 
@@ -138,8 +156,7 @@ def test_multipart_parts_without_content_type_or_with_extra_headers_are_stored(s
 
 
 def test_default_stow_response_is_dicom_xml(store: Store) -> None:
-    response = post(store, multipart(dicom_file(CT).read_bytes(), dicom_file("rtplan.dcm").read_bytes()),
-                    headers={})
+    response = post(store, multipart(dicom_file(CT).read_bytes(), dicom_file("rtplan.dcm").read_bytes()), headers={})
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/dicom+xml"
@@ -166,8 +183,11 @@ def test_stow_to_a_study_url_stores_instances_of_that_study(store: Store) -> Non
 def test_stow_to_a_study_url_rejects_an_instance_of_another_study(store: Store) -> None:
     mr = pydicom.dcmread(dicom_file("MR_small.dcm"))
 
-    response = post(store, multipart(dicom_file("MR_small.dcm").read_bytes(), dicom_file(CT).read_bytes()),
-                    path=f"/studies/{CT_STUDY}")
+    response = post(
+        store,
+        multipart(dicom_file("MR_small.dcm").read_bytes(), dicom_file(CT).read_bytes()),
+        path=f"/studies/{CT_STUDY}",
+    )
 
     assert response.status_code == 409
     (failure,) = failures(response)
@@ -234,8 +254,7 @@ def test_mixed_request_stores_the_good_instance_and_reports_each_bad_part(store:
     good = dicom_file(CT).read_bytes()
     half = dicom_file("MR_small.dcm").read_bytes()
     garbage = b"this is not DICOM at all \x00\x01\x02" * 40
-    parts = [garbage, good, dicom_file("MR_truncated.dcm").read_bytes(), half[: len(half) // 2],
-             uid_less_instance()]
+    parts = [garbage, good, dicom_file("MR_truncated.dcm").read_bytes(), half[: len(half) // 2], uid_less_instance()]
 
     response = post(store, multipart(*parts))
 
@@ -253,13 +272,13 @@ def test_mixed_request_stores_the_good_instance_and_reports_each_bad_part(store:
     assert instance_count(store) == 1
     assert retrieve_as_stored(store, CT_STUDY, CT_SERIES, CT_SOP).content == good
     mr = pydicom.dcmread(io.BytesIO(half))
-    assert retrieve_as_stored(store, mr.StudyInstanceUID, mr.SeriesInstanceUID,
-                              mr.SOPInstanceUID).status_code == 404
+    assert retrieve_as_stored(store, mr.StudyInstanceUID, mr.SeriesInstanceUID, mr.SOPInstanceUID).status_code == 404
 
 
 def test_part_of_another_media_type_is_a_failure_entry(store: Store) -> None:
-    body = (f"--{BOUNDARY}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n".encode()
-            + multipart(dicom_file(CT).read_bytes()))
+    body = f"--{BOUNDARY}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n".encode() + multipart(
+        dicom_file(CT).read_bytes()
+    )
 
     response = post(store, body)
 
@@ -282,14 +301,30 @@ MALFORMED = {
     "boundary too long": (f'multipart/related; type="application/dicom"; boundary={"b" * 300}', _good_body),
     "missing closing delimiter": (MULTIPART, lambda: _good_body()[: -len(f"\r\n--{BOUNDARY}--\r\n")]),
     "body ends inside part headers": (MULTIPART, lambda: f"--{BOUNDARY}\r\nContent-Type: appl".encode()),
-    "garbage part headers": (MULTIPART, lambda: f"--{BOUNDARY}\r\n\x00\xff\x10garbage\r\n\r\n".encode("latin-1")
-                             + with_new_uids(CT) + f"\r\n--{BOUNDARY}--".encode()),
-    "huge part headers": (MULTIPART, lambda: f"--{BOUNDARY}\r\nX-Pad: ".encode() + b"a" * 200_000
-                          + b"\r\n\r\n" + with_new_uids(CT) + f"\r\n--{BOUNDARY}--".encode()),
+    "garbage part headers": (
+        MULTIPART,
+        lambda: (
+            f"--{BOUNDARY}\r\n\x00\xff\x10garbage\r\n\r\n".encode("latin-1")
+            + with_new_uids(CT)
+            + f"\r\n--{BOUNDARY}--".encode()
+        ),
+    ),
+    "huge part headers": (
+        MULTIPART,
+        lambda: (
+            f"--{BOUNDARY}\r\nX-Pad: ".encode()
+            + b"a" * 200_000
+            + b"\r\n\r\n"
+            + with_new_uids(CT)
+            + f"\r\n--{BOUNDARY}--".encode()
+        ),
+    ),
     "text/plain": ("text/plain", lambda: with_new_uids(CT)),
     "application/json": ("application/json", lambda: b'[{"00080018": {"vr": "UI", "Value": ["1.2.3"]}}]'),
-    "dicom+json parts": ('multipart/related; type="application/dicom+json"; boundary=' + BOUNDARY,
-                         lambda: multipart(b"[{}]", part_type="application/dicom+json")),
+    "dicom+json parts": (
+        'multipart/related; type="application/dicom+json"; boundary=' + BOUNDARY,
+        lambda: multipart(b"[{}]", part_type="application/dicom+json"),
+    ),
     "no content type": ("", _good_body),
     "empty single part": ("application/dicom", lambda: b""),
     "empty multipart": (MULTIPART, lambda: b""),
@@ -337,10 +372,11 @@ def test_fifty_instances_in_one_chunked_multipart_body_are_all_stored(store: Sto
 
     def chunks() -> Iterator[bytes]:
         for start in range(0, len(body), 8191):
-            yield body[start:start + 8191]
+            yield body[start : start + 8191]
 
-    response = requests.post(f"{store.dicomweb}/studies", data=chunks(), timeout=120,
-                             headers={"Content-Type": MULTIPART, **JSON})
+    response = requests.post(
+        f"{store.dicomweb}/studies", data=chunks(), timeout=120, headers={"Content-Type": MULTIPART, **JSON}
+    )
 
     assert response.status_code == 200, response.text
     assert len(referenced(response)) == 50

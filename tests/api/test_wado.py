@@ -24,8 +24,12 @@ OCTETS = 'multipart/related; type="application/octet-stream"'
 
 def put(store: Store, *names: str) -> list[pydicom.Dataset]:
     for name in names:
-        response = requests.post(f"{store.dicomweb}/studies", data=dicom_file(name).read_bytes(), timeout=30,
-                                 headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json"})
+        response = requests.post(
+            f"{store.dicomweb}/studies",
+            data=dicom_file(name).read_bytes(),
+            timeout=30,
+            headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json"},
+        )
         assert response.status_code == 200, response.text
     return [pydicom.dcmread(dicom_file(name), force=True) for name in names]
 
@@ -69,9 +73,18 @@ def assert_error(response: requests.Response, code: int, status: str) -> None:
 # ---- instances --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
-                                  "MR_small_RLE.dcm", "emri_small_jpeg_2k_lossless.dcm", "image_dfl.dcm",
-                                  "ExplVR_BigEndNoMeta.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_RLE.dcm",
+        "emri_small_jpeg_2k_lossless.dcm",
+        "image_dfl.dcm",
+        "ExplVR_BigEndNoMeta.dcm",
+    ],
+)
 def test_single_part_retrieve_with_any_syntax_is_byte_exact(store: Store, name: str) -> None:
     (ds,) = put(store, name)
 
@@ -106,19 +119,27 @@ def test_multipart_retrieve_of_a_study_holds_every_instance(store: Store) -> Non
         buffer = io.BytesIO()
         copy.save_as(buffer)
         copies.append(buffer.getvalue())
-        requests.post(f"{store.dicomweb}/studies", data=buffer.getvalue(), timeout=30,
-                      headers={"Content-Type": "application/dicom"}).raise_for_status()
+        requests.post(
+            f"{store.dicomweb}/studies",
+            data=buffer.getvalue(),
+            timeout=30,
+            headers={"Content-Type": "application/dicom"},
+        ).raise_for_status()
 
     response = get(url(store, ct, "study"), 'multipart/related; type="application/dicom"; transfer-syntax=*')
 
     assert sorted(p for _, p in parts(response)) == sorted([dicom_file("CT_small.dcm").read_bytes(), *copies])
 
 
-@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm",
-                                  "SC_rgb_rle.dcm", "JPEG2000.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm", "SC_rgb_rle.dcm", "JPEG2000.dcm"],
+)
 @pytest.mark.parametrize("accept", [None, 'multipart/related; type="application/dicom"', "application/dicom"])
 def test_default_syntax_is_explicit_vr_little_endian_with_the_same_pixels(
-    store: Store, name: str, accept: str | None,
+    store: Store,
+    name: str,
+    accept: str | None,
 ) -> None:
     (original,) = put(store, name)
 
@@ -150,23 +171,29 @@ def test_jpeg_baseline_of_an_8_bit_image_is_a_lossy_copy(store: Store) -> None:
     assert difference.mean() < 8
 
 
-@pytest.mark.parametrize("accept", [
-    f"application/dicom; transfer-syntax={JPEG_BASELINE}",
-    f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}',
-])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        f"application/dicom; transfer-syntax={JPEG_BASELINE}",
+        f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}',
+    ],
+)
 def test_jpeg_baseline_of_a_16_bit_ct_is_406(store: Store, accept: str) -> None:
     (ct,) = put(store, "CT_small.dcm")
 
     assert_error(get(url(store, ct), accept), 406, "INVALID_ARGUMENT")
 
 
-@pytest.mark.parametrize("accept", [
-    "application/dicom; transfer-syntax=1.2.3.4",
-    'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.100',
-    "text/html",
-    'multipart/related; type="image/png"',
-    "application/dicom+json",
-])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/dicom; transfer-syntax=1.2.3.4",
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.100',
+        "text/html",
+        'multipart/related; type="image/png"',
+        "application/dicom+json",
+    ],
+)
 def test_unsupported_syntax_or_media_type_is_406(store: Store, accept: str) -> None:
     (ct,) = put(store, "CT_small.dcm")
 
@@ -203,8 +230,9 @@ def test_study_retrieve_that_cannot_convert_one_instance_is_a_clean_406_naming_i
     ct.SeriesInstanceUID = "9.9.9"  # sorts after the colour series, so it is converted second
     buffer = io.BytesIO()
     ct.save_as(buffer)
-    requests.post(f"{store.dicomweb}/studies", data=buffer.getvalue(), timeout=30,
-                  headers={"Content-Type": "application/dicom"}).raise_for_status()
+    requests.post(
+        f"{store.dicomweb}/studies", data=buffer.getvalue(), timeout=30, headers={"Content-Type": "application/dicom"}
+    ).raise_for_status()
 
     accept = 'multipart/related; type="application/dicom"; transfer-syntax='
     jpeg = get(url(store, colour, "study"), accept + JPEG_BASELINE)
@@ -252,9 +280,23 @@ def _normalise_value(value: Any) -> Any:
     return value
 
 
-@pytest.mark.parametrize("name", ["CT_small.dcm", "chrH31.dcm", "chrJapMulti.dcm", "chrX1.dcm", "rtplan.dcm",
-                                  "rtstruct.dcm", "MR_small_bigendian.dcm", "rtdose_expb.dcm", "waveform_ecg.dcm",
-                                  "emri_small_RLE.dcm", "MR_small_implicit.dcm", "image_dfl.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "chrH31.dcm",
+        "chrJapMulti.dcm",
+        "chrX1.dcm",
+        "rtplan.dcm",
+        "rtstruct.dcm",
+        "MR_small_bigendian.dcm",
+        "rtdose_expb.dcm",
+        "waveform_ecg.dcm",
+        "emri_small_RLE.dcm",
+        "MR_small_implicit.dcm",
+        "image_dfl.dcm",
+    ],
+)
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # rtdose_expb.dcm's own UIDs, read by pydicom
 def test_instance_metadata_equals_pydicoms_dicom_json(store: Store, name: str) -> None:
     (ds,) = put(store, name)
@@ -280,8 +322,9 @@ def test_metadata_of_study_and_series_is_an_array_of_every_instance(store: Store
     copy.SOPInstanceUID = pydicom.uid.generate_uid()
     buffer = io.BytesIO()
     copy.save_as(buffer)
-    requests.post(f"{store.dicomweb}/studies", data=buffer.getvalue(), timeout=30,
-                  headers={"Content-Type": "application/dicom"}).raise_for_status()
+    requests.post(
+        f"{store.dicomweb}/studies", data=buffer.getvalue(), timeout=30, headers={"Content-Type": "application/dicom"}
+    ).raise_for_status()
 
     study = get(url(store, mr, "study") + "/metadata", "application/dicom+json").json()
     series = get(url(store, rtplan, "series") + "/metadata").json()
@@ -311,14 +354,16 @@ def test_metadata_xml_names_the_creator_of_private_attributes(store: Store) -> N
     assert b'<DicomAttribute tag="00090001" vr="LO" privateCreator="GEMS_IDEN_01">' in payload
 
 
-@pytest.mark.parametrize(("host", "expected"), [
-    ("127.0.0.1", "http://127.0.0.1:{port}/v1/"),
-    ("localhost", "http://localhost:{port}/v1/"),
-    ("127.0.0.1:{port}", "http://127.0.0.1:{port}/v1/"),
-    ("dicom.example.org", "http://dicom.example.org/v1/"),
-])
-def test_absolute_urls_keep_the_port_a_host_header_without_one_left_out(store: Store, host: str,
-                                                                       expected: str) -> None:
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:{port}/v1/"),
+        ("localhost", "http://localhost:{port}/v1/"),
+        ("127.0.0.1:{port}", "http://127.0.0.1:{port}/v1/"),
+        ("dicom.example.org", "http://dicom.example.org/v1/"),
+    ],
+)
+def test_absolute_urls_keep_the_port_a_host_header_without_one_left_out(store: Store, host: str, expected: str) -> None:
     # dicomweb-client sends "Host: 127.0.0.1" to a server on another port; a proxy sends its public name.
     (ct,) = put(store, "CT_small.dcm")
     port = store.server.port
@@ -363,11 +408,16 @@ def test_bulk_data_uris_are_absolute_and_return_the_element_values(store: Store)
     assert payload == ecg.WaveformSequence[0].WaveformData
 
 
-@pytest.mark.parametrize(("name", "little_endian_twin"), [
-    ("MR_small_bigendian.dcm", "MR_small.dcm"), ("MR_small_RLE.dcm", "MR_small.dcm"),
-    ("MR_small_implicit.dcm", "MR_small.dcm"), ("rtdose_expb.dcm", "rtdose.dcm"),
-    ("SC_rgb_small_odd_big_endian.dcm", "SC_rgb_small_odd.dcm"),
-])
+@pytest.mark.parametrize(
+    ("name", "little_endian_twin"),
+    [
+        ("MR_small_bigendian.dcm", "MR_small.dcm"),
+        ("MR_small_RLE.dcm", "MR_small.dcm"),
+        ("MR_small_implicit.dcm", "MR_small.dcm"),
+        ("rtdose_expb.dcm", "rtdose.dcm"),
+        ("SC_rgb_small_odd_big_endian.dcm", "SC_rgb_small_odd.dcm"),
+    ],
+)
 def test_bulk_pixel_data_is_uncompressed_little_endian(store: Store, name: str, little_endian_twin: str) -> None:
     (ds,) = put(store, name)
     little_endian = pydicom.dcmread(dicom_file(little_endian_twin)).PixelData
@@ -392,8 +442,9 @@ def test_bulk_data_of_a_private_un_element_is_the_bytes_sent(store: Store) -> No
 def test_bulk_data_in_an_image_media_type_is_406(store: Store) -> None:
     (ct,) = put(store, "CT_small.dcm")
 
-    assert_error(get(url(store, ct) + "/bulkdata/7FE00010", 'multipart/related; type="image/jpeg"'), 406,
-                 "INVALID_ARGUMENT")
+    assert_error(
+        get(url(store, ct) + "/bulkdata/7FE00010", 'multipart/related; type="image/jpeg"'), 406, "INVALID_ARGUMENT"
+    )
 
 
 def test_bulk_data_at_a_path_without_bulk_data_is_404(store: Store) -> None:
@@ -535,12 +586,12 @@ def test_pixel_data_that_cannot_be_decoded_is_a_4xx_never_a_500(store: Store) ->
     ds.PixelData = encapsulate([b"\x63" + b"\x00" * 63])  # an RLE header announcing 99 segments
     buffer = io.BytesIO()
     ds.save_as(buffer)
-    requests.post(f"{store.dicomweb}/studies", data=buffer.getvalue(), timeout=30,
-                  headers={"Content-Type": "application/dicom"}).raise_for_status()
+    requests.post(
+        f"{store.dicomweb}/studies", data=buffer.getvalue(), timeout=30, headers={"Content-Type": "application/dicom"}
+    ).raise_for_status()
 
     assert_error(get(url(store, ds), "application/dicom"), 406, "INVALID_ARGUMENT")
-    assert_error(get(url(store, ds, "series"), 'multipart/related; type="application/dicom"'), 406,
-                 "INVALID_ARGUMENT")
+    assert_error(get(url(store, ds, "series"), 'multipart/related; type="application/dicom"'), 406, "INVALID_ARGUMENT")
     assert_error(get(url(store, ds) + "/bulkdata/7FE00010"), 406, "INVALID_ARGUMENT")
     assert_error(get(url(store, ds) + "/frames/1", OCTETS), 400, "INVALID_ARGUMENT")
     assert_error(get(url(store, ds) + "/rendered"), 400, "INVALID_ARGUMENT")
@@ -550,13 +601,19 @@ def test_pixel_data_that_cannot_be_decoded_is_a_4xx_never_a_500(store: Store) ->
 # ---- not found --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("suffix", [
-    "/studies/1.2.3", "/studies/1.2.3/metadata", "/studies/{study}/series/1.2.3",
-    "/studies/{study}/series/{series}/instances/1.2.3", "/studies/{study}/series/{series}/instances/1.2.3/metadata",
-    "/studies/{study}/series/{series}/instances/1.2.3/frames/1",
-    "/studies/{study}/series/{series}/instances/1.2.3/rendered",
-    "/studies/{study}/series/{series}/instances/1.2.3/bulkdata/7FE00010",
-])
+@pytest.mark.parametrize(
+    "suffix",
+    [
+        "/studies/1.2.3",
+        "/studies/1.2.3/metadata",
+        "/studies/{study}/series/1.2.3",
+        "/studies/{study}/series/{series}/instances/1.2.3",
+        "/studies/{study}/series/{series}/instances/1.2.3/metadata",
+        "/studies/{study}/series/{series}/instances/1.2.3/frames/1",
+        "/studies/{study}/series/{series}/instances/1.2.3/rendered",
+        "/studies/{study}/series/{series}/instances/1.2.3/bulkdata/7FE00010",
+    ],
+)
 def test_unknown_study_series_or_instance_is_404(store: Store, suffix: str) -> None:
     (ct,) = put(store, "CT_small.dcm")
     address = store.dicomweb + suffix.format(study=ct.StudyInstanceUID, series=ct.SeriesInstanceUID)
@@ -564,8 +621,9 @@ def test_unknown_study_series_or_instance_is_404(store: Store, suffix: str) -> N
     assert_error(get(address), 404, "NOT_FOUND")
 
 
-@pytest.mark.parametrize("suffix", ["/studies/1.2.3", "/studies/{study}/series/1.2.3",
-                                    "/studies/{study}/series/{series}/instances/1.2.3"])
+@pytest.mark.parametrize(
+    "suffix", ["/studies/1.2.3", "/studies/{study}/series/1.2.3", "/studies/{study}/series/{series}/instances/1.2.3"]
+)
 def test_delete_of_unknown_study_series_or_instance_is_404_and_deletes_nothing(store: Store, suffix: str) -> None:
     (ct,) = put(store, "CT_small.dcm")
     address = store.dicomweb + suffix.format(study=ct.StudyInstanceUID, series=ct.SeriesInstanceUID)

@@ -37,7 +37,10 @@ def test_parse_reads_the_uid_triple_syntax_and_frames() -> None:
     parsed = parse(dicom_file("emri_small.dcm").read_bytes())
     source = pydicom.dcmread(dicom_file("emri_small.dcm"))
     assert (parsed.study_uid, parsed.series_uid, parsed.sop_uid) == (
-        source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID)
+        source.StudyInstanceUID,
+        source.SeriesInstanceUID,
+        source.SOPInstanceUID,
+    )
     assert parsed.transfer_syntax_uid == source.file_meta.TransferSyntaxUID
     assert parsed.number_of_frames == 10
 

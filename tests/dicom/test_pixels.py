@@ -404,9 +404,7 @@ def test_render_png_colour() -> None:
     assert np.array_equal(np.asarray(img), decoded(pydicom_file("SC_rgb.dcm")))
 
 
-@pytest.mark.parametrize(
-    "name", ["SC_rgb_jpeg_dcmtk.dcm", "US1_J2KR.dcm", "SC_ybr_full_422_uncompressed.dcm"]
-)
+@pytest.mark.parametrize("name", ["SC_rgb_jpeg_dcmtk.dcm", "US1_J2KR.dcm", "SC_ybr_full_422_uncompressed.dcm"])
 def test_render_ycbcr_as_rgb(name: str) -> None:
     data = pydicom_file(name)
     rendered = np.asarray(image(render(data, media_type="image/png"))).astype(int)
@@ -424,9 +422,7 @@ def test_render_ycbcr_as_rgb(name: str) -> None:
         ("US1_J2KR.dcm", (1000, 600), (800, 600)),
     ],
 )
-def test_render_viewport_fits_box_keeping_aspect(
-    name: str, viewport: tuple[int, int], size: tuple[int, int]
-) -> None:
+def test_render_viewport_fits_box_keeping_aspect(name: str, viewport: tuple[int, int], size: tuple[int, int]) -> None:
     assert image(render(pydicom_file(name), viewport=viewport)).size == size
 
 

@@ -22,12 +22,22 @@ from dicomlake.store import instances
 
 log = logging.getLogger("dicomlake")
 
-_HTTP_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                405: "METHOD_NOT_ALLOWED", 406: "INVALID_ARGUMENT", 409: "ALREADY_EXISTS", 413: "OUT_OF_RANGE",
-                415: "INVALID_ARGUMENT"}
+_HTTP_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    406: "INVALID_ARGUMENT",
+    409: "ALREADY_EXISTS",
+    413: "OUT_OF_RANGE",
+    415: "INVALID_ARGUMENT",
+}
 
 
-def error_response(http: int, message: str, status: str | None = None, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    http: int, message: str, status: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
     body = {"error": {"code": http, "message": message, "status": status or _HTTP_STATUS.get(http, "UNKNOWN")}}
     return JSONResponse(body, status_code=http, headers=headers)
 
@@ -60,7 +70,9 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         response = error_response(
-            401, "missing or invalid bearer token: send Authorization: Bearer <token>", "UNAUTHENTICATED",
+            401,
+            "missing or invalid bearer token: send Authorization: Bearer <token>",
+            "UNAUTHENTICATED",
             headers={"WWW-Authenticate": 'Bearer realm="dicomlake"'},
         )
         await response(scope, receive, send)

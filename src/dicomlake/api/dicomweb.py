@@ -34,13 +34,29 @@ from dicomlake.store.catalog import StoreRef
 from dicomlake.store.instances import Failed, InstanceRow, Stored
 
 # Transfer syntaxes a client may ask for (the conformance statement's list) besides "*".
-RETRIEVABLE_SYNTAXES = frozenset({
-    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
-    "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.110",
-    "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
-    "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.8.1",
-})
+RETRIEVABLE_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.110",
+        "1.2.840.10008.1.2.4.111",
+        "1.2.840.10008.1.2.4.112",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.8.1",
+    }
+)
 
 
 # ---- Accept negotiation -----------------------------------------------------------------------
@@ -98,7 +114,7 @@ def choose_instance_media(request: Request, single_part_allowed: bool) -> tuple[
         elif media_type in ("*/*", "application/*"):
             return True, EXPLICIT_LE
     raise NotAcceptable(
-        "cannot produce any accepted media type: ask for multipart/related; type=\"application/dicom\""
+        'cannot produce any accepted media type: ask for multipart/related; type="application/dicom"'
         + (" or application/dicom" if single_part_allowed else "")
     )
 
@@ -171,7 +187,7 @@ async def store_instances(request: Request) -> Response:
         part_type = params.get("type", "application/dicom").lower()
         if part_type != "application/dicom":
             raise UnsupportedMediaType(
-                f"multipart type {part_type!r} is not supported: send type=\"application/dicom\" parts"
+                f'multipart type {part_type!r} is not supported: send type="application/dicom" parts'
             )
         batch = _Batch(svc, store, expected, results)
         try:
@@ -180,9 +196,14 @@ async def store_instances(request: Request) -> Response:
                 if part_media != "application/dicom":
                     part.close()
                     await batch.flush()
-                    results.append(Failed(None, None, instances.CANNOT_UNDERSTAND,
-                                          f"part of type {part_media!r} ignored: only application/dicom parts "
-                                          "are stored"))
+                    results.append(
+                        Failed(
+                            None,
+                            None,
+                            instances.CANNOT_UNDERSTAND,
+                            f"part of type {part_media!r} ignored: only application/dicom parts are stored",
+                        )
+                    )
                     continue
                 await batch.add(part)
             await batch.flush()
@@ -196,7 +217,7 @@ async def store_instances(request: Request) -> Response:
             batch.close()
     else:
         raise UnsupportedMediaType(
-            "Content-Type must be multipart/related; type=\"application/dicom\" or application/dicom, "
+            'Content-Type must be multipart/related; type="application/dicom" or application/dicom, '
             f"got {request.headers.get('content-type', 'none')!r}"
         )
     if not results:
@@ -226,10 +247,16 @@ class _Batch:
         if not self.parts:
             return
         try:
-            self.results.extend(await run_in_threadpool(
-                instances.store_instances, self.svc.db, self.svc.blobs, self.store,
-                [p.data for p in self.parts], self.expected,
-            ))
+            self.results.extend(
+                await run_in_threadpool(
+                    instances.store_instances,
+                    self.svc.db,
+                    self.svc.blobs,
+                    self.store,
+                    [p.data for p in self.parts],
+                    self.expected,
+                )
+            )
         finally:
             self.close()
 
@@ -254,18 +281,22 @@ def _stow_response(request: Request, results: list[Stored | Failed]) -> Response
         if isinstance(result, Stored):
             url = f"{base}/studies/{result.study_uid}/series/{result.series_uid}/instances/{result.sop_uid}"
             study_urls.add(f"{base}/studies/{result.study_uid}")
-            referenced.append({
-                "00081150": _ui(result.sop_class_uid),
-                "00081155": _ui(result.sop_uid),
-                "00081190": {"vr": "UR", "Value": [url]},
-            })
+            referenced.append(
+                {
+                    "00081150": _ui(result.sop_class_uid),
+                    "00081155": _ui(result.sop_uid),
+                    "00081190": {"vr": "UR", "Value": [url]},
+                }
+            )
         else:
-            failed.append({
-                "00081150": _ui(result.sop_class_uid),
-                "00081155": _ui(result.sop_uid),
-                "00081197": {"vr": "US", "Value": [result.reason]},
-                "detail": result.detail,
-            })
+            failed.append(
+                {
+                    "00081150": _ui(result.sop_class_uid),
+                    "00081155": _ui(result.sop_uid),
+                    "00081197": {"vr": "US", "Value": [result.reason]},
+                    "detail": result.detail,
+                }
+            )
     use_xml = _wants_xml(request)
     detail_key = "00090097" if use_xml else "00091097"
     for item in failed:
@@ -306,8 +337,9 @@ def _search(level: str):  # type: ignore[no-untyped-def]
     def endpoint(request: Request) -> Response:
         store = _store(request)
         query = search.parse_query(level, request.query_params.multi_items())
-        results = search.search(services(request).db, store, query, request.path_params.get("study"),
-                                request.path_params.get("series"))
+        results = search.search(
+            services(request).db, store, query, request.path_params.get("study"), request.path_params.get("series")
+        )
         if not results:
             return Response(status_code=204)
         for media_type, params_ in accepted(request):
@@ -318,8 +350,9 @@ def _search(level: str):  # type: ignore[no-untyped-def]
                 body = b"".join(write_parts(boundary, [("application/dicom+xml", to_xml(r)) for r in results]))
                 media_type = f'multipart/related; type="application/dicom+xml"; boundary={boundary}'
                 return Response(body, media_type=media_type)
-        raise NotAcceptable("search results are available as application/dicom+json or "
-                            "multipart/related; type=\"application/dicom+xml\"")
+        raise NotAcceptable(
+            'search results are available as application/dicom+json or multipart/related; type="application/dicom+xml"'
+        )
 
     return endpoint
 
@@ -347,10 +380,15 @@ def _retrieve(request: Request, single_part_allowed: bool) -> Response:
     if not multipart:
         row = rows[0]
         if to_convert:
-            return Response(_convert(row, svc.blobs.get(row.blob_key), syntax),
-                            media_type=f"application/dicom; transfer-syntax={syntax}")
-        return StreamingResponse(svc.blobs.stream(row.blob_key), headers={"Content-Length": str(row.blob_size)},
-                                 media_type=f"application/dicom; transfer-syntax={row.transfer_syntax_uid}")
+            return Response(
+                _convert(row, svc.blobs.get(row.blob_key), syntax),
+                media_type=f"application/dicom; transfer-syntax={syntax}",
+            )
+        return StreamingResponse(
+            svc.blobs.stream(row.blob_key),
+            headers={"Content-Length": str(row.blob_size)},
+            media_type=f"application/dicom; transfer-syntax={row.transfer_syntax_uid}",
+        )
     # Every conversion runs before the answer starts, so an instance that cannot be converted is a clean 406
     # instead of a body cut short; the converted copies wait in a scratch file, the rest stream from storage.
     # Closed by bodies() once sent, so it outlives this function: no with block.
@@ -400,8 +438,9 @@ def metadata(request: Request) -> Response:
         if media_type == "multipart/related" and params.get("type", "").lower() == "application/dicom+xml":
             break
     else:
-        raise NotAcceptable("metadata is available as application/dicom+json or "
-                            "multipart/related; type=\"application/dicom+xml\"")
+        raise NotAcceptable(
+            'metadata is available as application/dicom+json or multipart/related; type="application/dicom+xml"'
+        )
     rows = instances.find(svc.db, _store(request), *_uids(request))
     base = dicomweb_base(request)
     documents = [row.metadata.replace(BULKDATA_PREFIX, instance_url(base, row) + "/bulkdata/") for row in rows]
@@ -448,8 +487,12 @@ def frames(request: Request) -> Response:
 
 
 _COMPRESSED_FRAME_TYPES = {
-    "image/jpeg": ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
-                   "1.2.840.10008.1.2.4.70"),
+    "image/jpeg": (
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+    ),
     "image/jls": ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"),
     "image/jp2": ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"),
     "image/jphc": ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"),
@@ -474,12 +517,15 @@ def _choose_frame_media(request: Request, stored: str) -> tuple[bool, str, str]:
             if syntax not in (None, "*", EXPLICIT_LE):
                 continue
             return multipart, syntax or EXPLICIT_LE, part_type
-        if part_type in _COMPRESSED_FRAME_TYPES and stored in _COMPRESSED_FRAME_TYPES[part_type] \
-                and syntax in (None, "*", stored):
+        if (
+            part_type in _COMPRESSED_FRAME_TYPES
+            and stored in _COMPRESSED_FRAME_TYPES[part_type]
+            and syntax in (None, "*", stored)
+        ):
             return multipart, "*", part_type
     raise NotAcceptable(
         "cannot produce the frames in any accepted media type: ask for multipart/related; "
-        "type=\"application/octet-stream\" (transfer-syntax 1.2.840.10008.1.2.1 or *)"
+        'type="application/octet-stream" (transfer-syntax 1.2.840.10008.1.2.1 or *)'
     )
 
 
@@ -547,7 +593,7 @@ def bulk(request: Request) -> Response:
             multipart = multipart or media_type != "application/octet-stream"
             break
     else:
-        raise NotAcceptable("bulk data is available as multipart/related; type=\"application/octet-stream\"")
+        raise NotAcceptable('bulk data is available as multipart/related; type="application/octet-stream"')
     try:
         value = bulkdata.extract(svc.blobs.get(row.blob_key), request.path_params["path"])
     except bulkdata.BulkDataError as exc:

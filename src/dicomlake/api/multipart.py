@@ -95,7 +95,7 @@ async def read_parts(body: AsyncIterator[bytes], boundary: str, scratch_dir: Pat
                     if len(buffer) > MAX_HEADER_BYTES:
                         raise InvalidArgument("malformed multipart body: the first boundary delimiter is missing")
                     break
-                buffer = buffer[index + len(delimiter):]
+                buffer = buffer[index + len(delimiter) :]
                 state = "after-delimiter"
             if state == "after-delimiter":
                 if len(buffer) < 2:
@@ -108,7 +108,7 @@ async def read_parts(body: AsyncIterator[bytes], boundary: str, scratch_dir: Pat
                         raise InvalidArgument("malformed multipart body: part headers are missing or too long")
                     break
                 headers = _parse_headers(buffer[:end])
-                buffer = buffer[end + 4:]
+                buffer = buffer[end + 4 :]
                 part = _PartBuffer(scratch_dir)
                 state = "body"
             if state == "body":
@@ -122,7 +122,7 @@ async def read_parts(body: AsyncIterator[bytes], boundary: str, scratch_dir: Pat
                         buffer = buffer[-keep:]
                     break
                 part.write(buffer[:index])
-                buffer = buffer[index + len(separator):]
+                buffer = buffer[index + len(separator) :]
                 yield part.finish(headers)
                 part = None
                 state = "after-delimiter"

@@ -87,10 +87,12 @@ async def datasets_collection(request: Request) -> Response:
         dataset_id = request.query_params.get("datasetId", "")
         body_json(await request.body())
         dataset = catalog.create_dataset(db, p["project"], p["location"], dataset_id)
-        return json(records.record_finished(db, dataset, records.CREATE_DATASET,
-                                            {"@type": DATASET_TYPE, "name": dataset.name}))
-    refs, token = catalog.list_datasets(db, p["project"], p["location"], page_size(request),
-                                        request.query_params.get("pageToken"))
+        return json(
+            records.record_finished(db, dataset, records.CREATE_DATASET, {"@type": DATASET_TYPE, "name": dataset.name})
+        )
+    refs, token = catalog.list_datasets(
+        db, p["project"], p["location"], page_size(request), request.query_params.get("pageToken")
+    )
     return json(list_response("datasets", [{"name": r.name} for r in refs], token))
 
 
@@ -114,8 +116,9 @@ async def stores_collection(request: Request) -> Response:
         store_id = request.query_params.get("dicomStoreId", "")
         store = catalog.create_store(db, dataset, store_id, body_json(await request.body()))
         return json(store.resource())
-    refs, token = catalog.list_stores(db, dataset, page_size(request), request.query_params.get("pageToken"),
-                                      request.query_params.get("filter"))
+    refs, token = catalog.list_stores(
+        db, dataset, page_size(request), request.query_params.get("pageToken"), request.query_params.get("filter")
+    )
     return json(list_response("dicomStores", [r.resource() for r in refs], token))
 
 
@@ -171,4 +174,3 @@ def routes() -> list[BaseRoute]:
             Route(base + "/{dataset}/operations/{operation}", operation_item, methods=["GET", "POST"]),
         ]
     return out
-

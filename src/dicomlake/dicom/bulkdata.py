@@ -14,8 +14,22 @@ from dicomlake.dicom.parse import PIXEL_DATA_TAGS, dictionary_vr
 
 # Bytes per value to swap when a big-endian file's value is sent little-endian. OB and UN are byte
 # streams (UN content is always little-endian, PS3.5 6.2.2); AT is a pair of 16-bit numbers.
-_WORD_SIZES = {"OW": 2, "US": 2, "SS": 2, "AT": 2, "OF": 4, "OL": 4, "UL": 4, "SL": 4, "FL": 4,
-               "OD": 8, "OV": 8, "FD": 8, "SV": 8, "UV": 8}
+_WORD_SIZES = {
+    "OW": 2,
+    "US": 2,
+    "SS": 2,
+    "AT": 2,
+    "OF": 4,
+    "OL": 4,
+    "UL": 4,
+    "SL": 4,
+    "FL": 4,
+    "OD": 8,
+    "OV": 8,
+    "FD": 8,
+    "SV": 8,
+    "UV": 8,
+}
 _BULK_VRS = frozenset(_WORD_SIZES) | {"OB", "UN"}
 _PATH = re.compile(r"[0-9A-Fa-f]{8}(/\d{1,9}/[0-9A-Fa-f]{8})*")
 

@@ -31,7 +31,42 @@ MAX_INLINE_BINARY = 2048
 MAX_INLINE_NUMBERS = 512
 
 _VALID_VRS = frozenset(
-    ["AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV"]
+    [
+        "AE",
+        "AS",
+        "AT",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "FD",
+        "FL",
+        "IS",
+        "LO",
+        "LT",
+        "OB",
+        "OD",
+        "OF",
+        "OL",
+        "OV",
+        "OW",
+        "PN",
+        "SH",
+        "SL",
+        "SQ",
+        "SS",
+        "ST",
+        "SV",
+        "TM",
+        "UC",
+        "UI",
+        "UL",
+        "UN",
+        "UR",
+        "US",
+        "UT",
+        "UV",
+    ]
 )
 _LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
 _TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})  # single-valued; backslash is an ordinary character
@@ -148,7 +183,7 @@ class _Reader:
             tag, vr, length, vpos = self.header(pos)
             if tag == _ITEM_END:
                 return out, vpos
-            if tag == _SEQUENCE_END or tag == _ITEM:
+            if tag in (_SEQUENCE_END, _ITEM):
                 raise DicomParseError(f"malformed DICOM data: unexpected delimiter at byte {pos}")
             if vr is None:
                 vr = dictionary_vr(tag)
@@ -168,7 +203,10 @@ class _Reader:
                     continue
                 if tag in PIXEL_DATA_TAGS:
                     pos = self.skip_fragments(vpos)
-                    out[key] = {"vr": vr if vr in ("OB", "OW") else "OB", "BulkDataURI": f"{BULKDATA_PREFIX}{path}{key}"}
+                    out[key] = {
+                        "vr": vr if vr in ("OB", "OW") else "OB",
+                        "BulkDataURI": f"{BULKDATA_PREFIX}{path}{key}",
+                    }
                     continue
                 raise DicomParseError(f"malformed DICOM data: undefined length on ({tag >> 16:04X},{tag & 0xFFFF:04X})")
             pos = vpos + length
@@ -193,9 +231,7 @@ class _Reader:
                 out[key] = element
         return out, pos
 
-    def reinterpret_un(
-        self, tag: int, vr: str, pos: int, end: int, path: str, key: str, depth: int
-    ) -> dict[str, Any]:
+    def reinterpret_un(self, tag: int, vr: str, pos: int, end: int, path: str, key: str, depth: int) -> dict[str, Any]:
         saved = (self.implicit, self.little)
         self.implicit, self.little = True, True
         try:
@@ -331,7 +367,7 @@ def _person_name(value: str) -> dict[str, str] | None:
         return None
     groups = value.split("=")
     out: dict[str, str] = {}
-    for name, group in zip(("Alphabetic", "Ideographic", "Phonetic"), groups):
+    for name, group in zip(("Alphabetic", "Ideographic", "Phonetic"), groups, strict=False):
         # Trailing empty components carry nothing ("OB^^^^" is "OB").
         group = group.rstrip(" ^")
         if group:
@@ -425,8 +461,15 @@ def parse(data: bytes) -> ParsedInstance:
     study_uid = _value(metadata, "0020000D")
     series_uid = _value(metadata, "0020000E")
     sop_uid = _value(metadata, "00080018")
-    missing = [name for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
-                                       ("SOPInstanceUID", sop_uid)) if not uid]
+    missing = [
+        name
+        for name, uid in (
+            ("StudyInstanceUID", study_uid),
+            ("SeriesInstanceUID", series_uid),
+            ("SOPInstanceUID", sop_uid),
+        )
+        if not uid
+    ]
     if missing:
         raise DicomParseError(f"invalid DICOM instance: missing {', '.join(missing)}")
     frames = _value(metadata, "00280008")

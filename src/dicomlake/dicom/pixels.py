@@ -345,17 +345,13 @@ def _fragment_spans(ds: Dataset, value: bytes) -> list[list[tuple[int, int]]]:
         _, offsets = parse_fragments(buffer)
     except (ValueError, struct.error) as exc:
         raise PixelError(f"encapsulated pixel data is malformed: {exc}") from exc
-    fragments = [
-        (offset + 8, offset + 8 + struct.unpack_from("<L", value, offset + 4)[0]) for offset in offsets
-    ]
+    fragments = [(offset + 8, offset + 8 + struct.unpack_from("<L", value, offset + 4)[0]) for offset in offsets]
 
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
         table, lengths = ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths
         starts = struct.unpack(f"<{len(table) // 8}Q", table)
         sizes = struct.unpack(f"<{len(lengths) // 8}Q", lengths)
-        return [
-            [(first + start + 8, first + start + 8 + size)] for start, size in zip(starts, sizes, strict=True)
-        ]
+        return [[(first + start + 8, first + start + 8 + size)] for start, size in zip(starts, sizes, strict=True)]
     if basic:
         spans: list[list[tuple[int, int]]] = [[] for _ in basic]
         for fragment in fragments:
@@ -490,9 +486,7 @@ def _voi(fds: Dataset, values: np.ndarray) -> np.ndarray:
     if not finite.any():
         return np.zeros(values.shape, dtype=np.uint8)
     low, high = float(values[finite].min()), float(values[finite].max())
-    scaled = (
-        (values.astype(np.float64) - low) * (255 / (high - low)) if high > low else np.zeros(values.shape)
-    )
+    scaled = (values.astype(np.float64) - low) * (255 / (high - low)) if high > low else np.zeros(values.shape)
     return _to_uint8(np.where(finite, scaled, 0))
 
 

@@ -37,27 +37,67 @@ def _keys(*keywords: str) -> tuple[str, ...]:
 
 
 STUDY_DEFAULT = _keys(
-    "SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability",
-    "ReferringPhysicianName", "TimezoneOffsetFromUTC", "PatientName", "PatientID", "PatientBirthDate",
-    "PatientSex", "StudyInstanceUID", "StudyID",
+    "SpecificCharacterSet",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "InstanceAvailability",
+    "ReferringPhysicianName",
+    "TimezoneOffsetFromUTC",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyID",
 )
 STUDY_EXTRA = _keys(
-    "PersonIdentificationCodeSequence", "PersonAddress", "PersonTelephoneNumbers", "PersonTelecomInformation",
-    "InstitutionName", "InstitutionAddress", "InstitutionCodeSequence", "ReferringPhysicianIdentificationSequence",
-    "ConsultingPhysicianName", "ConsultingPhysicianIdentificationSequence", "IssuerOfAccessionNumberSequence",
-    "LocalNamespaceEntityID", "UniversalEntityID", "UniversalEntityIDType", "StudyDescription",
-    "PhysiciansOfRecord", "PhysiciansOfRecordIdentificationSequence", "NameOfPhysiciansReadingStudy",
-    "PhysiciansReadingStudyIdentificationSequence", "RequestingServiceCodeSequence", "ReferencedStudySequence",
-    "ProcedureCodeSequence", "ReasonForPerformedProcedureCodeSequence",
+    "PersonIdentificationCodeSequence",
+    "PersonAddress",
+    "PersonTelephoneNumbers",
+    "PersonTelecomInformation",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionCodeSequence",
+    "ReferringPhysicianIdentificationSequence",
+    "ConsultingPhysicianName",
+    "ConsultingPhysicianIdentificationSequence",
+    "IssuerOfAccessionNumberSequence",
+    "LocalNamespaceEntityID",
+    "UniversalEntityID",
+    "UniversalEntityIDType",
+    "StudyDescription",
+    "PhysiciansOfRecord",
+    "PhysiciansOfRecordIdentificationSequence",
+    "NameOfPhysiciansReadingStudy",
+    "PhysiciansReadingStudyIdentificationSequence",
+    "RequestingServiceCodeSequence",
+    "ReferencedStudySequence",
+    "ProcedureCodeSequence",
+    "ReasonForPerformedProcedureCodeSequence",
 )
 SERIES_DEFAULT = _keys(
-    "SpecificCharacterSet", "Modality", "TimezoneOffsetFromUTC", "SeriesDescription", "SeriesInstanceUID",
-    "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "RequestAttributesSequence",
+    "SpecificCharacterSet",
+    "Modality",
+    "TimezoneOffsetFromUTC",
+    "SeriesDescription",
+    "SeriesInstanceUID",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "RequestAttributesSequence",
 )
 SERIES_EXTRA = _keys("SeriesNumber", "Laterality", "SeriesDate", "SeriesTime")
 INSTANCE_DEFAULT = _keys(
-    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "InstanceAvailability", "TimezoneOffsetFromUTC",
-    "InstanceNumber", "Rows", "Columns", "BitsAllocated", "NumberOfFrames",
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "InstanceAvailability",
+    "TimezoneOffsetFromUTC",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "NumberOfFrames",
 )
 
 # What a study or series row keeps of its first instance: everything a search at that level can return.
@@ -66,7 +106,9 @@ SERIES_ATTRIBUTES = frozenset(SERIES_DEFAULT + SERIES_EXTRA + _keys("StudyInstan
 
 STUDY_UID, SERIES_UID, SOP_UID = _keys("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 MODALITIES_IN_STUDY, STUDY_SERIES_COUNT, STUDY_INSTANCE_COUNT, SERIES_INSTANCE_COUNT = _keys(
-    "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+    "ModalitiesInStudy",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
     "NumberOfSeriesRelatedInstances",
 )
 INSTANCE_AVAILABILITY = _keys("InstanceAvailability")[0]

@@ -26,8 +26,15 @@ def record_finished(
     with db.write() as conn:
         pk = conn.execute(
             operations.insert().values(
-                dataset_pk=dataset.pk, method=method, done=True, success=success, failure=failure, pending=0,
-                response=orjson.dumps(response).decode(), create_time=now, end_time=now,
+                dataset_pk=dataset.pk,
+                method=method,
+                done=True,
+                success=success,
+                failure=failure,
+                pending=0,
+                response=orjson.dumps(response).decode(),
+                create_time=now,
+                end_time=now,
             )
         ).inserted_primary_key[0]
     return get(db, dataset, str(pk))

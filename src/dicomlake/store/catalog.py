@@ -59,9 +59,7 @@ def now_rfc3339() -> str:
 
 def check_id(kind: str, value: str) -> None:
     if not _ID.fullmatch(value or ""):
-        raise InvalidArgument(
-            f"invalid {kind} ID {value!r}: use 1-256 letters, digits, '_', '-' or '.'"
-        )
+        raise InvalidArgument(f"invalid {kind} ID {value!r}: use 1-256 letters, digits, '_', '-' or '.'")
 
 
 # ---- datasets ---------------------------------------------------------------------------------
@@ -115,9 +113,9 @@ def list_datasets(
 def delete_dataset(db: Database, dataset: DatasetRef) -> list[str]:
     """Delete a dataset and everything in it; returns the blob keys to remove."""
     with db.write() as conn:
-        store_pks = conn.execute(
-            sa.select(dicom_stores.c.pk).where(dicom_stores.c.dataset_pk == dataset.pk)
-        ).scalars().all()
+        store_pks = (
+            conn.execute(sa.select(dicom_stores.c.pk).where(dicom_stores.c.dataset_pk == dataset.pk)).scalars().all()
+        )
         keys = _delete_store_rows(conn, list(store_pks))
         conn.execute(datasets.delete().where(datasets.c.pk == dataset.pk))
     return keys
@@ -146,10 +144,17 @@ def create_store(db: Database, dataset: DatasetRef, store_id: str, body: dict[st
 
 _FIND_STORE = (
     sa.select(datasets.c.pk.label("dataset_pk"), dicom_stores.c.pk, dicom_stores.c.config)
-    .select_from(datasets.outerjoin(dicom_stores, sa.and_(dicom_stores.c.dataset_pk == datasets.c.pk,
-                                                          dicom_stores.c.store_id == sa.bindparam("store_id"))))
-    .where(datasets.c.project == sa.bindparam("project"), datasets.c.location == sa.bindparam("location"),
-           datasets.c.dataset_id == sa.bindparam("dataset_id"))
+    .select_from(
+        datasets.outerjoin(
+            dicom_stores,
+            sa.and_(dicom_stores.c.dataset_pk == datasets.c.pk, dicom_stores.c.store_id == sa.bindparam("store_id")),
+        )
+    )
+    .where(
+        datasets.c.project == sa.bindparam("project"),
+        datasets.c.location == sa.bindparam("location"),
+        datasets.c.dataset_id == sa.bindparam("dataset_id"),
+    )
 )
 
 
@@ -163,8 +168,9 @@ def find_store(db: Database, project: str, location: str, dataset_id: str, store
         raise NotFound(f"dataset {dataset_name} not found")
     if row.pk is None:
         raise NotFound(f"DICOM store {dataset_name}/dicomStores/{store_id} not found")
-    return StoreRef(row.pk, DatasetRef(row.dataset_pk, project, location, dataset_id), store_id,
-                    orjson.loads(row.config))
+    return StoreRef(
+        row.pk, DatasetRef(row.dataset_pk, project, location, dataset_id), store_id, orjson.loads(row.config)
+    )
 
 
 def list_stores(
@@ -337,8 +343,10 @@ def _validate_labels(labels: Any) -> dict[str, str]:
 
 # A filter is `labels.KEY=VALUE` / `labels.KEY:VALUE` / `labels.KEY:*` terms joined with AND, OR, NOT and
 # parentheses, as Google's list filter syntax; only labels can be filtered on.
-_FILTER_TOKEN = re.compile(r'\s*(?:(?P<paren>[()])|(?P<term>labels\.[^\s=:()"]+\s*[=:]\s*(?:"[^"]*"|[^\s()"]+))'
-                           r'|(?P<word>AND|OR|NOT)(?=[\s()]|$))')
+_FILTER_TOKEN = re.compile(
+    r'\s*(?:(?P<paren>[()])|(?P<term>labels\.[^\s=:()"]+\s*[=:]\s*(?:"[^"]*"|[^\s()"]+))'
+    r"|(?P<word>AND|OR|NOT)(?=[\s()]|$))"
+)
 _FILTER_TERM = re.compile(r'labels\.(?P<key>[^\s=:()"]+)\s*(?P<op>[=:])\s*(?P<value>"[^"]*"|[^\s()"]+)')
 LabelFilter = Callable[[dict[str, str]], bool]
 

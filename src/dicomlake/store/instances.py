@@ -103,8 +103,12 @@ def store_instances(
             results[index] = outcome
             continue
         key = f"{store.pk}/{outcome.study_uid}/{outcome.series_uid}/{outcome.sop_uid}.{uuid.uuid4().hex}.dcm"
-        uids = {"store_pk": store.pk, "study_uid": outcome.study_uid, "series_uid": outcome.series_uid,
-                "sop_uid": outcome.sop_uid}
+        uids = {
+            "store_pk": store.pk,
+            "study_uid": outcome.study_uid,
+            "series_uid": outcome.series_uid,
+            "sop_uid": outcome.sop_uid,
+        }
         pending.append(_Pending(index, outcome, data, key, uids))
     accepted: list[_Pending] = []
     seen: set[tuple[str, str, str]] = set()
@@ -178,18 +182,23 @@ def _duplicate(parsed: ParsedInstance) -> Failed:
 # Statements built once: building SQLAlchemy constructs per instance costs more than running them.
 _P = sa.bindparam
 _EXISTS = sa.select(sa.literal(1)).where(
-    instances.c.store_pk == _P("w_store"), instances.c.study_uid == _P("w_study"),
-    instances.c.series_uid == _P("w_series"), instances.c.sop_uid == _P("w_sop"),
+    instances.c.store_pk == _P("w_store"),
+    instances.c.study_uid == _P("w_study"),
+    instances.c.series_uid == _P("w_series"),
+    instances.c.sop_uid == _P("w_sop"),
 )
 _BLOB_OF = sa.select(instances.c.blob_key).where(
-    instances.c.store_pk == _P("w_store"), instances.c.study_uid == _P("w_study"),
-    instances.c.series_uid == _P("w_series"), instances.c.sop_uid == _P("w_sop"),
+    instances.c.store_pk == _P("w_store"),
+    instances.c.study_uid == _P("w_study"),
+    instances.c.series_uid == _P("w_series"),
+    instances.c.sop_uid == _P("w_sop"),
 )
 _INSERT_INSTANCE = instances.insert()
 _COUNT_SERIES_INSTANCE = (
     series.update()
-    .where(series.c.store_pk == _P("w_store"), series.c.study_uid == _P("w_study"),
-           series.c.series_uid == _P("w_series"))
+    .where(
+        series.c.store_pk == _P("w_store"), series.c.study_uid == _P("w_study"), series.c.series_uid == _P("w_series")
+    )
     .values(instance_count=series.c.instance_count + 1)
 )
 _COUNT_STUDY_INSTANCE = (
@@ -198,7 +207,8 @@ _COUNT_STUDY_INSTANCE = (
     .values(instance_count=studies.c.instance_count + 1, series_count=studies.c.series_count + _P("new_series"))
 )
 _MODALITIES_OF = sa.select(studies.c.modalities).where(
-    studies.c.store_pk == _P("w_store"), studies.c.study_uid == _P("w_study"))
+    studies.c.store_pk == _P("w_store"), studies.c.study_uid == _P("w_study")
+)
 _SET_MODALITIES = (
     studies.update()
     .where(studies.c.store_pk == _P("w_store"), studies.c.study_uid == _P("w_study"))
@@ -208,8 +218,12 @@ _INSERT_IGNORE: dict[tuple[bool, str], sa.Insert] = {}
 
 
 def _where(uids: dict[str, Any]) -> dict[str, Any]:
-    return {"w_store": uids["store_pk"], "w_study": uids["study_uid"], "w_series": uids["series_uid"],
-            "w_sop": uids["sop_uid"]}
+    return {
+        "w_store": uids["store_pk"],
+        "w_study": uids["study_uid"],
+        "w_series": uids["series_uid"],
+        "w_sop": uids["sop_uid"],
+    }
 
 
 def _insert_ignore(db: Database, table: sa.Table, returning: sa.Column | None = None) -> sa.Insert:
@@ -223,52 +237,69 @@ def _insert_ignore(db: Database, table: sa.Table, returning: sa.Column | None = 
 
 
 def _insert(
-    conn: sa.Connection, db: Database, uids: dict[str, Any], parsed: ParsedInstance, key: str, size: int,
+    conn: sa.Connection,
+    db: Database,
+    uids: dict[str, Any],
+    parsed: ParsedInstance,
+    key: str,
+    size: int,
     storage_class: str,
 ) -> None:
     meta = parsed.metadata
     now = time.time()
-    conn.execute(_INSERT_INSTANCE, {
-        **uids,
-        "sop_class_uid": parsed.sop_class_uid,
-        "transfer_syntax_uid": parsed.transfer_syntax_uid,
-        "instance_number": parsed.instance_number,
-        "number_of_frames": parsed.number_of_frames,
-        "blob_key": key,
-        "blob_size": size,
-        "storage_class": storage_class,
-        "metadata": orjson.dumps(meta).decode(),
-        "created": now,
-    })
+    conn.execute(
+        _INSERT_INSTANCE,
+        {
+            **uids,
+            "sop_class_uid": parsed.sop_class_uid,
+            "transfer_syntax_uid": parsed.transfer_syntax_uid,
+            "instance_number": parsed.instance_number,
+            "number_of_frames": parsed.number_of_frames,
+            "blob_key": key,
+            "blob_size": size,
+            "storage_class": storage_class,
+            "metadata": orjson.dumps(meta).decode(),
+            "created": now,
+        },
+    )
     # RETURNING, because PostgreSQL reports no rowcount for INSERT ... ON CONFLICT DO NOTHING.
-    new_series = conn.execute(_insert_ignore(db, series, series.c.series_uid), {
-        "store_pk": uids["store_pk"],
-        "study_uid": parsed.study_uid,
-        "series_uid": parsed.series_uid,
-        "modality": _first(meta, "00080060"),
-        "series_number": _text(_first(meta, "00200011")),
-        "series_description": _first(meta, "0008103E"),
-        "instance_count": 0,
-        "attributes": _subset(meta, SERIES_ATTRIBUTES),
-        "created": now,
-    }).first() is not None
+    new_series = (
+        conn.execute(
+            _insert_ignore(db, series, series.c.series_uid),
+            {
+                "store_pk": uids["store_pk"],
+                "study_uid": parsed.study_uid,
+                "series_uid": parsed.series_uid,
+                "modality": _first(meta, "00080060"),
+                "series_number": _text(_first(meta, "00200011")),
+                "series_description": _first(meta, "0008103E"),
+                "instance_count": 0,
+                "attributes": _subset(meta, SERIES_ATTRIBUTES),
+                "created": now,
+            },
+        ).first()
+        is not None
+    )
     conn.execute(_COUNT_SERIES_INSTANCE, _where(uids))
-    conn.execute(_insert_ignore(db, studies), {
-        "store_pk": uids["store_pk"],
-        "study_uid": parsed.study_uid,
-        **person_name_columns("patient_name", _first(meta, "00100010")),
-        **person_name_columns("referring_physician_name", _first(meta, "00080090")),
-        "patient_id": _first(meta, "00100020"),
-        "accession_number": _first(meta, "00080050"),
-        "study_date": _date(_first(meta, "00080020")),
-        "study_time": _first(meta, "00080030"),
-        "study_id": _first(meta, "00200010"),
-        "study_description": _first(meta, "00081030"),
-        "series_count": 0,
-        "instance_count": 0,
-        "attributes": _subset(meta, STUDY_ATTRIBUTES),
-        "created": now,
-    })
+    conn.execute(
+        _insert_ignore(db, studies),
+        {
+            "store_pk": uids["store_pk"],
+            "study_uid": parsed.study_uid,
+            **person_name_columns("patient_name", _first(meta, "00100010")),
+            **person_name_columns("referring_physician_name", _first(meta, "00080090")),
+            "patient_id": _first(meta, "00100020"),
+            "accession_number": _first(meta, "00080050"),
+            "study_date": _date(_first(meta, "00080020")),
+            "study_time": _first(meta, "00080030"),
+            "study_id": _first(meta, "00200010"),
+            "study_description": _first(meta, "00081030"),
+            "series_count": 0,
+            "instance_count": 0,
+            "attributes": _subset(meta, STUDY_ATTRIBUTES),
+            "created": now,
+        },
+    )
     conn.execute(_COUNT_STUDY_INSTANCE, {**_where(uids), "new_series": 1 if new_series else 0})
     modality = _first(meta, "00080060")
     if new_series and modality:
@@ -332,14 +363,25 @@ def person_name_columns(prefix: str, value: Any) -> dict[str, str | None]:
 # ---- reading ----------------------------------------------------------------------------------
 
 _ROW_COLUMNS = (
-    instances.c.study_uid, instances.c.series_uid, instances.c.sop_uid, instances.c.sop_class_uid,
-    instances.c.transfer_syntax_uid, instances.c.number_of_frames, instances.c.blob_key, instances.c.blob_size,
-    instances.c.storage_class, instances.c.metadata,
+    instances.c.study_uid,
+    instances.c.series_uid,
+    instances.c.sop_uid,
+    instances.c.sop_class_uid,
+    instances.c.transfer_syntax_uid,
+    instances.c.number_of_frames,
+    instances.c.blob_key,
+    instances.c.blob_size,
+    instances.c.storage_class,
+    instances.c.metadata,
 )
 
 
 def find(
-    db: Database, store: StoreRef, study: str, series_uid: str | None = None, sop: str | None = None,
+    db: Database,
+    store: StoreRef,
+    study: str,
+    series_uid: str | None = None,
+    sop: str | None = None,
     with_metadata: bool = True,
 ) -> list[InstanceRow]:
     """The instances of a study, series or one instance, in a stable order; NotFound if there are none."""
@@ -365,8 +407,9 @@ def _describe(study: str, series_uid: str | None, sop: str | None) -> str:
     return f"study {study}"
 
 
-def delete(db: Database, blobs: BlobStore, store: StoreRef, study: str, series_uid: str | None = None,
-           sop: str | None = None) -> int:
+def delete(
+    db: Database, blobs: BlobStore, store: StoreRef, study: str, series_uid: str | None = None, sop: str | None = None
+) -> int:
     """Delete a study, series or instance; returns how many instances went. NotFound if none matched."""
     with db.write() as conn:
         where = [instances.c.store_pk == store.pk, instances.c.study_uid == study]
@@ -403,12 +446,20 @@ def _refresh_counts(conn: sa.Connection, store_pk: int, study: str, series_uids:
     ).one()
     match_study = (studies.c.store_pk == store_pk, studies.c.study_uid == study)
     if counts[0]:
-        modalities = conn.execute(
-            sa.select(series.c.modality).distinct().where(
-                series.c.store_pk == store_pk, series.c.study_uid == study, series.c.modality.is_not(None))
-        ).scalars().all()
-        conn.execute(studies.update().where(*match_study).values(
-            series_count=counts[0], instance_count=counts[1], modalities="\\".join(sorted(modalities)) or None))
+        modalities = (
+            conn.execute(
+                sa.select(series.c.modality)
+                .distinct()
+                .where(series.c.store_pk == store_pk, series.c.study_uid == study, series.c.modality.is_not(None))
+            )
+            .scalars()
+            .all()
+        )
+        conn.execute(
+            studies.update()
+            .where(*match_study)
+            .values(series_count=counts[0], instance_count=counts[1], modalities="\\".join(sorted(modalities)) or None)
+        )
     else:
         conn.execute(studies.delete().where(*match_study))
 

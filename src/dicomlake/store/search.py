@@ -23,8 +23,20 @@ MAX_LIMIT = {"study": 5000, "series": 5000, "instance": 50000}
 MAX_OFFSET = 1_000_000
 # Google's standard query parameters, accepted and ignored on every method.
 IGNORED_PARAMETERS = frozenset(
-    {"alt", "prettyPrint", "fields", "key", "$.xgafv", "quotaUser", "access_token", "callback", "uploadType",
-     "upload_protocol", "oauth_token", "userIp"}
+    {
+        "alt",
+        "prettyPrint",
+        "fields",
+        "key",
+        "$.xgafv",
+        "quotaUser",
+        "access_token",
+        "callback",
+        "uploadType",
+        "upload_protocol",
+        "oauth_token",
+        "userIp",
+    }
 )
 
 _STUDY_PN = {"00100010": "patient_name", "00080090": "referring_physician_name"}
@@ -254,8 +266,9 @@ def _conditions(query: Query, store: StoreRef) -> list[sa.ColumnElement[bool]]:
 # ---- running ----------------------------------------------------------------------------------
 
 
-def search(db: Database, store: StoreRef, query: Query, study: str | None = None,
-           series_uid: str | None = None) -> list[dict[str, Any]]:
+def search(
+    db: Database, store: StoreRef, query: Query, study: str | None = None, series_uid: str | None = None
+) -> list[dict[str, Any]]:
     """Run a search; `study`/`series_uid` come from the URL path. Returns DICOM JSON objects."""
     if study is not None:
         query.filters["0020000D"] = study
@@ -275,8 +288,13 @@ def _page(select: sa.Select, query: Query) -> sa.Select:
 
 
 def _studies(conn: sa.Connection, query: Query, where: list) -> list[dict[str, Any]]:
-    select = sa.select(studies.c.study_uid, studies.c.attributes, studies.c.series_count, studies.c.instance_count,
-                       studies.c.modalities)
+    select = sa.select(
+        studies.c.study_uid,
+        studies.c.attributes,
+        studies.c.series_count,
+        studies.c.instance_count,
+        studies.c.modalities,
+    )
     rows = conn.execute(_page(select.where(*where).order_by(studies.c.study_uid), query)).all()
     wanted = _wanted(tags.STUDY_DEFAULT, tags.STUDY_EXTRA, query)
     results = []
@@ -322,8 +340,11 @@ def _instances(conn: sa.Connection, query: Query, where: list) -> list[dict[str,
     if any(k in _SERIES_TEXT and k != "0020000E" for k in query.filters):
         select = select.join(
             series,
-            sa.and_(series.c.store_pk == instances.c.store_pk, series.c.study_uid == instances.c.study_uid,
-                    series.c.series_uid == instances.c.series_uid),
+            sa.and_(
+                series.c.store_pk == instances.c.store_pk,
+                series.c.study_uid == instances.c.study_uid,
+                series.c.series_uid == instances.c.series_uid,
+            ),
         )
     order = (instances.c.study_uid, instances.c.series_uid, instances.c.instance_number, instances.c.sop_uid)
     rows = conn.execute(_page(select.where(*where).order_by(*order), query)).scalars().all()
