@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +87,19 @@ def test_every_storable_file_is_stored_once_and_others_fail_with_a_reason(corpus
     assert stored > 150
 
 
-def test_stored_files_come_back_byte_exact(corpus) -> None:  # type: ignore[no-untyped-def]
-    store, outcomes = corpus
+def _first_copies(outcomes: dict[Path, dict[str, Any]]) -> Iterator[tuple[Path, tuple[str, str, str]]]:
+    """Each stored file with its UID triple, skipping the later files that share a triple."""
     seen = set()
     for path in outcomes:
         uids = _expected_uids(path)
-        if uids is None or uids in seen:
-            continue
-        seen.add(uids)
+        if uids is not None and uids not in seen:
+            seen.add(uids)
+            yield path, uids
+
+
+def test_stored_files_come_back_byte_exact(corpus) -> None:  # type: ignore[no-untyped-def]
+    store, outcomes = corpus
+    for path, uids in _first_copies(outcomes):
         url = f"{store.dicomweb}/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}"
         response = requests.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"}, timeout=60)
         assert response.status_code == 200, path.name
@@ -157,13 +163,8 @@ def _comparable(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def test_metadata_equals_an_independent_encoder_element_for_element(corpus) -> None:  # type: ignore[no-untyped-def]
     store, outcomes = corpus
-    seen = set()
     compared = 0
-    for path in outcomes:
-        uids = _expected_uids(path)
-        if uids is None or uids in seen:
-            continue
-        seen.add(uids)
+    for path, uids in _first_copies(outcomes):
         url = f"{store.dicomweb}/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}/metadata"
         ours = requests.get(url, timeout=60).json()[0]
         reference = _reference_json(path)
