@@ -12,13 +12,12 @@ def main(argv: list[str]) -> None:
     what = argv[0] if argv else "quick"
     if what in ("quick", "stow"):
         stow.run(instances=2000, repeats=3)
+        stow.run(instances=200, repeats=2, batch_sizes=(1, 10), source="693_UNCI.dcm", name="stow_large", warmup=50)
     if what in ("quick", "qido", "metadata"):
         qido.run(studies=10_000, series_instances=500)
     if what == "full":
         stow.run(instances=5000, repeats=5)
-        stow.run(
-            instances=500, repeats=3, clients=(1, 4), batch_sizes=(1, 10), source="US1_UNCR.dcm", name="stow_large"
-        )
+        stow.run(instances=500, repeats=3, batch_sizes=(1, 10), source="693_UNCI.dcm", name="stow_large", warmup=50)
         qido.run(studies=100_000, series_instances=500, name="qido_100k")
     if what not in ("quick", "full", "stow", "qido", "metadata", "report"):
         sys.exit(f"usage: python -m bench [quick|full|stow|qido|metadata|report], not {what!r}")

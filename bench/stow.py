@@ -9,7 +9,6 @@ from typing import Any
 from bench import corpus, servers
 from bench.measure import latency_summary, multipart, run_concurrently, save, session
 
-WARMUP = 200
 
 
 def _stow(target: servers.Target, items: list[bytes], clients: int, batch: int) -> dict[str, Any]:
@@ -39,10 +38,11 @@ def run(
     repeats: int = 3,
     source: str = "MR_small.dcm",
     name: str = "stow_small",
+    warmup: int = 200,
 ) -> dict[str, Any]:
     """Each configuration stores fresh instances `repeats` times; the median run is reported."""
     configs = [(c, b) for c in clients for b in batch_sizes]
-    total = WARMUP + instances * repeats * len(configs)
+    total = warmup + instances * repeats * len(configs)
     items = corpus.make([corpus.Spec(n // 10, 0, n % 10, source) for n in range(total)])
     results: dict[str, Any] = {
         "instance_bytes": len(items[0]),
@@ -57,8 +57,8 @@ def run(
         for target_name, start in targets:
             with start(Path(tmp)) as target:
                 results.setdefault("versions", {})[target_name] = servers.version(target_name)
-                offset = WARMUP
-                _stow(target, items[:WARMUP], 4, 10)
+                offset = warmup
+                _stow(target, items[:warmup], 4, 10)
                 for clients_, batch in configs:
                     runs = []
                     for _ in range(repeats):
