@@ -68,8 +68,13 @@ _VALID_VRS = frozenset(
         "UV",
     ]
 )
+_VR_NAMES = {vr.encode("ascii"): vr for vr in _VALID_VRS}
+_LE_HH, _BE_HH = struct.Struct("<HH").unpack_from, struct.Struct(">HH").unpack_from
+_LE_H, _BE_H = struct.Struct("<H").unpack_from, struct.Struct(">H").unpack_from
+_LE_L, _BE_L = struct.Struct("<L").unpack_from, struct.Struct(">L").unpack_from
 _LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
 _TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})  # single-valued; backslash is an ordinary character
+_PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UI"})  # stripped both ends, no conversion
 _CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 _BINARY_VRS = frozenset({"OB", "OW", "UN"})
@@ -152,28 +157,20 @@ class _Reader:
         buf = self.buf
         if pos + 8 > self.end:
             raise DicomParseError(f"truncated DICOM data: element header at byte {pos} runs past the end")
-        if self.little:
-            group, elem = struct.unpack_from("<HH", buf, pos)
-        else:
-            group, elem = struct.unpack_from(">HH", buf, pos)
+        little = self.little
+        group, elem = (_LE_HH if little else _BE_HH)(buf, pos)
         tag = (group << 16) | elem
-        if group == 0xFFFE:
-            length = struct.unpack_from("<L" if self.little else ">L", buf, pos + 4)[0]
-            return tag, None, length, pos + 8
-        if self.implicit:
-            length = struct.unpack_from("<L", buf, pos + 4)[0]
-            return tag, None, length, pos + 8
-        vr = bytes(buf[pos + 4 : pos + 6]).decode("ascii", "replace")
+        if group == 0xFFFE or self.implicit:
+            return tag, None, (_LE_L if little else _BE_L)(buf, pos + 4)[0], pos + 8
+        vr = _VR_NAMES.get(bytes(buf[pos + 4 : pos + 6]))
         if vr in _LONG_HEADER_VRS:
             if pos + 12 > self.end:
                 raise DicomParseError(f"truncated DICOM data: element header at byte {pos} runs past the end")
-            length = struct.unpack_from("<L" if self.little else ">L", buf, pos + 8)[0]
-            return tag, vr, length, pos + 12
-        if vr not in _VALID_VRS:
+            return tag, vr, (_LE_L if little else _BE_L)(buf, pos + 8)[0], pos + 12
+        length = (_LE_H if little else _BE_H)(buf, pos + 6)[0]
+        if vr is None:
             # Some writers emit a bogus VR with a short header; trust the dictionary instead.
-            length = struct.unpack_from("<H" if self.little else ">H", buf, pos + 6)[0]
             return tag, dictionary_vr(tag), length, pos + 8
-        length = struct.unpack_from("<H" if self.little else ">H", buf, pos + 6)[0]
         return tag, vr, length, pos + 8
 
     def dataset(self, pos: int, end: int, path: str, depth: int) -> tuple[dict[str, Any], int]:
@@ -317,6 +314,10 @@ class _Reader:
         return self.string_element(tag, vr, raw)
 
     def string_element(self, tag: int, vr: str, raw: bytes) -> dict[str, Any]:
+        if vr in _PLAIN_VRS and raw.isascii() and b"\\" not in raw and b"\x1b" not in raw and tag != 0x00080005:
+            # The common case, a single plain ASCII value (no ISO 2022 escape): no decoding, split or conversion.
+            text = raw.decode("ascii").strip(" \x00")
+            return {"vr": vr, "Value": [text]} if text else {"vr": vr}
         if vr in _CHARSET_VRS:
             text = _decode(raw, self.encodings, vr == "PN")
         else:
