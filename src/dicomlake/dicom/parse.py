@@ -77,6 +77,7 @@ _TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})  # single-valued; backslash is a
 _PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UI"})  # stripped both ends, no conversion
 _CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
+_SIZES = {fmt: struct.calcsize("<" + fmt) for fmt in _NUMBER_FORMATS.values()}
 _BINARY_VRS = frozenset({"OB", "OW", "UN"})
 _FLOAT_BINARY_VRS = frozenset({"OD", "OF", "OL", "OV"})
 
@@ -284,32 +285,31 @@ class _Reader:
             pos = vpos + length
 
     def element(self, tag: int, vr: str, pos: int, length: int, path: str, key: str) -> dict[str, Any] | None:
-        if tag in PIXEL_DATA_TAGS or vr in _BINARY_VRS:
-            return {"vr": vr, "BulkDataURI": f"{BULKDATA_PREFIX}{path}{key}"}
-        if length == 0:
+        if length == 0 and tag not in PIXEL_DATA_TAGS:
             return {"vr": vr}
+        fmt = _NUMBER_FORMATS.get(vr)
+        # Bulk data is decided from the length alone, so a large value is never copied.
+        if (
+            tag in PIXEL_DATA_TAGS
+            or vr in _BINARY_VRS
+            or (vr in _FLOAT_BINARY_VRS and length > MAX_INLINE_BINARY)
+            or (fmt is not None and length // _SIZES[fmt] > MAX_INLINE_NUMBERS)
+            or (vr == "AT" and length // 4 > MAX_INLINE_NUMBERS)
+        ):
+            return {"vr": vr, "BulkDataURI": f"{BULKDATA_PREFIX}{path}{key}"}
         raw = bytes(self.buf[pos : pos + length])
         if vr in _FLOAT_BINARY_VRS:
-            if length > MAX_INLINE_BINARY:
-                return {"vr": vr, "BulkDataURI": f"{BULKDATA_PREFIX}{path}{key}"}
             if not self.little:
                 raw = _swap(raw, 8 if vr in ("OD", "OV") else 4)
             return {"vr": vr, "InlineBinary": base64.b64encode(raw).decode("ascii")}
-        fmt = _NUMBER_FORMATS.get(vr)
+        order = "<" if self.little else ">"
         if fmt is not None:
-            size = struct.calcsize("<" + fmt)
-            count = length // size
-            if count > MAX_INLINE_NUMBERS:
-                return {"vr": vr, "BulkDataURI": f"{BULKDATA_PREFIX}{path}{key}"}
-            values = list(struct.unpack_from(("<" if self.little else ">") + fmt * count, raw))
+            values = list(struct.unpack_from(order + fmt * (length // _SIZES[fmt]), raw))
             if tag == 0x00280103 and values:
                 self.pixel_representation = values[0]
             return {"vr": vr, "Value": values}
         if vr == "AT":
-            count = length // 4
-            if count > MAX_INLINE_NUMBERS:
-                return {"vr": vr, "BulkDataURI": f"{BULKDATA_PREFIX}{path}{key}"}
-            words = struct.unpack_from(("<" if self.little else ">") + "H" * (count * 2), raw)
+            words = struct.unpack_from(order + "H" * (length // 4 * 2), raw)
             return {"vr": vr, "Value": [f"{words[i]:04X}{words[i + 1]:04X}" for i in range(0, len(words), 2)]}
         return self.string_element(tag, vr, raw)
 
