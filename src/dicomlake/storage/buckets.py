@@ -115,9 +115,10 @@ class Buckets:
         prefix = pattern.prefix.lstrip("/") if pattern.scheme == "file" else pattern.prefix
         if pattern.regex is None:
             try:
-                yield ObjectInfo(pattern.prefix, int(obstore.head(store, prefix)["size"]))
+                size = int(obstore.head(store, prefix)["size"])
             except (FileNotFoundError, obstore.exceptions.NotFoundError):
-                pass
+                return
+            yield ObjectInfo(pattern.prefix, size)
             return
         # Listing takes whole path segments: start from the last complete folder of the literal prefix.
         folder = prefix.rpartition("/")[0]
