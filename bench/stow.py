@@ -10,7 +10,6 @@ from bench import corpus, servers
 from bench.measure import latency_summary, multipart, run_concurrently, save, session
 
 
-
 def _stow(target: servers.Target, items: list[bytes], clients: int, batch: int) -> dict[str, Any]:
     url = f"{target.dicomweb}/studies"
 
