@@ -1,26 +1,35 @@
-"""`python -m bench quick|full|stow|qido|metadata|report`: run benchmarks, write bench/results/*.json,
-and regenerate the result tables of docs/benchmarks.md."""
+"""`python -m bench quick|full|stow|qido|metadata|wado|plots|report`: run benchmarks, write bench/results/*.json,
+draw docs/img/*.png and regenerate the result tables of docs/benchmarks.md.
+`python -m bench corpus --size small|medium|large|N --out DIR`: write a synthetic corpus folder."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import qido, report, stow
+from bench import corpus, plots, qido, report, stow, wado
 
 
 def main(argv: list[str]) -> None:
     what = argv[0] if argv else "quick"
+    if what == "corpus":
+        corpus.main(argv[1:])
+        return
     if what in ("quick", "stow"):
         stow.run(instances=2000, repeats=3)
         stow.run(instances=200, repeats=2, batch_sizes=(1, 10), source="693_UNCI.dcm", name="stow_large", warmup=50)
     if what in ("quick", "qido", "metadata"):
         qido.run(studies=10_000, series_instances=500)
+    if what in ("quick", "wado"):
+        wado.run(requests=200, repeats=3)
     if what == "full":
         stow.run(instances=5000, repeats=5)
         stow.run(instances=500, repeats=3, batch_sizes=(1, 10), source="693_UNCI.dcm", name="stow_large", warmup=50)
         qido.run(studies=100_000, series_instances=500, name="qido_100k")
-    if what not in ("quick", "full", "stow", "qido", "metadata", "report"):
-        sys.exit(f"usage: python -m bench [quick|full|stow|qido|metadata|report], not {what!r}")
+        wado.run(requests=600, repeats=5)
+    if what not in ("quick", "full", "stow", "qido", "metadata", "wado", "plots", "report"):
+        sys.exit(f"usage: python -m bench [quick|full|stow|qido|metadata|wado|plots|report|corpus], not {what!r}")
+    if what in ("quick", "full", "plots"):
+        plots.main()
     report.main()
 
 

@@ -1,4 +1,5 @@
-"""Turn bench/results/*.json into the tables of docs/benchmarks.md (between the generated markers)."""
+"""Turn bench/results/*.json into the tables of docs/benchmarks.md (between the generated markers), each
+kind of benchmark followed by the charts plots.py drew from it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bench.measure import RESULTS
+from bench.plots import IMAGES, PLOTS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -50,14 +52,62 @@ def _qido(result: dict) -> list[str]:
     return [*lines, "", f"Run {result['date']}.", ""]
 
 
+def _wado(result: dict) -> list[str]:
+    most = max(result["clients"])
+    corpus = "; ".join(f"{source}: {what}" for source, what in result["corpus"].items())
+    lines = [
+        f"### {result['benchmark']}: WADO-RS retrieve (median of {result['repeats']} runs per client count)",
+        "",
+        f"Stored: {corpus}. Every request asks for the stored transfer syntax (`transfer-syntax=*`).",
+        "",
+        f"| request | server | p50 ms | p99 ms | 1 client: instances/s | MB/s | {most} clients: instances/s | MB/s "
+        f"| spread ({most} clients) | dicomlake / Orthanc (1 / {most} clients) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for label, op in result["operations"].items():
+        for server, runs in op["servers"].items():
+            one, many = runs["clients=1"], runs[f"clients={most}"]
+            ratio = f"{one['ratio_to_orthanc']} / {many['ratio_to_orthanc']}" if "ratio_to_orthanc" in one else ""
+            lines.append(
+                f"| {label} | {server} | {one['p50_ms']} | {one['p99_ms']} | {one['instances_per_s']} | "
+                f"{one['mb_per_s']} | {many['instances_per_s']} | {many['mb_per_s']} | "
+                f"{many['spread_instances_per_s'][0]}–{many['spread_instances_per_s'][1]} | {ratio} |"
+            )
+        if op["note"]:
+            notes.append(f"*{label}*: {op['note']}.")
+    versions = ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items())
+    return [
+        *lines,
+        "",
+        "Latencies are of the 1-client runs, all repeats pooled; a ratio above 1 means dicomlake moved more "
+        "instances per second. " + " ".join(notes),
+        "",
+        f"Versions: {versions}. Run {result['date']}.",
+        "",
+    ]
+
+
+RENDERERS = {"qido": _qido, "stow": _stow, "wado": _wado}
+
+
+def _charts(kind: str) -> list[str]:
+    lines = []
+    for plot in PLOTS:
+        if plot.kind == kind and (IMAGES / plot.file).exists():
+            lines += [f"![{plot.caption}]({IMAGES.relative_to(DOC.parent).as_posix()}/{plot.file})", ""]
+    return lines
+
+
 def render() -> str:
     sections: list[str] = []
-    for path in sorted(RESULTS.glob("*.json")):
-        result = json.loads(path.read_text())
-        if result["benchmark"].startswith("stow"):
-            sections += _stow(result)
-        elif result["benchmark"].startswith("qido"):
-            sections += _qido(result)
+    results = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))]
+    for kind, renderer in RENDERERS.items():
+        of_kind = [r for r in results if r["benchmark"].startswith(kind)]
+        for result in of_kind:
+            sections += renderer(result)
+        if of_kind:
+            sections += _charts(kind)
     return "\n".join(sections)
 
 
