@@ -384,10 +384,11 @@ def _retrieve(request: Request, single_part_allowed: bool) -> Response:
                 _convert(row, svc.blobs.get(row.blob_key), syntax),
                 media_type=f"application/dicom; transfer-syntax={syntax}",
             )
+        media_type = f"application/dicom; transfer-syntax={row.transfer_syntax_uid}"
+        if row.blob_size <= IN_MEMORY_PART_BYTES:
+            return Response(svc.blobs.get(row.blob_key), media_type=media_type)
         return StreamingResponse(
-            svc.blobs.stream(row.blob_key),
-            headers={"Content-Length": str(row.blob_size)},
-            media_type=f"application/dicom; transfer-syntax={row.transfer_syntax_uid}",
+            svc.blobs.stream(row.blob_key), headers={"Content-Length": str(row.blob_size)}, media_type=media_type
         )
     # Every conversion runs before the answer starts, so an instance that cannot be converted is a clean 406
     # instead of a body cut short; the converted copies wait in a scratch file, the rest stream from storage.
@@ -409,7 +410,9 @@ def _retrieve(request: Request, single_part_allowed: bool) -> Response:
                 span = spans.get(row.blob_key)
                 if span is None:
                     content_type = f"application/dicom; transfer-syntax={row.transfer_syntax_uid}"
-                    yield content_type, svc.blobs.stream(row.blob_key)
+                    # One read for the usual small instance; a large one streams in chunks.
+                    small = row.blob_size <= IN_MEMORY_PART_BYTES
+                    yield content_type, svc.blobs.get(row.blob_key) if small else svc.blobs.stream(row.blob_key)
                 else:
                     yield f"application/dicom; transfer-syntax={syntax}", _read_span(spool, *span)
         finally:
@@ -482,8 +485,8 @@ def frames(request: Request) -> Response:
             raise NotAcceptable("a single-part response holds one frame: ask for multipart/related for several")
         return Response(payloads[0], media_type=content_type)
     boundary = uuid.uuid4().hex
-    body = write_parts(boundary, [(content_type, p) for p in payloads])
-    return StreamingResponse(body, media_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
+    body = b"".join(write_parts(boundary, [(content_type, p) for p in payloads]))  # the frames are in memory already
+    return Response(body, media_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
 
 
 _COMPRESSED_FRAME_TYPES = {

@@ -15,6 +15,7 @@ from dicomlake.errors import InvalidArgument
 
 MAX_HEADER_BYTES = 16 * 1024
 IN_MEMORY_PART_BYTES = 32 * 1024 * 1024
+OUTPUT_CHUNK_BYTES = 1024 * 1024
 
 
 def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
@@ -161,13 +162,26 @@ def part_header(content_type: str, extra: dict[str, str] | None = None) -> bytes
 
 def write_parts(boundary: str, parts: Iterable[tuple[str, bytes | Iterable[bytes]]]) -> Iterator[bytes]:
     """Encode (content type, payload) pairs as a multipart/related body; a payload is bytes, or chunks of
-    bytes that are passed on as they come so a large part is never held whole."""
+    bytes so a large part is never held whole. Small pieces are gathered into chunks of at least
+    OUTPUT_CHUNK_BYTES: every chunk of a streamed response costs a trip between threads."""
     delimiter = f"--{boundary}\r\n".encode()
+    pending: list[bytes] = []
+    size = 0
     for content_type, payload in parts:
-        if isinstance(payload, bytes):
-            yield delimiter + part_header(content_type) + payload + b"\r\n"
-        else:
-            yield delimiter + part_header(content_type)
-            yield from payload
-            yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
+        for piece in _part_pieces(delimiter, content_type, payload):
+            pending.append(piece)
+            size += len(piece)
+            if size >= OUTPUT_CHUNK_BYTES:
+                yield b"".join(pending)
+                pending, size = [], 0
+    pending.append(f"--{boundary}--\r\n".encode())
+    yield b"".join(pending)
+
+
+def _part_pieces(delimiter: bytes, content_type: str, payload: bytes | Iterable[bytes]) -> Iterator[bytes]:
+    yield delimiter + part_header(content_type)
+    if isinstance(payload, bytes):
+        yield payload
+    else:
+        yield from payload
+    yield b"\r\n"

@@ -40,6 +40,12 @@ class BlobStore:
         obstore.put(self._store, key, data, use_multipart=multipart)
 
     def get(self, key: str) -> bytes:
+        if self._root is not None:
+            # A plain read is ten times faster than going through obstore for a local file.
+            try:
+                return (self._root / key).read_bytes()
+            except FileNotFoundError:
+                raise NotFoundError(f"no object {key}") from None
         return obstore.get(self._store, key).bytes().to_bytes()
 
     def stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
