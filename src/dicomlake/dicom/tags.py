@@ -3,7 +3,7 @@ them, and keyword/tag conversion for query parameters."""
 
 from __future__ import annotations
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 
 def tag_key(keyword_or_tag: str) -> str | None:
@@ -23,13 +23,6 @@ def tag_key(keyword_or_tag: str) -> str | None:
 
 def keyword(key: str) -> str:
     return keyword_for_tag(int(key, 16)) or key
-
-
-def vr_of(key: str) -> str:
-    try:
-        return dictionary_VR(int(key, 16))
-    except KeyError:
-        return "UN"
 
 
 def _keys(*keywords: str) -> tuple[str, ...]:

@@ -52,9 +52,6 @@ class BlobStore:
         for chunk in obstore.get(self._store, key).stream(min_chunk_size=chunk_size):
             yield bytes(chunk)
 
-    def size(self, key: str) -> int:
-        return int(obstore.head(self._store, key)["size"])
-
     def delete(self, key: str) -> None:
         # obstore reports a missing local file as FileNotFoundError, a missing remote object as NotFoundError.
         with contextlib.suppress(NotFoundError, FileNotFoundError):
@@ -68,8 +65,3 @@ class BlobStore:
             path = self._root / key
             for partial in path.parent.glob(path.name + "#*"):
                 partial.unlink(missing_ok=True)
-
-    def keys(self, prefix: str = "") -> Iterator[str]:
-        for batch in obstore.list(self._store, prefix or None, chunk_size=1000):
-            for meta in batch:
-                yield meta["path"]
