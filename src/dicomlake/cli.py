@@ -1,11 +1,14 @@
 """The `dicomlake` command. `dicomlake serve` runs the HTTP API on the embedded defaults (a SQLite index
-and a blob directory inside --data-dir) unless told otherwise by flags or DICOMLAKE_* variables."""
+and a blob directory inside --data-dir) unless told otherwise by flags or DICOMLAKE_* variables;
+`dicomlake worker` runs long-running operations (imports) only, next to servers on the same index."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -49,6 +52,36 @@ def serve(**flags: object) -> None:
         _run(settings)
     except ConfigError as exc:
         _fail(str(exc))
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory, as given to `dicomlake serve`.")
+@click.option("--database-url", help="Index database, as given to `dicomlake serve`.")
+@click.option("--blob-url", help="Blob store URL, as given to `dicomlake serve`.")
+@click.option("--operation-threads", type=int, help="Worker threads (default 2; env DICOMLAKE_OPERATION_THREADS).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
+def worker(**flags: object) -> None:
+    """Run long-running operations (imports) until stopped, sharing them with every other worker and server."""
+    from dicomlake.operations.runner import Runner
+    from dicomlake.services import open_services
+
+    try:
+        settings = load(**flags)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    if settings.operation_threads < 1:
+        _fail(f"operation threads must be at least 1, got {settings.operation_threads}")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    services = open_services(settings)
+    runner = Runner(services, settings.operation_threads, settings.operation_lease_seconds)
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    runner.start()
+    stopping.wait()
+    runner.stop()
+    services.close()
 
 
 def _run(settings: Settings) -> None:

@@ -27,6 +27,10 @@ class Settings:
     insecure: bool = False
     workers: int = 1
     log_level: str = "info"
+    # Threads per process that run long-running operations (`serve` and `worker`).
+    operation_threads: int = 2
+    # A shard or planner whose worker sent no heartbeat for this long is taken over by another worker.
+    operation_lease_seconds: float = 60.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -71,7 +75,12 @@ def _is_loopback(host: str) -> bool:
 
 
 def _convert(name: str, raw: str) -> object:
-    if name in ("port", "workers"):
+    if name == "operation_lease_seconds":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"DICOMLAKE_{name.upper()} must be a number, got {raw!r}") from None
+    if name in ("port", "workers", "operation_threads"):
         try:
             return int(raw)
         except ValueError:

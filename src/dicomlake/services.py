@@ -1,5 +1,5 @@
 """The parts one dicomlake process works with, opened from its settings: index database, blob store,
-and a scratch directory for request bodies too large to keep in memory."""
+the buckets of imports, and a scratch directory for request bodies too large to keep in memory."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dicomlake.config import Settings
 from dicomlake.storage.blobs import BlobStore
+from dicomlake.storage.buckets import Buckets
 from dicomlake.storage.db import Database
 from dicomlake.storage.journal import Journal
 
@@ -17,6 +18,7 @@ class Services:
     settings: Settings
     db: Database
     blobs: BlobStore
+    buckets: Buckets
     scratch_dir: Path
 
     def close(self) -> None:
@@ -31,4 +33,4 @@ def open_services(settings: Settings) -> Services:
     db = Database(settings.resolved_database_url)
     db.create_schema()
     blobs = BlobStore(settings.resolved_blob_url, Journal(settings.data_dir / "journal"))
-    return Services(settings=settings, db=db, blobs=blobs, scratch_dir=scratch)
+    return Services(settings=settings, db=db, blobs=blobs, buckets=Buckets(settings.data_dir), scratch_dir=scratch)

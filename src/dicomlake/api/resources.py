@@ -1,4 +1,5 @@
-"""The Healthcare v1 resource API: datasets, DICOM stores and operations under /v1/ (and /v1beta1/)."""
+"""The Healthcare v1 resource API: datasets, DICOM stores and operations under /v1/ (and /v1beta1/), and
+the log entries of operations under /v1/projects/{project}/logs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from dicomlake.errors import InvalidArgument, NotFound
-from dicomlake.operations import records
+from dicomlake.operations import importing, logs, records
 from dicomlake.services import Services
 from dicomlake.store import catalog
 
@@ -128,6 +129,9 @@ async def store_item(request: Request) -> Response:
     if verb is not None:
         if verb == "getDICOMStoreMetrics" and request.method == "GET":
             return json(catalog.store_metrics(svc.db, store_of(request, store_id)))
+        if verb == "import" and request.method == "POST":
+            body = body_json(await request.body())
+            return json(importing.start(svc, store_of(request, store_id), body))
         raise NotFound(f"unknown method {request.method} :{verb} on DICOM stores")
     if request.method == "POST":
         raise NotFound("POST on a DICOM store needs a custom verb: .../dicomStores/STORE_ID:VERB")
@@ -153,12 +157,23 @@ def operations_collection(request: Request) -> Response:
 def operation_item(request: Request) -> Response:
     operation_id, verb = split_verb(request.path_params["operation"])
     dataset = dataset_of(request)
-    operation = records.get(services(request).db, dataset, operation_id)
+    db = services(request).db
+    operation = records.get(db, dataset, operation_id)
     if verb == "cancel" and request.method == "POST":
+        records.request_cancel(db, dataset, operation_id)
         return json({})
     if verb is not None or request.method != "GET":
         raise NotFound(f"unknown method {request.method} :{verb} on operations")
     return json(operation)
+
+
+# ---- logs -------------------------------------------------------------------------------------
+
+
+def logs_collection(request: Request) -> Response:
+    """Cloud Logging's entries.list, reduced: GET with `filter` (the query an operation's logsUrl carries)."""
+    entries = logs.query(services(request).db, request.path_params["project"], request.query_params.get("filter", ""))
+    return json({"entries": entries} if entries else {})
 
 
 def routes() -> list[BaseRoute]:
@@ -172,5 +187,6 @@ def routes() -> list[BaseRoute]:
             Route(base + "/{dataset}/dicomStores/{store}", store_item, methods=["GET", "PATCH", "DELETE", "POST"]),
             Route(base + "/{dataset}/operations", operations_collection, methods=["GET"]),
             Route(base + "/{dataset}/operations/{operation}", operation_item, methods=["GET", "POST"]),
+            Route(f"/{version}/projects/{{project}}/logs", logs_collection, methods=["GET"]),
         ]
     return out

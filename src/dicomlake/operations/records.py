@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from dicomlake.errors import InvalidArgument, NotFound
 from dicomlake.storage.db import Database, operations
-from dicomlake.store.catalog import DatasetRef, encode_page_token, now_rfc3339, paging
+from dicomlake.store.catalog import DatasetRef, StoreRef, encode_page_token, now_rfc3339, paging
 
 METADATA_TYPE = "type.googleapis.com/google.cloud.healthcare.v1.OperationMetadata"
 EMPTY_RESPONSE = {"@type": "type.googleapis.com/google.protobuf.Empty"}
@@ -38,6 +38,36 @@ def record_finished(
             )
         ).inserted_primary_key[0]
     return get(db, dataset, str(pk))
+
+
+def create_pending(db: Database, store: StoreRef, method: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Record an operation for the workers to plan and run (operations/runner.py) and return its JSON."""
+    with db.write() as conn:
+        pk = conn.execute(
+            operations.insert().values(
+                dataset_pk=store.dataset.pk,
+                store_pk=store.pk,
+                method=method,
+                done=False,
+                planned=False,
+                cancel_requested=False,
+                request=orjson.dumps(request).decode(),
+                create_time=now_rfc3339(),
+            )
+        ).inserted_primary_key[0]
+    return get(db, store.dataset, str(pk))
+
+
+def request_cancel(db: Database, dataset: DatasetRef, operation_id: str) -> None:
+    """Ask the workers to stop (best effort, as Google's): they claim no more of its work and end it
+    with error CANCELLED once the shards in hand are done. A finished operation is left as it is."""
+    get(db, dataset, operation_id)
+    with db.write() as conn:
+        conn.execute(
+            operations.update()
+            .where(operations.c.pk == int(operation_id), operations.c.done.is_(False))
+            .values(cancel_requested=True)
+        )
 
 
 def get(db: Database, dataset: DatasetRef, operation_id: str) -> dict[str, Any]:
@@ -90,8 +120,10 @@ def to_json(dataset: DatasetRef, row: Any) -> dict[str, Any]:
         "@type": METADATA_TYPE,
         "apiMethodName": row.method,
         "createTime": row.create_time,
-        "logsUrl": f"/v1/{dataset.name}/logs?filter=operation.id%3D%22{name}%22",
+        "logsUrl": f"/v1/projects/{dataset.project}/logs?filter=operation.id%3D%22{name}%22",
     }
+    if row.cancel_requested:
+        metadata["cancelRequested"] = True
     if row.end_time:
         metadata["endTime"] = row.end_time
     if counter:

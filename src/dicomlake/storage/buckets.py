@@ -109,6 +109,10 @@ class Buckets:
             self._stores[(scheme, bucket)] = store
         return store
 
+    def check(self, pattern: ObjectPattern) -> None:
+        """Raise InvalidArgument now, before any work is queued, when the bucket cannot be opened."""
+        self._store(pattern.scheme, pattern.bucket)
+
     def list(self, pattern: ObjectPattern) -> Iterator[ObjectInfo]:
         """The matching objects, streamed page by page, never all in memory."""
         store = self._store(pattern.scheme, pattern.bucket)

@@ -135,6 +135,45 @@ operations = sa.Table(
     sa.Column("response", sa.Text),
     sa.Column("create_time", sa.String(40), nullable=False),
     sa.Column("end_time", sa.String(40)),
+    # Long-running work (see operations/runner.py); operations recorded already finished leave these unset.
+    sa.Column("store_pk", sa.Integer),
+    sa.Column("request", sa.Text),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    # False until the planner has written every shard; a planner is leased like a shard.
+    sa.Column("planned", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("claimed_by", sa.Text),
+    sa.Column("heartbeat", sa.Float),
+    sa.Index("ix_operations_open", "done", "planned"),
+)
+
+operation_shards = sa.Table(
+    "operation_shards",
+    metadata,
+    sa.Column("operation_pk", sa.Integer, sa.ForeignKey("operations.pk", ondelete="CASCADE"), nullable=False),
+    # Numbered in listing order, so a planner that resumes after a crash rewrites the same shards.
+    sa.Column("shard", sa.Integer, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, default="pending"),
+    sa.Column("claimed_by", sa.Text),
+    sa.Column("heartbeat", sa.Float),
+    sa.Column("success", sa.BigInteger, nullable=False, default=0),
+    sa.Column("failure", sa.BigInteger, nullable=False, default=0),
+    sa.PrimaryKeyConstraint("operation_pk", "shard"),
+    sa.Index("ix_operation_shards_state", "state", "operation_pk"),
+)
+
+log_entries = sa.Table(
+    "log_entries",
+    metadata,
+    sa.Column("pk", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project", sa.String(256), nullable=False),
+    sa.Column("log_name", sa.Text, nullable=False),
+    sa.Column("operation_name", sa.Text),
+    sa.Column("timestamp", sa.String(40), nullable=False),
+    # The whole LogEntry as Cloud Logging's JSON.
+    sa.Column("entry", sa.Text, nullable=False),
+    sa.Index("ix_log_entries_operation", "project", "operation_name", "pk"),
 )
 
 
@@ -166,6 +205,7 @@ class Database:
     def create_schema(self) -> None:
         with self.engine.begin() as conn:
             metadata.create_all(conn)
+            _add_missing_columns(conn)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -197,6 +237,18 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Columns added to a table after an index was created (the operations columns of long-running work)
+    are added to it here; each has a server default or is nullable, so existing rows stay valid."""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        existing = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in existing:
+                spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {spec}")
 
 
 def _configure_sqlite(engine: Engine) -> None:
