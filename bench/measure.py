@@ -39,6 +39,23 @@ def multipart(datas: Sequence[bytes]) -> tuple[bytes, str]:
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
+def store_all(dicomweb: str, items: Sequence[bytes], batch: int = 50, clients: int = 4) -> None:
+    """Fill a server with STOW-RS requests of `batch` instances from `clients` threads; any failure stops it."""
+
+    def send(datas: Sequence[bytes]) -> None:
+        body, content_type = multipart(datas)
+        response = session().post(
+            f"{dicomweb}/studies",
+            data=body,
+            headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
+            timeout=120,
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"STOW to {dicomweb} answered {response.status_code}: {response.text[:300]}")
+
+    run_concurrently([items[i : i + batch] for i in range(0, len(items), batch)], send, clients)
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:

@@ -7,22 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import corpus, servers
-from bench.measure import latency_summary, multipart, run_concurrently, save, session
+from bench.measure import latency_summary, run_concurrently, save, session, store_all
 
 REPEATS = 300
-
-
-def _load(target: servers.Target, items: list[bytes]) -> None:
-    def send(datas: list[bytes]) -> None:
-        body, content_type = multipart(datas)
-        response = session().post(
-            f"{target.dicomweb}/studies",
-            data=body,
-            headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
-        )
-        response.raise_for_status()
-
-    run_concurrently(list(corpus.batches(items, 100)), send, 4)
 
 
 def _latency(url: str, params: dict[str, str] | None = None) -> dict[str, float]:
@@ -52,7 +39,7 @@ def run(studies: int = 10_000, series_instances: int = 500, name: str = "qido") 
         "instances of the large series": (f"studies/{corpus.uid(1, big_study)}/instances", {"limit": "1000"}),
     }
     with tempfile.TemporaryDirectory() as tmp, servers.dicomlake(Path(tmp)) as target:
-        _load(target, items)
+        store_all(target.dicomweb, items, batch=100)
         for label, (path, params) in searches.items():
             results["searches"][label] = _latency(f"{target.dicomweb}/{path}", params)
         series_url = f"{target.dicomweb}/studies/{corpus.uid(1, big_study)}/series/{corpus.uid(2, big_study, 0)}"

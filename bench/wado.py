@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import corpus, servers
-from bench.measure import latency_summary, multipart, run_concurrently, save, session
+from bench.measure import latency_summary, run_concurrently, save, session, store_all
 
 AS_STORED = "transfer-syntax=*"
 SINGLE_PART_DICOM = f"application/dicom; {AS_STORED}"
@@ -91,21 +91,6 @@ def operations(mr_series: int) -> list[Operation]:
             share=0.5,
         ),
     ]
-
-
-def _load(target: servers.Target, items: list[bytes]) -> None:
-    def send(datas: list[bytes]) -> None:
-        body, content_type = multipart(datas)
-        response = session().post(
-            f"{target.dicomweb}/studies",
-            data=body,
-            headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
-            timeout=120,
-        )
-        if response.status_code != 200:
-            raise RuntimeError(f"{target.name} STOW answered {response.status_code}: {response.text[:300]}")
-
-    run_concurrently(list(corpus.batches(items, 50)), send, 4)
 
 
 def _measure(
@@ -193,7 +178,7 @@ def run(
         for target_name, start in targets:
             with start(Path(tmp)) as target:
                 results.setdefault("versions", {})[target_name] = servers.version(target_name)
-                _load(target, items)
+                store_all(target.dicomweb, items, batch=50)
                 for op in ops:
                     if target_name in op.servers:
                         measured = _measure(target, op, requests, clients, repeats, warmup)
