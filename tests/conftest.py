@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,20 +42,29 @@ def postgres_available() -> str | None:
         return f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}".splitlines()[0]
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """A throw-away PostgreSQL database for this test session."""
+@contextmanager
+def throwaway_postgres(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database, dropped afterwards; skips the test with the reason when none answers."""
     reason = postgres_available()
     if reason:
         pytest.skip(reason)
     import psycopg
 
-    name = f"dicomlake_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A throw-away PostgreSQL database for this test session."""
+    with throwaway_postgres("dicomlake_test") as url:
+        yield url
 
 
 @dataclass

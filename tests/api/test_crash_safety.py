@@ -18,7 +18,7 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from conftest import Server, dicom_file, make_store, start_server
+from conftest import Server, dicom_file, make_store, start_server, throwaway_postgres
 
 INSTANCES = 400
 
@@ -39,18 +39,13 @@ def _instances(study: str, series: str) -> list[tuple[str, bytes]]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def killable_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    database_url = request.getfixturevalue("postgres_database") if request.param == "postgresql" else ""
-    if database_url:
-        # Each crash test gets its own database inside the session's throw-away cluster database.
-        import psycopg
-
-        name = f"crash_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        database_url = database_url.rsplit("/", 1)[0] + "/" + name
-    server = start_server(tmp_path / "data", database_url)
-    yield server
-    server.stop()
+    with contextlib.ExitStack() as stack:
+        database_url = (
+            stack.enter_context(throwaway_postgres("dicomlake_crash")) if request.param == "postgresql" else ""
+        )
+        server = start_server(tmp_path / "data", database_url)
+        yield server
+        server.stop()
 
 
 def test_sigkill_during_stow_leaves_every_instance_whole_or_absent(killable_server: Server) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from conftest import POSTGRES_URL, Server, Store, dicom_file, make_store, postgres_available, start_server
+from conftest import Server, Store, dicom_file, make_store, start_server, throwaway_postgres
 
 LOG_TYPE = "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry"
 IMPORT_RESPONSE = {"@type": "type.googleapis.com/google.cloud.healthcare.v1.dicom.ImportDicomDataResponse"}
@@ -254,17 +253,8 @@ def test_cancel_of_finished_operation_changes_nothing(store: Store, bucket) -> N
 def own_postgres() -> Iterator[str]:
     """A PostgreSQL database for this test alone: every process on a database resolves gs:// in its own data
     dir, so the session's server must not pick up (and fail) the imports of the servers started here."""
-    reason = postgres_available()
-    if reason:
-        pytest.skip(reason)
-    import psycopg
-
-    name = f"dicomlake_import_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_postgres("dicomlake_import") as url:
+        yield url
 
 
 def _backend_url(request: pytest.FixtureRequest, backend: str) -> str:
