@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,6 +115,17 @@ def orthanc(workdir: Path) -> Iterator[Target]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def each_target(results: dict) -> Iterator[Target]:
+    """dicomlake, then Orthanc when installed, each started in turn in a scratch directory; their versions are
+    recorded in `results`. Both get the same corpus and client code from the caller's loop."""
+    starts = [("dicomlake", dicomlake)] + ([("orthanc", orthanc)] if orthanc_available() else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, start in starts:
+            with start(Path(tmp)) as target:
+                results.setdefault("versions", {})[name] = version(name)
+                yield target
 
 
 def version(name: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from bench import corpus, servers
@@ -49,24 +47,18 @@ def run(
         "repeats": repeats,
         "runs": {},
     }
-    targets = [("dicomlake", servers.dicomlake)]
-    if servers.orthanc_available():
-        targets.append(("orthanc", servers.orthanc))
-    with tempfile.TemporaryDirectory() as tmp:
-        for target_name, start in targets:
-            with start(Path(tmp)) as target:
-                results.setdefault("versions", {})[target_name] = servers.version(target_name)
-                offset = warmup
-                _stow(target, items[:warmup], 4, 10)
-                for clients_, batch in configs:
-                    runs = []
-                    for _ in range(repeats):
-                        runs.append(_stow(target, items[offset : offset + instances], clients_, batch))
-                        offset += instances
-                    runs.sort(key=lambda r: r["instances_per_s"])
-                    median = dict(runs[len(runs) // 2])
-                    median["spread_instances_per_s"] = [runs[0]["instances_per_s"], runs[-1]["instances_per_s"]]
-                    results["runs"][f"{target_name} clients={clients_} batch={batch}"] = median
+    for target in servers.each_target(results):
+        offset = warmup
+        _stow(target, items[:warmup], 4, 10)
+        for clients_, batch in configs:
+            runs = []
+            for _ in range(repeats):
+                runs.append(_stow(target, items[offset : offset + instances], clients_, batch))
+                offset += instances
+            runs.sort(key=lambda r: r["instances_per_s"])
+            median = dict(runs[len(runs) // 2])
+            median["spread_instances_per_s"] = [runs[0]["instances_per_s"], runs[-1]["instances_per_s"]]
+            results["runs"][f"{target.name} clients={clients_} batch={batch}"] = median
     for clients_, batch in configs:
         ours = results["runs"].get(f"dicomlake clients={clients_} batch={batch}")
         theirs = results["runs"].get(f"orthanc clients={clients_} batch={batch}")

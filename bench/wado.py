@@ -3,9 +3,7 @@ client code: whole instances, series, /metadata, rendered images and frames."""
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bench import corpus, servers
@@ -171,18 +169,12 @@ def run(
             for op in ops
         },
     }
-    targets = [("dicomlake", servers.dicomlake)]
-    if servers.orthanc_available():
-        targets.append(("orthanc", servers.orthanc))
-    with tempfile.TemporaryDirectory() as tmp:
-        for target_name, start in targets:
-            with start(Path(tmp)) as target:
-                results.setdefault("versions", {})[target_name] = servers.version(target_name)
-                store_all(target.dicomweb, items, batch=50)
-                for op in ops:
-                    if target_name in op.servers:
-                        measured = _measure(target, op, requests, clients, repeats, warmup)
-                        results["operations"][op.label]["servers"][target_name] = measured
+    for target in servers.each_target(results):
+        store_all(target.dicomweb, items, batch=50)
+        for op in ops:
+            if target.name in op.servers:
+                measured = _measure(target, op, requests, clients, repeats, warmup)
+                results["operations"][op.label]["servers"][target.name] = measured
     for op in results["operations"].values():
         ours, theirs = op["servers"].get("dicomlake"), op["servers"].get("orthanc")
         if ours and theirs:
