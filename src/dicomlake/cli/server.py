@@ -1,29 +1,22 @@
-"""The `dicomlake` command. `dicomlake serve` runs the HTTP API on the embedded defaults (a SQLite index
-and a blob directory inside --data-dir) unless told otherwise by flags or DICOMLAKE_* variables;
-`dicomlake worker` runs long-running operations (imports) only, next to servers on the same index."""
+"""`dicomlake serve` runs the HTTP API on the embedded defaults (a SQLite index and a blob directory
+inside --data-dir) unless told otherwise by flags or DICOMLAKE_* variables; `dicomlake worker` runs
+long-running operations only, next to servers on the same index."""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 
 import click
 
-from dicomlake import __version__
+from dicomlake.cli.common import fail as _fail
 from dicomlake.config import ConfigError, Settings, load
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="dicomlake")
-def main() -> None:
-    """A self-hosted DICOM store that speaks DICOMweb and the Cloud Healthcare API v1."""
-
-
-@main.command()
+@click.command()
 @click.option("--host", help="Address to listen on (default 127.0.0.1; env DICOMLAKE_HOST).")
 @click.option("--port", type=int, help="Port to listen on (default 8080; env DICOMLAKE_PORT).")
 @click.option(
@@ -54,7 +47,7 @@ def serve(**flags: object) -> None:
         _fail(str(exc))
 
 
-@main.command()
+@click.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory, as given to `dicomlake serve`.")
 @click.option("--database-url", help="Index database, as given to `dicomlake serve`.")
 @click.option("--blob-url", help="Blob store URL, as given to `dicomlake serve`.")
@@ -114,6 +107,3 @@ def _export(settings: Settings) -> None:
         os.environ["DICOMLAKE_AUTH_TOKENS"] = ",".join(sorted(settings.tokens))
 
 
-def _fail(message: str) -> None:
-    click.echo(f"dicomlake: error: {message}", err=True)
-    sys.exit(2)
