@@ -146,6 +146,24 @@ def start_server(data_dir: Path, database_url: str = "", extra_env: dict[str, st
     return server
 
 
+def wait_done(server: Server, operation: dict, timeout: float = 120) -> dict:
+    """Poll a long-running operation until it is done; its final JSON."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = requests.get(server.api(operation["name"]), timeout=30).json()
+        if current.get("done"):
+            return current
+        time.sleep(0.05)
+    raise AssertionError(f"operation not done within {timeout} s: {current}")
+
+
+def wait_all_done(store: Store, timeout: float = 60) -> None:
+    """Wait until every operation of the store's dataset (e.g. a DICOMweb DELETE of a study) is done."""
+    url = store.server.api(f"{store.dataset_name}/operations")
+    for operation in requests.get(url, timeout=30).json().get("operations", []):
+        wait_done(store.server, operation, timeout)
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A running server; every test that uses it runs once per index backend."""

@@ -13,7 +13,7 @@ from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from conftest import Store, dicom_file
+from conftest import Store, dicom_file, wait_all_done
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -352,10 +352,11 @@ def test_delete_instance_removes_only_that_instance(client: DICOMwebClient) -> N
     assert study["00201208"]["Value"] == [1]
 
 
-def test_delete_series_removes_the_series_and_keeps_the_others(client: DICOMwebClient) -> None:
+def test_delete_series_removes_the_series_and_keeps_the_others(client: DICOMwebClient, store: Store) -> None:
     ct, mr = stored(client, "CT_small.dcm", "MR_small.dcm")
 
     client.delete_series(ct.StudyInstanceUID, ct.SeriesInstanceUID)
+    wait_all_done(store)
 
     assert uids(client.search_for_series(), "0020000E") == [mr.SeriesInstanceUID]
     assert client.search_for_studies(search_filters={"StudyInstanceUID": ct.StudyInstanceUID}) == []
@@ -363,10 +364,11 @@ def test_delete_series_removes_the_series_and_keeps_the_others(client: DICOMwebC
     assert status_of(lambda: client.retrieve_series_metadata(ct.StudyInstanceUID, ct.SeriesInstanceUID)) == 404
 
 
-def test_delete_study_removes_all_its_instances(client: DICOMwebClient) -> None:
+def test_delete_study_removes_all_its_instances(client: DICOMwebClient, store: Store) -> None:
     ct, rtplan = stored(client, "CT_small.dcm", "rtplan.dcm")
 
     client.delete_study(ct.StudyInstanceUID)
+    wait_all_done(store)
 
     assert uids(client.search_for_studies(), "0020000D") == [rtplan.StudyInstanceUID]
     assert client.search_for_instances(study_instance_uid=ct.StudyInstanceUID) == []

@@ -4,6 +4,7 @@ document bundled with the package, pointed at the test server with `client_optio
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -280,19 +281,29 @@ def test_searches_ignore_alt_json(healthcare: Any, dicom_store: str) -> None:
     assert [i["00080018"]["Value"][0] for i in in_series] == [mr.SOPInstanceUID]
 
 
+def wait_with_client(healthcare: Any, operation: dict, timeout: float = 60) -> dict:
+    """Poll operations().get() until done, as a client of Google's service does."""
+    deadline = time.monotonic() + timeout
+    while not operation.get("done"):
+        assert time.monotonic() < deadline, f"operation not done within {timeout} s: {operation}"
+        time.sleep(0.05)
+        operation = datasets(healthcare).operations().get(name=operation["name"]).execute()
+    return operation
+
+
 def test_delete_study_returns_an_operation_readable_with_operations_get(healthcare: Any, dicom_store: str) -> None:
     store_instance(healthcare, dicom_store, "CT_small.dcm")
     study = pydicom.dcmread(dicom_file("CT_small.dcm"), stop_before_pixels=True).StudyInstanceUID
     operation = stores(healthcare).studies().delete(parent=dicom_store, dicomWebPath=f"studies/{study}").execute()
     dataset = dicom_store.rsplit("/dicomStores/", 1)[0]
     assert operation["name"].startswith(f"{dataset}/operations/")
-    fetched = datasets(healthcare).operations().get(name=operation["name"]).execute()
-    assert fetched == operation
-    assert fetched["done"] is True
+    fetched = wait_with_client(healthcare, operation)
+    assert fetched["name"] == operation["name"]
+    assert fetched["metadata"]["counter"] == {"success": "1"}
     assert fetched["metadata"]["apiMethodName"].endswith("DeleteStudy")
     assert "error" not in fetched
     listed = datasets(healthcare).operations().list(name=dataset).execute()
-    assert operation in listed["operations"]
+    assert fetched in listed["operations"]
     assert stores(healthcare).searchForStudies(parent=dicom_store, dicomWebPath="studies").execute() == {}
     metrics = stores(healthcare).getDICOMStoreMetrics(name=dicom_store).execute()
     assert metrics["instanceCount"] == "0"

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 import requests
 
-from conftest import Server, Store, dicom_file
+from conftest import Server, Store, dicom_file, wait_done
 
 VERSIONS = ["v1", "v1beta1"]
 STANDARD_PARAMS = {"alt": "json", "prettyPrint": "false", "fields": "name", "key": "x", "$.xgafv": "2"}
@@ -465,8 +465,10 @@ def test_delete_study_operation_is_listed_and_readable(store: Store) -> None:
         f"{store.dicomweb}/studies", data=data, headers={"Content-Type": "application/dicom"}, timeout=30
     ).raise_for_status()
     study = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
-    operation = requests.delete(f"{store.dicomweb}/studies/{study}", timeout=30).json()
-    assert operation["done"] is True
+    started = requests.delete(f"{store.dicomweb}/studies/{study}", timeout=30).json()
+    assert started["metadata"]["apiMethodName"].endswith("DeleteStudy")
+    operation = wait_done(store.server, started)
+    assert operation["name"] == started["name"]
     assert operation["response"] == {"@type": "type.googleapis.com/google.protobuf.Empty"}
     assert operation["metadata"]["counter"] == {"success": "1"}
     assert requests.get(f"{store.server.api(operation['name'])}", timeout=30).json() == operation
@@ -482,7 +484,8 @@ def test_operation_list_pages(store: Store) -> None:
             f"{store.dicomweb}/studies", data=data, headers={"Content-Type": "application/dicom"}, timeout=30
         ).raise_for_status()
         studies.append(pydicom.dcmread(dicom_file(name)).StudyInstanceUID)
-    deletes = [requests.delete(f"{store.dicomweb}/studies/{s}", timeout=30).json() for s in studies]
+    started = [requests.delete(f"{store.dicomweb}/studies/{s}", timeout=30).json() for s in studies]
+    deletes = [wait_done(store.server, operation) for operation in started]
     url = store.server.api(f"{store.dataset_name}/operations")
     everything = requests.get(url, timeout=30).json()
     assert everything["operations"][-2:] == deletes  # after the dataset's own create operation

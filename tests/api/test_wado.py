@@ -14,7 +14,7 @@ import requests
 from PIL import Image
 from pydicom.encaps import encapsulate, generate_frames
 
-from conftest import Store, dicom_file
+from conftest import Store, dicom_file, wait_done
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -642,15 +642,16 @@ def test_unknown_store_is_404(store: Store) -> None:
 
 
 @pytest.mark.parametrize("level", ["study", "series"])
-def test_delete_study_or_series_answers_a_finished_operation(store: Store, level: str) -> None:
+def test_delete_study_or_series_is_an_operation_that_deletes(store: Store, level: str) -> None:
     ct, mr = put(store, "CT_small.dcm", "MR_small.dcm")
 
     response = requests.delete(url(store, ct, level), timeout=30)
 
     assert response.status_code == 200
-    operation = response.json()
-    assert re.fullmatch(re.escape(store.dataset_name) + r"/operations/\d+", operation["name"])
-    assert operation["done"] is True
+    started = response.json()
+    assert re.fullmatch(re.escape(store.dataset_name) + r"/operations/\d+", started["name"])
+    operation = wait_done(store.server, started)
+    assert operation["metadata"]["counter"] == {"success": "1"}
     assert operation["metadata"]["@type"] == "type.googleapis.com/google.cloud.healthcare.v1.OperationMetadata"
     assert operation["metadata"]["apiMethodName"].endswith("DeleteStudy" if level == "study" else "DeleteSeries")
     assert operation["response"] == {"@type": "type.googleapis.com/google.protobuf.Empty"}

@@ -18,7 +18,7 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from conftest import Server, Store, dicom_file, make_store, start_server, throwaway_postgres
+from conftest import Server, Store, dicom_file, make_store, start_server, throwaway_postgres, wait_done
 
 LOG_TYPE = "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry"
 IMPORT_RESPONSE = {"@type": "type.googleapis.com/google.cloud.healthcare.v1.dicom.ImportDicomDataResponse"}
@@ -81,16 +81,6 @@ def start_import(store: Store, uri: str, **extra: object) -> dict:
     response = requests.post(f"{store.url}:import", json={"gcsSource": {"uri": uri}, **extra}, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def wait_done(server: Server, operation: dict, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = requests.get(server.api(operation["name"]), timeout=30).json()
-        if current.get("done"):
-            return current
-        time.sleep(0.1)
-    raise AssertionError(f"operation not done within {timeout} s: {current}")
 
 
 def stored_sops(store: Store) -> list[str]:

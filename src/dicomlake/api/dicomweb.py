@@ -28,7 +28,7 @@ from dicomlake.dicom import bulkdata, pixels
 from dicomlake.dicom.parse import BULKDATA_PREFIX, EXPLICIT_LE
 from dicomlake.dicom.xml import to_xml
 from dicomlake.errors import InvalidArgument, NotAcceptable, NotFound, UnsupportedMediaType
-from dicomlake.operations import records
+from dicomlake.operations import deleting
 from dicomlake.store import instances, search
 from dicomlake.store.catalog import StoreRef
 from dicomlake.store.instances import Failed, InstanceRow, Stored
@@ -617,11 +617,10 @@ def _delete(request: Request) -> Response:
     svc = services(request)
     store = _store(request)
     study, series_uid, sop = _uids(request)
-    count = instances.delete(svc.db, svc.blobs, store, study, series_uid, sop)
-    if sop is not None:
-        return json({})
-    method = records.DELETE_SERIES if series_uid else records.DELETE_STUDY
-    return json(records.record_finished(svc.db, store.dataset, method, records.EMPTY_RESPONSE, success=count))
+    if sop is None:
+        return json(deleting.start(svc, store, study, series_uid))
+    instances.delete(svc.db, svc.blobs, store, study, series_uid, sop)
+    return json({})
 
 
 def routes() -> list[BaseRoute]:

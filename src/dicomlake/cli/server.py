@@ -105,5 +105,3 @@ def _export(settings: Settings) -> None:
     os.environ["DICOMLAKE_BLOB_URL"] = settings.resolved_blob_url
     if settings.tokens:
         os.environ["DICOMLAKE_AUTH_TOKENS"] = ",".join(sorted(settings.tokens))
-
-

@@ -11,16 +11,15 @@ from typing import Any
 import obstore
 
 from dicomlake.errors import InvalidArgument
-from dicomlake.operations import records
+from dicomlake.operations import logs, records
 from dicomlake.operations.model import Kind, Operation, ShardResult
 from dicomlake.services import Services
 from dicomlake.storage.buckets import ObjectPattern, parse_pattern
-from dicomlake.store.catalog import StoreRef, now_rfc3339
+from dicomlake.store.catalog import StoreRef
 from dicomlake.store.instances import STORAGE_CLASSES, Failed, store_instances
 
 IMPORT = "google.cloud.healthcare.v1.dicom.DicomService.ImportDicomData"
 RESPONSE = {"@type": "type.googleapis.com/google.cloud.healthcare.v1.dicom.ImportDicomDataResponse"}
-LOG_ID = "healthcare.googleapis.com%2Fimport_dicom"
 # Object names per shard: the unit one worker claims and a crash repeats.
 SHARD_SIZE = 200
 # Files per store_instances call: one index transaction each, and a heartbeat between them.
@@ -39,7 +38,8 @@ def start(services: Services, store: StoreRef, body: dict[str, Any]) -> dict[str
         storage_class = "STANDARD"
     if storage_class not in STORAGE_CLASSES:
         raise InvalidArgument(f"invalid blobStorageClass {storage_class!r}: use one of {', '.join(STORAGE_CLASSES)}")
-    services.buckets.check(parse_pattern(uri))
+    pattern = parse_pattern(uri)
+    services.buckets.open(pattern.scheme, pattern.bucket)
     request = {"gcsSource": {"uri": uri}, "blobStorageSettings": {"blobStorageClass": storage_class}}
     return records.create_pending(services.db, store, IMPORT, request)
 
@@ -96,30 +96,8 @@ def _object_uri(pattern: ObjectPattern, name: str) -> str:
 
 
 def _log_entry(operation: Operation, source: str, code: int, message: str) -> dict[str, Any]:
-    """A Cloud Logging LogEntry shaped as Google's import error logs (spec §4.2)."""
-    dataset = operation.store.dataset
-    now = now_rfc3339()
-    return {
-        "jsonPayload": {
-            "@type": "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry",
-            "source": source,
-            "error": {"code": code, "message": message},
-        },
-        "logName": f"projects/{dataset.project}/logs/{LOG_ID}",
-        "operation": {"id": operation.name, "producer": "healthcare.googleapis.com/ImportDicomData"},
-        "resource": {
-            "type": "healthcare_dicom_store",
-            "labels": {
-                "project_id": dataset.project,
-                "location": dataset.location,
-                "dataset_id": dataset.dataset_id,
-                "dicom_store_id": operation.store.store_id,
-            },
-        },
-        "severity": "ERROR",
-        "timestamp": now,
-        "receiveTimestamp": now,
-    }
+    payload = {"@type": "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry", "source": source}
+    return logs.entry(operation, "import_dicom", payload, code, message)
 
 
 KIND = Kind(plan=plan, process=process, response=RESPONSE)

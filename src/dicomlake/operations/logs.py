@@ -9,7 +9,9 @@ import orjson
 import sqlalchemy as sa
 
 from dicomlake.errors import InvalidArgument
+from dicomlake.operations.model import Operation
 from dicomlake.storage.db import Database, log_entries
+from dicomlake.store.catalog import now_rfc3339
 
 # `field="value"` terms joined by AND: the subset of the Logging query language that logsUrl uses.
 _TERM = re.compile(r'\s*(logName|operation\.id)\s*=\s*"((?:[^"\\]|\\.)*)"\s*')
@@ -42,3 +44,31 @@ def query(db: Database, project: str, filter_text: str) -> list[dict[str, Any]]:
             sa.select(log_entries.c.entry).where(*where).order_by(log_entries.c.pk).limit(MAX_ENTRIES)
         ).scalars()
         return [orjson.loads(row) for row in rows]
+
+
+def entry(operation: Operation, log_id: str, payload: dict[str, Any], code: int, message: str) -> dict[str, Any]:
+    """A Cloud Logging LogEntry for one failed unit of an operation, shaped as Google's (spec §4.2).
+    `log_id` is e.g. "import_dicom"; `payload` the jsonPayload fields besides `error`."""
+    dataset = operation.store.dataset
+    method = operation.method.rsplit(".", 1)[-1]
+    now = now_rfc3339()
+    return {
+        "jsonPayload": {**payload, "error": {"code": code, "message": message}},
+        "logName": f"projects/{dataset.project}/logs/healthcare.googleapis.com%2F{log_id}",
+        "operation": {
+            "id": operation.name,
+            "producer": f"healthcare.googleapis.com/{method}",
+        },
+        "resource": {
+            "type": "healthcare_dicom_store",
+            "labels": {
+                "project_id": dataset.project,
+                "location": dataset.location,
+                "dataset_id": dataset.dataset_id,
+                "dicom_store_id": operation.store.store_id,
+            },
+        },
+        "severity": "ERROR",
+        "timestamp": now,
+        "receiveTimestamp": now,
+    }

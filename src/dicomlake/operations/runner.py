@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dicomlake.errors import DicomlakeError
-from dicomlake.operations import importing
+from dicomlake.operations import deleting, exporting, importing
 from dicomlake.operations.model import Kind, LeaseLost, Operation, ShardResult
 from dicomlake.services import Services
 from dicomlake.storage.db import datasets, dicom_stores, log_entries, operation_shards, operations
@@ -28,7 +28,12 @@ from dicomlake.store.catalog import DatasetRef, StoreRef, now_rfc3339
 
 log = logging.getLogger("dicomlake.operations")
 
-KINDS: dict[str, Kind] = {importing.IMPORT: importing.KIND}
+KINDS: dict[str, Kind] = {
+    importing.IMPORT: importing.KIND,
+    exporting.EXPORT: exporting.KIND,
+    deleting.DELETE_STUDY: deleting.KIND,
+    deleting.DELETE_SERIES: deleting.KIND,
+}
 CANCELLED = {"code": 1, "message": "the operation was cancelled"}
 
 ops, shards = operations, operation_shards
@@ -165,7 +170,12 @@ class Runner:
                     if new:
                         conn.execute(ops.update().where(ops.c.pk == pk).values(pending=ops.c.pending + size))
         except DicomlakeError as exc:
-            self._fail(pk, {"code": 3, "message": exc.message})
+            self._fail(pk, {"code": exc.code, "message": exc.message})
+            return
+        except Exception as exc:
+            # A bug or a broken backend: end the operation with a clear error rather than retry forever.
+            log.exception("planning operation %d failed", pk)
+            self._fail(pk, {"code": 13, "message": f"internal error while planning the operation: {exc}"})
             return
         with self.db.write() as conn:
             if self._renew_planner(conn, pk, me):
@@ -189,6 +199,10 @@ class Runner:
             result = KINDS[operation.method].process(self.services, operation, payload, heartbeat)
         except LeaseLost:
             log.warning("operation %d shard %d was taken over by another worker", pk, shard)
+            return
+        except Exception as exc:
+            log.exception("operation %d shard %d failed", pk, shard)
+            self._fail(pk, {"code": 13, "message": f"internal error in shard {shard} of the operation: {exc}"})
             return
         with self.db.write() as conn:
             done = conn.execute(

@@ -94,7 +94,7 @@ class Buckets:
         self.gcs_backend = gcs_backend
         self._stores: dict[tuple[str, str], obstore.store.ObjectStore] = {}
 
-    def _store(self, scheme: str, bucket: str) -> obstore.store.ObjectStore:
+    def open(self, scheme: str, bucket: str) -> obstore.store.ObjectStore:
         store = self._stores.get((scheme, bucket))
         if store is None:
             if scheme == "file":
@@ -109,13 +109,9 @@ class Buckets:
             self._stores[(scheme, bucket)] = store
         return store
 
-    def check(self, pattern: ObjectPattern) -> None:
-        """Raise InvalidArgument now, before any work is queued, when the bucket cannot be opened."""
-        self._store(pattern.scheme, pattern.bucket)
-
     def list(self, pattern: ObjectPattern) -> Iterator[ObjectInfo]:
         """The matching objects, streamed page by page, never all in memory."""
-        store = self._store(pattern.scheme, pattern.bucket)
+        store = self.open(pattern.scheme, pattern.bucket)
         prefix = pattern.prefix.lstrip("/") if pattern.scheme == "file" else pattern.prefix
         if pattern.regex is None:
             try:
@@ -137,14 +133,25 @@ class Buckets:
 
     def get(self, uri: str) -> bytes:
         scheme, bucket, path = split_uri(uri)
-        return (
-            obstore.get(self._store(scheme, bucket), path.lstrip("/") if scheme == "file" else path).bytes().to_bytes()
-        )
+        return obstore.get(self.open(scheme, bucket), path.lstrip("/") if scheme == "file" else path).bytes().to_bytes()
+
+    def lines(self, uri: str) -> Iterator[str]:
+        """The object's text lines (UTF-8, `\n` or `\r\n`), streamed."""
+        scheme, bucket, path = split_uri(uri)
+        stream = obstore.get(self.open(scheme, bucket), path.lstrip("/") if scheme == "file" else path).stream()
+        rest = b""
+        for chunk in stream:
+            rest += bytes(chunk)
+            *complete, rest = rest.split(b"\n")
+            for line in complete:
+                yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+        if rest:
+            yield rest.rstrip(b"\r").decode("utf-8", errors="replace")
 
     def put(self, uri: str, data: bytes) -> None:
         scheme, bucket, path = split_uri(uri)
         obstore.put(
-            self._store(scheme, bucket),
+            self.open(scheme, bucket),
             path.lstrip("/") if scheme == "file" else path,
             data,
             use_multipart=len(data) > 64 * 1024 * 1024,

@@ -362,6 +362,7 @@ def person_name_columns(prefix: str, value: Any) -> dict[str, str | None]:
 
 # ---- reading ----------------------------------------------------------------------------------
 
+KEY_COLUMNS = (instances.c.study_uid, instances.c.series_uid, instances.c.sop_uid)
 _ROW_COLUMNS = (
     instances.c.study_uid,
     instances.c.series_uid,
@@ -411,17 +412,43 @@ def delete(
     db: Database, blobs: BlobStore, store: StoreRef, study: str, series_uid: str | None = None, sop: str | None = None
 ) -> int:
     """Delete a study, series or instance; returns how many instances went. NotFound if none matched."""
+    found = keys_of(db, store, study, series_uid, sop)
+    if not found:
+        raise NotFound(_describe(study, series_uid, sop) + " not found")
+    return delete_keys(db, blobs, store, found)
+
+
+Key = tuple[str, str, str]  # (StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) within one store
+
+
+def keys_of(
+    db: Database, store: StoreRef, study: str, series_uid: str | None = None, sop: str | None = None
+) -> list[Key]:
+    """The UID triples of a study's, series' or one instance's instances, in key order."""
+    where = [instances.c.store_pk == store.pk, instances.c.study_uid == study]
+    if series_uid is not None:
+        where.append(instances.c.series_uid == series_uid)
+    if sop is not None:
+        where.append(instances.c.sop_uid == sop)
+    with db.read() as conn:
+        return [tuple(row) for row in conn.execute(sa.select(*KEY_COLUMNS).where(*where).order_by(*KEY_COLUMNS))]
+
+
+def delete_keys(db: Database, blobs: BlobStore, store: StoreRef, keys: list[Key]) -> int:
+    """Delete the instances with these UID triples (those still there) in one transaction, then their
+    blobs; returns how many went."""
+    where = (instances.c.store_pk == store.pk, sa.tuple_(*KEY_COLUMNS).in_([tuple(k) for k in keys]))
     with db.write() as conn:
-        where = [instances.c.store_pk == store.pk, instances.c.study_uid == study]
-        if series_uid is not None:
-            where.append(instances.c.series_uid == series_uid)
-        if sop is not None:
-            where.append(instances.c.sop_uid == sop)
-        rows = conn.execute(sa.select(instances.c.series_uid, instances.c.blob_key).where(*where)).all()
+        columns = instances.c.study_uid, instances.c.series_uid, instances.c.blob_key
+        rows = conn.execute(sa.select(*columns).where(*where)).all()
         if not rows:
-            raise NotFound(_describe(study, series_uid, sop) + " not found")
+            return 0
         conn.execute(instances.delete().where(*where))
-        _refresh_counts(conn, store.pk, study, {r.series_uid for r in rows})
+        affected: dict[str, set[str]] = {}
+        for row in rows:
+            affected.setdefault(row.study_uid, set()).add(row.series_uid)
+        for study, series_uids in affected.items():
+            _refresh_counts(conn, store.pk, study, series_uids)
     for row in rows:
         blobs.delete(row.blob_key)
     return len(rows)
