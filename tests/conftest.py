@@ -146,6 +146,19 @@ def start_server(data_dir: Path, database_url: str = "", extra_env: dict[str, st
     return server
 
 
+def write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def new_bucket(server: Server) -> tuple[str, Path]:
+    """A new embedded bucket: gs://NAME is the folder <data dir>/buckets/NAME of the server."""
+    name = f"bucket-{uuid.uuid4().hex[:12]}"
+    folder = server.data_dir / "buckets" / name
+    folder.mkdir(parents=True)
+    return name, folder
+
+
 def wait_done(server: Server, operation: dict, timeout: float = 120) -> dict:
     """Poll a long-running operation until it is done; its final JSON."""
     deadline = time.monotonic() + timeout

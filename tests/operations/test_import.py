@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,17 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from conftest import Server, Store, dicom_file, make_store, start_server, throwaway_postgres, wait_done
+from conftest import (
+    Server,
+    Store,
+    dicom_file,
+    make_store,
+    new_bucket,
+    start_server,
+    throwaway_postgres,
+    wait_done,
+    write,
+)
 
 LOG_TYPE = "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry"
 IMPORT_RESPONSE = {"@type": "type.googleapis.com/google.cloud.healthcare.v1.dicom.ImportDicomDataResponse"}
@@ -37,18 +46,6 @@ def with_new_uids(path: Path) -> tuple[bytes, str]:
 
 def sop_of(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-
-
-def write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def new_bucket(server: Server) -> tuple[str, Path]:
-    name = f"bucket-{uuid.uuid4().hex[:12]}"
-    folder = server.data_dir / "buckets" / name
-    folder.mkdir(parents=True)
-    return name, folder
 
 
 @pytest.fixture

@@ -257,7 +257,13 @@ def process(services: Services, operation: Operation, units: list[Unit], heartbe
 def _objects(fmt: Format, data: bytes) -> Iterator[tuple[str, bytes]]:
     """(name suffix after the instance UID, bytes) of each object one instance becomes."""
     if fmt.kind == "dicom":
-        yield fmt.extension, data if fmt.transfer_syntax == "*" else pixels.transcode(data, fmt.transfer_syntax)
+        if fmt.transfer_syntax == "*":
+            yield fmt.extension, data
+        elif pixels.frame_count(data) == 0 and fmt.transfer_syntax not in pixels.NATIVE_SYNTAXES:
+            # Reports, plans and the like have no pixels to compress: they go in the default syntax.
+            yield fmt.extension, pixels.transcode(data, EXPLICIT_LE)
+        else:
+            yield fmt.extension, pixels.transcode(data, fmt.transfer_syntax)
         return
     count = pixels.frame_count(data)
     if count == 0:
