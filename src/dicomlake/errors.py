@@ -36,6 +36,12 @@ class NotAcceptable(DicomlakeError):
     status, http, code = "INVALID_ARGUMENT", 406, 3
 
 
+class Unavailable(DicomlakeError):
+    """A backend (object store, database) could not be reached or refused the request."""
+
+    status, http, code = "UNAVAILABLE", 503, 14
+
+
 class Unauthenticated(DicomlakeError):
     status, http, code = "UNAUTHENTICATED", 401, 16
 

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from googleapiclient.errors import HttpError
 
-from conftest import Server, dicom_file
+from conftest import Server, dicom_file, new_bucket, write
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +307,27 @@ def test_delete_study_returns_an_operation_readable_with_operations_get(healthca
     assert stores(healthcare).searchForStudies(parent=dicom_store, dicomWebPath="studies").execute() == {}
     metrics = stores(healthcare).getDICOMStoreMetrics(name=dicom_store).execute()
     assert metrics["instanceCount"] == "0"
+
+
+def test_import_export_and_operations_get_through_the_google_client(
+    healthcare: Any, dicom_store: str, server: Server
+) -> None:
+    name, folder = new_bucket(server)
+    for file_name in ("CT_small.dcm", "MR_small.dcm"):
+        write(folder / "in" / file_name, dicom_file(file_name).read_bytes())
+    write(folder / "in" / "notes.txt", b"not DICOM")
+
+    started = stores(healthcare).import_(name=dicom_store, body={"gcsSource": {"uri": f"gs://{name}/in/*"}}).execute()
+    imported = wait_with_client(healthcare, started)
+
+    assert imported["metadata"]["apiMethodName"] == "google.cloud.healthcare.v1.dicom.DicomService.ImportDicomData"
+    assert imported["metadata"]["counter"] == {"success": "2", "failure": "1"}
+    assert imported["response"]["@type"].endswith("ImportDicomDataResponse")
+
+    body = {"gcsDestination": {"uriPrefix": f"gs://{name}/out", "mimeType": "application/dicom"}}
+    exported = wait_with_client(healthcare, stores(healthcare).export(name=dicom_store, body=body).execute())
+
+    assert exported["metadata"]["apiMethodName"] == "google.cloud.healthcare.v1.dicom.DicomService.ExportDicomData"
+    assert exported["metadata"]["counter"] == {"success": "2"}
+    written = sorted(p.read_bytes() for p in (folder / "out").rglob("*.dcm"))
+    assert written == sorted(dicom_file(n).read_bytes() for n in ("CT_small.dcm", "MR_small.dcm"))

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import obstore
 from obstore.store import LocalStore, from_url
 
-from dicomlake.errors import InvalidArgument
+from dicomlake.errors import DicomlakeError, InvalidArgument, NotFound, Unavailable
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _DOUBLE_STAR_TAIL = re.compile(r"^\*\*(\.[A-Za-z0-9_-]+)?$")
@@ -122,14 +122,14 @@ class Buckets:
             return
         # Listing takes whole path segments: start from the last complete folder of the literal prefix.
         folder = prefix.rpartition("/")[0]
-        names = (
-            (f"/{meta['path']}" if pattern.scheme == "file" else meta["path"], int(meta["size"]))
-            for batch in obstore.list(store, folder or None, chunk_size=1000)
-            for meta in batch
-        )
-        for name, size in names:
-            if pattern.matches(name):
-                yield ObjectInfo(name, size)
+        try:
+            for batch in obstore.list(store, folder or None, chunk_size=1000):
+                for meta in batch:
+                    name = f"/{meta['path']}" if pattern.scheme == "file" else meta["path"]
+                    if pattern.matches(name):
+                        yield ObjectInfo(name, int(meta["size"]))
+        except obstore.exceptions.BaseError as exc:
+            raise _readable(exc, pattern.uri) from None
 
     def get(self, uri: str) -> bytes:
         scheme, bucket, path = split_uri(uri)
@@ -156,3 +156,13 @@ class Buckets:
             data,
             use_multipart=len(data) > 64 * 1024 * 1024,
         )
+
+
+def _readable(exc: Exception, uri: str) -> DicomlakeError:
+    """An object-store failure as one line a user can act on."""
+    text = str(exc)
+    if isinstance(exc, obstore.exceptions.NotFoundError) or "NoSuchBucket" in text:
+        return NotFound(f"{uri}: the bucket or object does not exist")
+    if isinstance(exc, obstore.exceptions.PermissionDeniedError | obstore.exceptions.UnauthenticatedError):
+        return Unavailable(f"{uri}: access denied by the object store")
+    return Unavailable(f"{uri}: the object store failed: {text.splitlines()[0][:300] if text else type(exc).__name__}")
