@@ -1,9 +1,16 @@
 """The parts one dicomlake process works with, opened from its settings: index database, blob store,
-the buckets of imports, and a scratch directory for request bodies too large to keep in memory."""
+the buckets of imports and exports, a scratch directory for request bodies too large to keep in memory,
+and a pool of processes for CPU-bound bulk work."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import atexit
+import gc
+import multiprocessing
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomlake.config import Settings
@@ -20,17 +27,70 @@ class Services:
     blobs: BlobStore
     buckets: Buckets
     scratch_dir: Path
+    _pool: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
+    _pool_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def cpu_pool(self) -> ProcessPoolExecutor:
+        """Processes for CPU-bound bulk work (storing the files of an import), one per core, started on
+        first use; each opens its own services (`in_worker()`). Spawned, not forked: this process runs
+        threads."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    os.cpu_count() or 1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_open_in_worker,
+                    initargs=(self.settings,),
+                )
+            return self._pool
+
+    def warm_pool(self) -> None:
+        """Start every `cpu_pool` process now (they start one per task otherwise), e.g. while a listing runs."""
+        pool = self.cpu_pool
+        for _ in range(os.cpu_count() or 1):
+            pool.submit(os.getpid)
+
+    def discard_pool(self) -> None:
+        """Drop a pool whose process died (BrokenProcessPool); the next use starts a new one."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
         self.blobs.journal.close()
         self.db.dispose()
 
 
-def open_services(settings: Settings) -> Services:
+def open_services(settings: Settings, create_schema: bool = True) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     scratch = settings.data_dir / "tmp"
     scratch.mkdir(exist_ok=True)
     db = Database(settings.resolved_database_url)
-    db.create_schema()
+    if create_schema:
+        db.create_schema()
     blobs = BlobStore(settings.resolved_blob_url, Journal(settings.data_dir / "journal"))
     return Services(settings=settings, db=db, blobs=blobs, buckets=Buckets(settings.data_dir), scratch_dir=scratch)
+
+
+_worker_services: Services | None = None
+
+
+def _open_in_worker(settings: Settings) -> None:
+    global _worker_services
+    _worker_services = open_services(settings, create_schema=False)
+    atexit.register(_worker_services.close)
+    # Parsing makes many short-lived containers and no cycles: collect young objects less often, and never
+    # rescan the modules and dictionaries loaded so far.
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+
+
+def in_worker() -> Services:
+    """The services of this `cpu_pool` process."""
+    if _worker_services is None:
+        raise RuntimeError("in_worker() is for functions run in Services.cpu_pool")
+    return _worker_services

@@ -8,7 +8,6 @@ before any instance is written (spec §2.6, §6.3)."""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +18,8 @@ import sqlalchemy as sa
 from dicomlake.dicom import pixels
 from dicomlake.errors import InvalidArgument
 from dicomlake.operations import logs, records
-from dicomlake.operations.model import Kind, Operation, ShardResult
-from dicomlake.services import Services
+from dicomlake.operations.model import Kind, Operation, ShardResult, map_in_pool
+from dicomlake.services import Services, in_worker
 from dicomlake.storage.blobs import NotFoundError
 from dicomlake.storage.buckets import split_uri
 from dicomlake.storage.db import instances
@@ -30,9 +29,9 @@ from dicomlake.store.instances import KEY_COLUMNS, Key, keys_of
 EXPORT = "google.cloud.healthcare.v1.dicom.DicomService.ExportDicomData"
 RESPONSE = {"@type": "type.googleapis.com/google.cloud.healthcare.v1.dicom.ExportDicomDataResponse"}
 LOG_TYPE = "type.googleapis.com/google.cloud.healthcare.logging.ExportDicomLogEntry"
-# Instances per shard: the unit one worker claims and a crash repeats.
-SHARD_SIZE = 100
-HEARTBEAT_SECONDS = 5.0
+# Instances per shard (the unit one worker claims and a crash repeats), and per cpu_pool task.
+SHARD_SIZE = 200
+BATCH_SIZE = 25
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -209,49 +208,54 @@ def _resource_path(study: str, series_uid: str | None, sop: str | None) -> str:
 
 
 def process(services: Services, operation: Operation, units: list[Unit], heartbeat: Callable[[], None]) -> ShardResult:
+    """Write the shard's instances in batches, on every core (`cpu_pool`); count and log what failed."""
     destination = operation.request["gcsDestination"]
-    prefix = destination["uriPrefix"].rstrip("/")
-    fmt = parse_mime_type(destination["mimeType"])
     result = ShardResult()
     for path in (u for u in units if isinstance(u, str)):
         result.failure += 1
         result.logs.append(_log_entry(operation, path, 5, f"{path} is not in the DICOM store"))
     keys = [tuple(u) for u in units if not isinstance(u, str)]
     with services.db.read() as conn:
-        rows = {
-            (row.study_uid, row.series_uid, row.sop_uid): row
+        rows = [
+            tuple(row)
             for row in conn.execute(
                 sa.select(*KEY_COLUMNS, instances.c.blob_key).where(
                     instances.c.store_pk == operation.store.pk, sa.tuple_(*KEY_COLUMNS).in_(keys)
                 )
             )
-        }
-    beat = time.monotonic()
-    for key in keys:
-        if time.monotonic() - beat > HEARTBEAT_SECONDS:
-            heartbeat()
-            beat = time.monotonic()
-        row = rows.get(key)
-        if row is None:
-            # Deleted since the plan was made: nothing to export, nothing to report.
-            result.success += 1
-            continue
-        path = _resource_path(row.study_uid, row.series_uid, row.sop_uid)
-        try:
-            data = services.blobs.get(row.blob_key)
-            for name, payload in _objects(fmt, data):
-                services.buckets.put(f"{prefix}/{row.study_uid}/{row.series_uid}/{row.sop_uid}{name}", payload)
-        except NotFoundError:
-            result.success += 1
-        except pixels.PixelError as exc:
-            result.failure += 1
-            result.logs.append(_log_entry(operation, path, 9, f"cannot export {path} as {fmt.kind}: {exc}"))
-        except (OSError, obstore.exceptions.BaseError) as exc:
-            result.failure += 1
-            result.logs.append(_log_entry(operation, path, 14, f"cannot write {path} to {prefix}: {exc}"))
-        else:
-            result.success += 1
+        ]
+    calls = [
+        (rows[i : i + BATCH_SIZE], destination["uriPrefix"], destination["mimeType"])
+        for i in range(0, len(rows), BATCH_SIZE)
+    ]
+    failures = [failure for batch in map_in_pool(services, heartbeat, write_objects, calls) for failure in batch]
+    # Instances deleted since the plan was made have nothing to export: they count as done.
+    result.success = len(keys) - len(failures)
+    result.failure += len(failures)
+    result.logs += [_log_entry(operation, path, code, message) for path, code, message in failures]
     return result
+
+
+def write_objects(rows: list[tuple[str, str, str, str]], uri_prefix: str, mime_type: str) -> list[tuple[str, int, str]]:
+    """Write each (study, series, instance, blob key) as the export's objects (run in a `cpu_pool` process);
+    (resource path, google.rpc code, message) of each that failed."""
+    services = in_worker()
+    prefix = uri_prefix.rstrip("/")
+    fmt = parse_mime_type(mime_type)
+    failures: list[tuple[str, int, str]] = []
+    for study, series_uid, sop, blob_key in rows:
+        path = _resource_path(study, series_uid, sop)
+        try:
+            data = services.blobs.get(blob_key)
+            for name, payload in _objects(fmt, data):
+                services.buckets.put(f"{prefix}/{study}/{series_uid}/{sop}{name}", payload)
+        except NotFoundError:
+            continue  # deleted while the export ran
+        except pixels.PixelError as exc:
+            failures.append((path, 9, f"cannot export {path} as {fmt.kind}: {exc}"))
+        except (OSError, obstore.exceptions.BaseError) as exc:
+            failures.append((path, 14, f"cannot write {path} to {prefix}: {exc}"))
+    return failures
 
 
 def _objects(fmt: Format, data: bytes) -> Iterator[tuple[str, bytes]]:

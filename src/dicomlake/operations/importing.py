@@ -12,8 +12,8 @@ import obstore
 
 from dicomlake.errors import InvalidArgument
 from dicomlake.operations import logs, records
-from dicomlake.operations.model import Kind, Operation, ShardResult
-from dicomlake.services import Services
+from dicomlake.operations.model import Kind, Operation, ShardResult, map_in_pool
+from dicomlake.services import Services, in_worker
 from dicomlake.storage.buckets import ObjectPattern, parse_pattern
 from dicomlake.store.catalog import StoreRef
 from dicomlake.store.instances import STORAGE_CLASSES, Failed, store_instances
@@ -22,7 +22,7 @@ IMPORT = "google.cloud.healthcare.v1.dicom.DicomService.ImportDicomData"
 RESPONSE = {"@type": "type.googleapis.com/google.cloud.healthcare.v1.dicom.ImportDicomDataResponse"}
 # Object names per shard: the unit one worker claims and a crash repeats.
 SHARD_SIZE = 200
-# Files per store_instances call: one index transaction each, and a heartbeat between them.
+# Files per store_instances call: one index transaction each, run by one cpu_pool process.
 BATCH_SIZE = 50
 
 
@@ -46,6 +46,7 @@ def start(services: Services, store: StoreRef, body: dict[str, Any]) -> dict[str
 
 def plan(services: Services, operation: Operation) -> Iterator[list[str]]:
     """The matching object names in listing order, SHARD_SIZE at a time; never the whole listing in memory."""
+    services.warm_pool()
     shard: list[str] = []
     for info in services.buckets.list(_pattern(operation)):
         shard.append(info.name)
@@ -57,32 +58,38 @@ def plan(services: Services, operation: Operation) -> Iterator[list[str]]:
 
 
 def process(services: Services, operation: Operation, names: list[str], heartbeat: Callable[[], None]) -> ShardResult:
+    """Store the shard's files in batches, on every core: each batch goes to a `cpu_pool` process, which
+    reads, parses and stores it exactly as a STOW would, with its own index transaction."""
     pattern = _pattern(operation)
     storage_class = operation.request["blobStorageSettings"]["blobStorageClass"]
-    result = ShardResult()
-    for start_at in range(0, len(names), BATCH_SIZE):
-        heartbeat()
-        sources: list[str] = []
-        datas: list[bytes] = []
-        for name in names[start_at : start_at + BATCH_SIZE]:
-            uri = _object_uri(pattern, name)
-            try:
-                datas.append(services.buckets.get(uri))
-            except (FileNotFoundError, obstore.exceptions.NotFoundError):
-                # Deleted between listing and reading.
-                result.failure += 1
-                result.logs.append(_log_entry(operation, uri, 5, f"object {uri} no longer exists"))
-                continue
-            sources.append(uri)
-        outcomes = store_instances(services.db, services.blobs, operation.store, datas, None, storage_class)
-        for uri, outcome in zip(sources, outcomes, strict=True):
-            if isinstance(outcome, Failed) and not outcome.duplicate:
-                result.failure += 1
-                message = f"{uri} is not a storable DICOM file: {outcome.detail}"
-                result.logs.append(_log_entry(operation, uri, 3, message))
-            else:
-                result.success += 1
+    uris = [_object_uri(pattern, name) for name in names]
+    calls = [(operation.store, uris[i : i + BATCH_SIZE], storage_class) for i in range(0, len(uris), BATCH_SIZE)]
+    failures = [failure for batch in map_in_pool(services, heartbeat, store_files, calls) for failure in batch]
+    result = ShardResult(success=len(uris) - len(failures), failure=len(failures))
+    result.logs = [_log_entry(operation, uri, code, message) for uri, code, message in failures]
     return result
+
+
+def store_files(store: StoreRef, uris: list[str], storage_class: str) -> list[tuple[str, int, str]]:
+    """Store the files at `uris` (run in a `cpu_pool` process); (uri, google.rpc code, message) of each that
+    failed. Duplicates of stored instances are not failures."""
+    services = in_worker()
+    failures: list[tuple[str, int, str]] = []
+    sources: list[str] = []
+    datas: list[bytes] = []
+    for uri in uris:
+        try:
+            datas.append(services.buckets.get(uri))
+        except (FileNotFoundError, obstore.exceptions.NotFoundError):
+            # Deleted between listing and reading.
+            failures.append((uri, 5, f"object {uri} no longer exists"))
+            continue
+        sources.append(uri)
+    outcomes = store_instances(services.db, services.blobs, store, datas, None, storage_class)
+    for uri, outcome in zip(sources, outcomes, strict=True):
+        if isinstance(outcome, Failed) and not outcome.duplicate:
+            failures.append((uri, 3, f"{uri} is not a storable DICOM file: {outcome.detail}"))
+    return failures
 
 
 def _pattern(operation: Operation) -> ObjectPattern:

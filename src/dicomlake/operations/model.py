@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import TimeoutError
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from dicomlake.services import Services
 from dicomlake.store.catalog import StoreRef
+
+T = TypeVar("T")
+HEARTBEAT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,3 +50,25 @@ class Kind:
     plan: Callable[[Services, Operation], Iterator[Any]]
     process: Callable[[Services, Operation, Any, Callable[[], None]], ShardResult]
     response: dict[str, Any]
+
+
+def map_in_pool(
+    services: Services, heartbeat: Callable[[], None], function: Callable[..., T], calls: list[tuple[Any, ...]]
+) -> list[T]:
+    """Run `function(*args)` for each of `calls` in the services' process pool (all cores) and return the
+    results in order, renewing the shard's lease while waiting."""
+    try:
+        futures = [services.cpu_pool.submit(function, *args) for args in calls]
+        results = []
+        for future in futures:
+            while True:
+                try:
+                    results.append(future.result(timeout=HEARTBEAT_SECONDS))
+                    break
+                except TimeoutError:
+                    heartbeat()
+        return results
+    except BrokenProcessPool:
+        # A pool process died (killed, out of memory): start afresh next time; this shard is retried.
+        services.discard_pool()
+        raise

@@ -4,6 +4,8 @@ and memory by URL. Writes are atomic: a reader sees a whole object or none."""
 from __future__ import annotations
 
 import contextlib
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -34,6 +36,9 @@ class BlobStore:
             self._store = from_url(url)
 
     def put(self, key: str, data: bytes | IO[bytes] | Path) -> None:
+        if self._root is not None and isinstance(data, bytes | memoryview):
+            write_local(self._root / key, data)
+            return
         # A single request is three times cheaper than a multipart upload for the small objects that
         # make up most of a DICOM archive; multipart is for what single requests cannot carry.
         multipart = not isinstance(data, bytes | memoryview) or len(data) > MULTIPART_THRESHOLD
@@ -65,3 +70,21 @@ class BlobStore:
             path = self._root / key
             for partial in path.parent.glob(path.name + "#*"):
                 partial.unlink(missing_ok=True)
+
+
+def write_local(path: Path, data: bytes | memoryview) -> None:
+    """Write a local object atomically: stage it as "<name>#<n>" beside its place, then rename, as obstore's
+    LocalStore does (so `discard` cleans up after either), at a tenth of the cost for small objects."""
+    staging = path.with_name(f"{path.name}#{uuid.uuid4().hex[:12]}")
+    try:
+        f = open(staging, "wb")  # noqa: SIM115 - the directory is created only when this fails
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(staging, "wb")  # noqa: SIM115
+    try:
+        with f:
+            f.write(data)
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise

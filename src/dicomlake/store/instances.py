@@ -7,10 +7,10 @@ or a half-written blob."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import unicodedata
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -102,7 +102,7 @@ def store_instances(
         if isinstance(outcome, Failed):
             results[index] = outcome
             continue
-        key = f"{store.pk}/{outcome.study_uid}/{outcome.series_uid}/{outcome.sop_uid}.{uuid.uuid4().hex}.dcm"
+        key = f"{store.pk}/{outcome.study_uid}/{outcome.series_uid}/{outcome.sop_uid}.{os.urandom(16).hex()}.dcm"
         uids = {
             "store_pk": store.pk,
             "study_uid": outcome.study_uid,
@@ -126,8 +126,7 @@ def store_instances(
             for item in accepted:
                 blobs.put(item.key, item.data)
             with db.write() as conn:
-                for item in accepted:
-                    _insert(conn, db, item.uids, item.parsed, item.key, len(item.data), storage_class)
+                _insert(conn, db, accepted, storage_class)
         except IntegrityError:
             # Another request stored one of these UID triples after our check: settle them one by one.
             for item in accepted:
@@ -161,7 +160,7 @@ def _check(data: bytes, expected_study: str | None) -> ParsedInstance | Failed:
 def _commit_one(db: Database, blobs: BlobStore, item: _Pending, storage_class: str) -> Stored | Failed:
     try:
         with db.write() as conn:
-            _insert(conn, db, item.uids, item.parsed, item.key, len(item.data), storage_class)
+            _insert(conn, db, [item], storage_class)
     except IntegrityError:
         blobs.discard(item.key)
         return _duplicate(item.parsed)
@@ -199,12 +198,12 @@ _COUNT_SERIES_INSTANCE = (
     .where(
         series.c.store_pk == _P("w_store"), series.c.study_uid == _P("w_study"), series.c.series_uid == _P("w_series")
     )
-    .values(instance_count=series.c.instance_count + 1)
+    .values(instance_count=series.c.instance_count + _P("n"))
 )
 _COUNT_STUDY_INSTANCE = (
     studies.update()
     .where(studies.c.store_pk == _P("w_store"), studies.c.study_uid == _P("w_study"))
-    .values(instance_count=studies.c.instance_count + 1, series_count=studies.c.series_count + _P("new_series"))
+    .values(instance_count=studies.c.instance_count + _P("n"), series_count=studies.c.series_count + _P("new_series"))
 )
 _MODALITIES_OF = sa.select(studies.c.modalities).where(
     studies.c.store_pk == _P("w_store"), studies.c.study_uid == _P("w_study")
@@ -236,77 +235,88 @@ def _insert_ignore(db: Database, table: sa.Table, returning: sa.Column | None = 
     return statement
 
 
-def _insert(
-    conn: sa.Connection,
-    db: Database,
-    uids: dict[str, Any],
-    parsed: ParsedInstance,
-    key: str,
-    size: int,
-    storage_class: str,
-) -> None:
-    meta = parsed.metadata
+def _insert(conn: sa.Connection, db: Database, items: list[_Pending], storage_class: str) -> None:
+    """Index rows for a batch of new instances: one multi-row insert for the instances, then one upsert
+    and one count update per series and per study they belong to."""
     now = time.time()
     conn.execute(
         _INSERT_INSTANCE,
-        {
-            **uids,
-            "sop_class_uid": parsed.sop_class_uid,
-            "transfer_syntax_uid": parsed.transfer_syntax_uid,
-            "instance_number": parsed.instance_number,
-            "number_of_frames": parsed.number_of_frames,
-            "blob_key": key,
-            "blob_size": size,
-            "storage_class": storage_class,
-            "metadata": orjson.dumps(meta).decode(),
-            "created": now,
-        },
-    )
-    # RETURNING, because PostgreSQL reports no rowcount for INSERT ... ON CONFLICT DO NOTHING.
-    new_series = (
-        conn.execute(
-            _insert_ignore(db, series, series.c.series_uid),
+        [
             {
-                "store_pk": uids["store_pk"],
-                "study_uid": parsed.study_uid,
-                "series_uid": parsed.series_uid,
-                "modality": _first(meta, "00080060"),
-                "series_number": _text(_first(meta, "00200011")),
-                "series_description": _first(meta, "0008103E"),
+                **item.uids,
+                "sop_class_uid": item.parsed.sop_class_uid,
+                "transfer_syntax_uid": item.parsed.transfer_syntax_uid,
+                "instance_number": item.parsed.instance_number,
+                "number_of_frames": item.parsed.number_of_frames,
+                "blob_key": item.key,
+                "blob_size": len(item.data),
+                "storage_class": storage_class,
+                "metadata": orjson.dumps(item.parsed.metadata).decode(),
+                "created": now,
+            }
+            for item in items
+        ],
+    )
+    by_series: dict[tuple[str, str], list[_Pending]] = {}
+    for item in items:
+        by_series.setdefault((item.parsed.study_uid, item.parsed.series_uid), []).append(item)
+    # Per study: its first item, new instances, new series, and the modalities of the new series.
+    by_study: dict[str, tuple[_Pending, int, int, set[str]]] = {}
+    for (study_uid, _), members in by_series.items():
+        first = members[0]
+        meta = first.parsed.metadata
+        # RETURNING, because PostgreSQL reports no rowcount for INSERT ... ON CONFLICT DO NOTHING.
+        new_series = (
+            conn.execute(
+                _insert_ignore(db, series, series.c.series_uid),
+                {
+                    "store_pk": first.uids["store_pk"],
+                    "study_uid": study_uid,
+                    "series_uid": first.parsed.series_uid,
+                    "modality": _first(meta, "00080060"),
+                    "series_number": _text(_first(meta, "00200011")),
+                    "series_description": _first(meta, "0008103E"),
+                    "instance_count": 0,
+                    "attributes": _subset(meta, SERIES_ATTRIBUTES),
+                    "created": now,
+                },
+            ).first()
+            is not None
+        )
+        conn.execute(_COUNT_SERIES_INSTANCE, {**_where(first.uids), "n": len(members)})
+        head, count, added_series, modalities = by_study.get(study_uid, (first, 0, 0, set()))
+        modality = _first(meta, "00080060")
+        if new_series and modality:
+            modalities.add(modality)
+        by_study[study_uid] = (head, count + len(members), added_series + new_series, modalities)
+    for study_uid, (first, count, added_series, added) in by_study.items():
+        meta = first.parsed.metadata
+        conn.execute(
+            _insert_ignore(db, studies),
+            {
+                "store_pk": first.uids["store_pk"],
+                "study_uid": study_uid,
+                **person_name_columns("patient_name", _first(meta, "00100010")),
+                **person_name_columns("referring_physician_name", _first(meta, "00080090")),
+                "patient_id": _first(meta, "00100020"),
+                "accession_number": _first(meta, "00080050"),
+                "study_date": _date(_first(meta, "00080020")),
+                "study_time": _first(meta, "00080030"),
+                "study_id": _first(meta, "00200010"),
+                "study_description": _first(meta, "00081030"),
+                "series_count": 0,
                 "instance_count": 0,
-                "attributes": _subset(meta, SERIES_ATTRIBUTES),
+                "attributes": _subset(meta, STUDY_ATTRIBUTES),
                 "created": now,
             },
-        ).first()
-        is not None
-    )
-    conn.execute(_COUNT_SERIES_INSTANCE, _where(uids))
-    conn.execute(
-        _insert_ignore(db, studies),
-        {
-            "store_pk": uids["store_pk"],
-            "study_uid": parsed.study_uid,
-            **person_name_columns("patient_name", _first(meta, "00100010")),
-            **person_name_columns("referring_physician_name", _first(meta, "00080090")),
-            "patient_id": _first(meta, "00100020"),
-            "accession_number": _first(meta, "00080050"),
-            "study_date": _date(_first(meta, "00080020")),
-            "study_time": _first(meta, "00080030"),
-            "study_id": _first(meta, "00200010"),
-            "study_description": _first(meta, "00081030"),
-            "series_count": 0,
-            "instance_count": 0,
-            "attributes": _subset(meta, STUDY_ATTRIBUTES),
-            "created": now,
-        },
-    )
-    conn.execute(_COUNT_STUDY_INSTANCE, {**_where(uids), "new_series": 1 if new_series else 0})
-    modality = _first(meta, "00080060")
-    if new_series and modality:
-        current = conn.execute(_MODALITIES_OF, _where(uids)).scalar()
-        known = current.split("\\") if current else []
-        if modality not in known:
-            conn.execute(_SET_MODALITIES, {**_where(uids), "modalities": "\\".join(sorted([*known, modality]))})
+        )
+        where = _where(first.uids)
+        conn.execute(_COUNT_STUDY_INSTANCE, {**where, "n": count, "new_series": added_series})
+        if added:
+            current = conn.execute(_MODALITIES_OF, where).scalar()
+            known = set(current.split("\\")) if current else set()
+            if not added <= known:
+                conn.execute(_SET_MODALITIES, {**where, "modalities": "\\".join(sorted(known | added))})
 
 
 def _first(meta: dict[str, Any], key: str) -> Any:
