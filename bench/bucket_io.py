@@ -45,11 +45,12 @@ def parse_rate(paths: list[str], processes: int = 1) -> float:
         return done / (time.perf_counter() - start)
 
 
-def copy_rate(paths: list[str], into: Path) -> float:
-    """Files per second for a plain copy of the same files into a fresh folder (the disk's pace)."""
+def copy_rate(paths: list[str], source: Path, into: Path) -> float:
+    """Files per second for a plain copy of the same files into the same kind of nested folders (one per
+    series) in a fresh place: the pace of the disk for this layout."""
     start = time.perf_counter()
-    for n, path in enumerate(paths):
-        target = into / f"{n // 1000}" / f"{n}.dcm"
+    for path in paths:
+        target = into / Path(path).relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
     return len(paths) / (time.perf_counter() - start)
@@ -118,7 +119,7 @@ def run(instances: int = 2000, workers: int = 1, name: str = "bucket_io", png_in
             "peak_rss_mb": round(memory["peak_mb"], 1),
         }
 
-        copied = copy_rate(paths, Path(tmp) / "copy")
+        copied = copy_rate(paths, bucket / "corpus", Path(tmp) / "copy")
         with peak_rss(pid) as memory:
             seconds, operation = run_operation(store_url, "export", {"gcsDestination": {"uriPrefix": "gs://bench/dcm"}})
         assert operation["metadata"]["counter"] == {"success": str(instances)}, operation

@@ -256,7 +256,7 @@ def test_import_resumes_after_server_is_killed(request, tmp_path: Path, backend:
     try:
         store = make_store(server)
         name, folder = new_bucket(server)
-        sops = many_files(folder, 1000)
+        sops = many_files(folder, 2000)
         for n in range(5):
             write(folder / "junk" / f"{n}.dcm", b"junk")
         operation = start_import(store, f"gs://{name}/**")
@@ -268,11 +268,21 @@ def test_import_resumes_after_server_is_killed(request, tmp_path: Path, backend:
         server.restart()
         done = wait_done(server, operation)
         assert done["response"] == IMPORT_RESPONSE
-        assert counter(done) == {"success": "1000", "failure": "5"}
+        assert counter(done) == {"success": "2000", "failure": "5"}
         stored = stored_sops(store)
-        assert len(stored) == len(set(stored)) == 1000 and set(stored) == sops
+        assert len(stored) == len(set(stored)) == 2000 and set(stored) == sops
         entries = log_entries(server, done)
         assert sorted(e["jsonPayload"]["source"] for e in entries) == [f"gs://{name}/junk/{n}.dcm" for n in range(5)]
+        # Nothing half-stored: one whole blob per instance, no staging files left, and the bytes as imported.
+        blobs = [p for p in (server.data_dir / "blobs").rglob("*") if p.is_file()]
+        assert len(blobs) == 2000 and not [p for p in blobs if "#" in p.name]
+        for path in sorted(folder.glob("part3/*.dcm"))[:20]:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            url = f"{store.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+            response = requests.get(
+                url + ds.SOPInstanceUID, headers={"Accept": "application/dicom; transfer-syntax=*"}, timeout=30
+            )
+            assert response.content == path.read_bytes()
     finally:
         server.stop()
 
