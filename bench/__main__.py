@@ -1,12 +1,12 @@
-"""`python -m bench quick|full|stow|qido|metadata|wado|plots|report`: run benchmarks, write bench/results/*.json,
-draw docs/img/*.png and regenerate the result tables of docs/benchmarks.md.
+"""`python -m bench quick|full|stow|qido|metadata|wado|buckets|plots|report`: run benchmarks, write
+bench/results/*.json, draw docs/img/*.png and regenerate the result tables of docs/benchmarks.md.
 `python -m bench corpus --size small|medium|large|N --out DIR`: write a synthetic corpus folder."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import corpus, plots, qido, report, stow, wado
+from bench import bucket_io, corpus, plots, qido, report, stow, wado
 
 
 def main(argv: list[str]) -> None:
@@ -21,13 +21,20 @@ def main(argv: list[str]) -> None:
         qido.run(studies=10_000, series_instances=500)
     if what in ("quick", "wado"):
         wado.run(requests=200, repeats=3)
+    if what in ("quick", "buckets"):
+        bucket_io.run(instances=1_000, name="bucket_io_1k", png_instances=200)
+        bucket_io.run(instances=10_000, name="bucket_io_10k", png_instances=500)
     if what == "full":
         stow.run(instances=5000, repeats=5)
         stow.run(instances=500, repeats=3, batch_sizes=(1, 10), source="693_UNCI.dcm", name="stow_large", warmup=50)
         qido.run(studies=100_000, series_instances=500, name="qido_100k")
         wado.run(requests=600, repeats=5)
-    if what not in ("quick", "full", "stow", "qido", "metadata", "wado", "plots", "report"):
-        sys.exit(f"usage: python -m bench [quick|full|stow|qido|metadata|wado|plots|report|corpus], not {what!r}")
+        bucket_io.run(instances=1_000, name="bucket_io_1k", png_instances=200)
+        bucket_io.run(instances=100_000, name="bucket_io_100k", png_instances=1000)
+    if what not in ("quick", "full", "stow", "qido", "metadata", "wado", "buckets", "plots", "report"):
+        sys.exit(
+            f"usage: python -m bench [quick|full|stow|qido|metadata|wado|buckets|plots|report|corpus], not {what!r}"
+        )
     if what in ("quick", "full", "plots"):
         plots.main()
     report.main()

@@ -88,7 +88,30 @@ def _wado(result: dict) -> list[str]:
     ]
 
 
-RENDERERS = {"qido": _qido, "stow": _stow, "wado": _wado}
+def _bucket_io(result: dict) -> list[str]:
+    runs = result["runs"]
+    imp, dcm, png = runs["import"], runs["export_dcm"], runs["export_png"]
+    return [
+        f"### {result['benchmark']}: import from and export to a local bucket, {result['instances']:,} instances "
+        f"({result['corpus_mb']} MB), `--workers {result['server_workers']}`",
+        "",
+        "| operation | files/s | ceiling measured in the same run | files/s | ratio | peak RSS MB (server + pool) |",
+        "|---|---|---|---|---|---|",
+        f"| import `gs://bench/corpus/**.dcm` | {imp['files_per_s']} | header parse only, one process | "
+        f"{imp['parse_only_one_process_files_per_s']} | {imp['ratio_to_parse_one_process']} | {imp['peak_rss_mb']} |",
+        f"| | | header parse only, all cores | {imp['parse_only_all_cores_files_per_s']} | "
+        f"{imp['ratio_to_parse_all_cores']} | |",
+        f"| export as `.dcm` (as stored) | {dcm['files_per_s']} | `shutil.copyfile` into the same nested layout | "
+        f"{dcm['plain_copy_files_per_s']} | {dcm['ratio_to_copy']} | {dcm['peak_rss_mb']} |",
+        f"| export as PNG ({png['instances']} instances, {png['frames']} frames) | {png['instances_per_s']} "
+        f"({png['frames_per_s']} frames/s) | | | | {png['peak_rss_mb']} |",
+        "",
+        f"Run {result['date']}.",
+        "",
+    ]
+
+
+RENDERERS = {"qido": _qido, "stow": _stow, "wado": _wado, "bucket_io": _bucket_io}
 
 
 def _charts(kind: str) -> list[str]:
