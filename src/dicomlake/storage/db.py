@@ -163,6 +163,25 @@ operation_shards = sa.Table(
     sa.Index("ix_operation_shards_state", "state", "operation_pk"),
 )
 
+# The outbox of streaming (warehouse/streaming.py): one row per instance stored into or deleted from a store
+# with streamConfigs, written in the transaction that stores or deletes it, removed once delivered.
+stream_events = sa.Table(
+    "stream_events",
+    metadata,
+    sa.Column("pk", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("store_pk", sa.Integer, nullable=False),
+    sa.Column("type", sa.String(8), nullable=False),  # CREATE or DELETE
+    sa.Column("study_uid", sa.Text, nullable=False),
+    sa.Column("series_uid", sa.Text, nullable=False),
+    sa.Column("sop_uid", sa.Text, nullable=False),
+    sa.Column("last_updated", sa.Float, nullable=False),
+    sa.Column("storage_class", sa.Text),
+    sa.Column("blob_size", sa.BigInteger),
+    # The instance's DICOM JSON for CREATE (the instance may be gone by delivery time).
+    sa.Column("metadata", sa.Text),
+    sa.Index("ix_stream_events_store", "store_pk", "pk"),
+)
+
 log_entries = sa.Table(
     "log_entries",
     metadata,

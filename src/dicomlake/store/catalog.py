@@ -52,6 +52,11 @@ class StoreRef:
     def resource(self) -> dict[str, Any]:
         return {"name": self.name, **self.config}
 
+    @property
+    def streams(self) -> list[str]:
+        """The `bq://` table URIs that stored and deleted instances are streamed to."""
+        return [c["bigqueryDestination"]["tableUri"] for c in self.config.get("streamConfigs", [])]
+
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

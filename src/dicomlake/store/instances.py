@@ -23,7 +23,7 @@ from dicomlake.dicom.parse import DicomParseError, ParsedInstance, parse
 from dicomlake.dicom.tags import SERIES_ATTRIBUTES, STUDY_ATTRIBUTES
 from dicomlake.errors import NotFound
 from dicomlake.storage.blobs import BlobStore
-from dicomlake.storage.db import Database, instances, series, studies
+from dicomlake.storage.db import Database, instances, series, stream_events, studies
 from dicomlake.store.catalog import StoreRef
 
 # DICOM PS3.18 / PS3.4 failure reasons used in STOW responses.
@@ -126,11 +126,11 @@ def store_instances(
             for item in accepted:
                 blobs.put(item.key, item.data)
             with db.write() as conn:
-                _insert(conn, db, accepted, storage_class)
+                _insert(conn, db, store, accepted, storage_class)
         except IntegrityError:
             # Another request stored one of these UID triples after our check: settle them one by one.
             for item in accepted:
-                results[item.index] = _commit_one(db, blobs, item, storage_class)
+                results[item.index] = _commit_one(db, blobs, store, item, storage_class)
             accepted = []
         except BaseException:
             for item in accepted:
@@ -157,10 +157,10 @@ def _check(data: bytes, expected_study: str | None) -> ParsedInstance | Failed:
     return parsed
 
 
-def _commit_one(db: Database, blobs: BlobStore, item: _Pending, storage_class: str) -> Stored | Failed:
+def _commit_one(db: Database, blobs: BlobStore, store: StoreRef, item: _Pending, storage_class: str) -> Stored | Failed:
     try:
         with db.write() as conn:
-            _insert(conn, db, [item], storage_class)
+            _insert(conn, db, store, [item], storage_class)
     except IntegrityError:
         blobs.discard(item.key)
         return _duplicate(item.parsed)
@@ -193,6 +193,7 @@ _BLOB_OF = sa.select(instances.c.blob_key).where(
     instances.c.sop_uid == _P("w_sop"),
 )
 _INSERT_INSTANCE = instances.insert()
+_INSERT_EVENT = stream_events.insert()
 _COUNT_SERIES_INSTANCE = (
     series.update()
     .where(
@@ -235,28 +236,45 @@ def _insert_ignore(db: Database, table: sa.Table, returning: sa.Column | None = 
     return statement
 
 
-def _insert(conn: sa.Connection, db: Database, items: list[_Pending], storage_class: str) -> None:
+def _insert(conn: sa.Connection, db: Database, store: StoreRef, items: list[_Pending], storage_class: str) -> None:
     """Index rows for a batch of new instances: one multi-row insert for the instances, then one upsert
-    and one count update per series and per study they belong to."""
+    and one count update per series and per study they belong to; a CREATE stream event each when the
+    store streams to tables."""
     now = time.time()
-    conn.execute(
-        _INSERT_INSTANCE,
-        [
-            {
-                **item.uids,
-                "sop_class_uid": item.parsed.sop_class_uid,
-                "transfer_syntax_uid": item.parsed.transfer_syntax_uid,
-                "instance_number": item.parsed.instance_number,
-                "number_of_frames": item.parsed.number_of_frames,
-                "blob_key": item.key,
-                "blob_size": len(item.data),
-                "storage_class": storage_class,
-                "metadata": orjson.dumps(item.parsed.metadata).decode(),
-                "created": now,
-            }
-            for item in items
-        ],
-    )
+    rows = [
+        {
+            **item.uids,
+            "sop_class_uid": item.parsed.sop_class_uid,
+            "transfer_syntax_uid": item.parsed.transfer_syntax_uid,
+            "instance_number": item.parsed.instance_number,
+            "number_of_frames": item.parsed.number_of_frames,
+            "blob_key": item.key,
+            "blob_size": len(item.data),
+            "storage_class": storage_class,
+            "metadata": orjson.dumps(item.parsed.metadata).decode(),
+            "created": now,
+        }
+        for item in items
+    ]
+    conn.execute(_INSERT_INSTANCE, rows)
+    if store.streams:
+        conn.execute(
+            _INSERT_EVENT,
+            [
+                {
+                    "store_pk": store.pk,
+                    "type": "CREATE",
+                    "study_uid": row["study_uid"],
+                    "series_uid": row["series_uid"],
+                    "sop_uid": row["sop_uid"],
+                    "last_updated": now,
+                    "storage_class": storage_class,
+                    "blob_size": row["blob_size"],
+                    "metadata": row["metadata"],
+                }
+                for row in rows
+            ],
+        )
     by_series: dict[tuple[str, str], list[_Pending]] = {}
     for item in items:
         by_series.setdefault((item.parsed.study_uid, item.parsed.series_uid), []).append(item)
@@ -449,11 +467,27 @@ def delete_keys(db: Database, blobs: BlobStore, store: StoreRef, keys: list[Key]
     blobs; returns how many went."""
     where = (instances.c.store_pk == store.pk, sa.tuple_(*KEY_COLUMNS).in_([tuple(k) for k in keys]))
     with db.write() as conn:
-        columns = instances.c.study_uid, instances.c.series_uid, instances.c.blob_key
+        columns = instances.c.study_uid, instances.c.series_uid, instances.c.sop_uid, instances.c.blob_key
         rows = conn.execute(sa.select(*columns).where(*where)).all()
         if not rows:
             return 0
         conn.execute(instances.delete().where(*where))
+        if store.streams:
+            now = time.time()
+            conn.execute(
+                _INSERT_EVENT,
+                [
+                    {
+                        "store_pk": store.pk,
+                        "type": "DELETE",
+                        "study_uid": row.study_uid,
+                        "series_uid": row.series_uid,
+                        "sop_uid": row.sop_uid,
+                        "last_updated": now,
+                    }
+                    for row in rows
+                ],
+            )
         affected: dict[str, set[str]] = {}
         for row in rows:
             affected.setdefault(row.study_uid, set()).add(row.series_uid)
