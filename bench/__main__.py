@@ -1,5 +1,5 @@
-"""`python -m bench quick|full|stow|qido|metadata|wado|buckets|plots|report`: run benchmarks, write
-bench/results/*.json, draw docs/img/*.png and regenerate the result tables of docs/benchmarks.md.
+"""`python -m bench quick|full|stow|qido|metadata|wado|scaling|buckets|plots|report`: run benchmarks,
+write bench/results/*.json, draw docs/img/*.png and regenerate the result tables of docs/benchmarks.md.
 `python -m bench corpus --size small|medium|large|N --out DIR`: write a synthetic corpus folder."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 
 from bench import bucket_io, corpus, plots, qido, report, stow, wado
+
+COMMANDS = ("quick", "full", "stow", "qido", "metadata", "wado", "scaling", "buckets", "plots", "report")
 
 
 def main(argv: list[str]) -> None:
@@ -21,6 +23,8 @@ def main(argv: list[str]) -> None:
         qido.run(studies=10_000, series_instances=500)
     if what in ("quick", "wado"):
         wado.run(requests=200, repeats=3)
+    if what in ("quick", "scaling"):
+        stow.run_scaling(total=20_000, chunk=2_000)
     if what in ("quick", "buckets"):
         bucket_io.run(instances=1_000, name="bucket_io_1k", png_instances=200)
         bucket_io.run(instances=10_000, name="bucket_io_10k", png_instances=500)
@@ -29,12 +33,11 @@ def main(argv: list[str]) -> None:
         stow.run(instances=500, repeats=3, batch_sizes=(1, 10), source="693_UNCI.dcm", name="stow_large", warmup=50)
         qido.run(studies=100_000, series_instances=500, name="qido_100k")
         wado.run(requests=600, repeats=5)
+        stow.run_scaling(total=100_000, chunk=10_000)
         bucket_io.run(instances=1_000, name="bucket_io_1k", png_instances=200)
         bucket_io.run(instances=100_000, name="bucket_io_100k", png_instances=1000)
-    if what not in ("quick", "full", "stow", "qido", "metadata", "wado", "buckets", "plots", "report"):
-        sys.exit(
-            f"usage: python -m bench [quick|full|stow|qido|metadata|wado|buckets|plots|report|corpus], not {what!r}"
-        )
+    if what not in COMMANDS:
+        sys.exit(f"usage: python -m bench [{'|'.join(COMMANDS)}|corpus], not {what!r}")
     if what in ("quick", "full", "plots"):
         plots.main()
     report.main()

@@ -177,9 +177,51 @@ def qido_scaling() -> Path | None:
 @dataclass(frozen=True)
 class Plot:
     file: str
-    kind: str  # the results it is drawn from: "stow", "qido" or "wado"; report.py puts it after their tables
+    kind: str  # the prefix of the results it is drawn from; report.py puts it after their tables
     caption: str
     draw: Callable[[], Path | None]  # writes IMAGES / file, or returns None when there are no results for it
+
+
+def ingest_scaling() -> Path | None:
+    results = _results("ingest_scaling")
+    if not results:
+        return None
+    result = results[0]
+    figure, axes = _figure(1, 1, 8, 4)
+    ax = axes[0][0]
+    for server, points in result["servers"].items():
+        xs = [p["stored_before"] + result["chunk"] for p in points]
+        ax.plot(xs, [p["instances_per_s"] for p in points], marker="o", label=server, color=COLOURS.get(server))
+    ax.set_xlabel("instances stored")
+    ax.set_ylabel("STOW-RS instances/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title(
+        f"STOW-RS throughput as the store fills ({result['clients']} clients, batches of {result['batch']})",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+    return _save(figure, "ingest_scaling.png")
+
+
+def bucket_io_scaling() -> Path | None:
+    results = sorted(_results("bucket_io"), key=lambda r: r["instances"])
+    if len(results) < 2:
+        return None
+    figure, axes = _figure(1, 1, 8, 4)
+    ax = axes[0][0]
+    xs = [r["instances"] for r in results]
+    ax.plot(xs, [r["runs"]["import"]["files_per_s"] for r in results], marker="o", label="import")
+    parse_only = [r["runs"]["import"]["parse_only_one_process_files_per_s"] for r in results]
+    ax.plot(xs, parse_only, ls="--", label="header parse only, one process")
+    ax.plot(xs, [r["runs"]["export_dcm"]["files_per_s"] for r in results], marker="s", label="export as .dcm")
+    _log_scale(ax, "x")
+    ax.set_xlabel("instances in the bucket")
+    ax.set_ylabel("files/s")
+    ax.set_ylim(bottom=0)
+    ax.set_xticks(xs, [f"{x:,}" for x in xs])
+    ax.set_title("dicomlake import from and export to a local bucket against corpus size", fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(figure, "bucket_io.png")
 
 
 PLOTS = [
@@ -187,6 +229,10 @@ PLOTS = [
     Plot("qido.png", "qido", "QIDO-RS and /metadata latency per request", qido),
     Plot("qido_scaling.png", "qido", "QIDO-RS latency against the number of studies stored", qido_scaling),
     Plot("wado.png", "wado", "WADO-RS latency and throughput, dicomlake next to Orthanc", wado),
+    Plot(
+        "ingest_scaling.png", "ingest_scaling", "STOW-RS throughput as the store fills, next to Orthanc", ingest_scaling
+    ),
+    Plot("bucket_io.png", "bucket_io", "Import and export throughput against corpus size", bucket_io_scaling),
 ]
 
 

@@ -111,7 +111,34 @@ def _bucket_io(result: dict) -> list[str]:
     ]
 
 
-RENDERERS = {"qido": _qido, "stow": _stow, "wado": _wado, "bucket_io": _bucket_io}
+def _ingest_scaling(result: dict) -> list[str]:
+    servers = list(result["servers"])
+    lines = [
+        f"### {result['benchmark']}: STOW-RS as the store fills to {result['instances']:,} instances "
+        f"(metadata-only realistic corpus, {result['clients']} clients, batches of {result['batch']})",
+        "",
+        "| instances stored | " + " | ".join(f"{s} instances/s | {s} p99 ms" for s in servers) + " |",
+        "|---|" + "---|---|" * len(servers),
+    ]
+    for index, point in enumerate(result["servers"][servers[0]]):
+        cells = []
+        for server in servers:
+            p = result["servers"][server][index]
+            cells += [str(p["instances_per_s"]), str(p["p99_ms"])]
+        lines.append(f"| {point['stored_before'] + result['chunk']:,} | " + " | ".join(cells) + " |")
+    ratio = result.get("ratio_to_orthanc_first_last")
+    note = f"dicomlake / Orthanc: {ratio[0]} on the first chunk, {ratio[1]} on the last. " if ratio else ""
+    versions = ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items())
+    return [*lines, "", f"{note}Versions: {versions}. Run {result['date']}.", ""]
+
+
+RENDERERS = {
+    "qido": _qido,
+    "stow": _stow,
+    "wado": _wado,
+    "ingest_scaling": _ingest_scaling,
+    "bucket_io": _bucket_io,
+}
 
 
 def _charts(kind: str) -> list[str]:

@@ -70,3 +70,24 @@ def run(
 
 if __name__ == "__main__":
     run()
+
+
+def run_scaling(total: int = 20_000, chunk: int = 2_000, name: str = "ingest_scaling") -> dict[str, Any]:
+    """Throughput as the store fills: the realistic corpus (metadata only, so the index is what grows)
+    stored in chunks by 4 clients in batches of 50, instances/s of each chunk against the number stored."""
+    items = list(corpus.instances(total, seed=11, metadata_only=True))
+    results: dict[str, Any] = {"instances": total, "chunk": chunk, "clients": 4, "batch": 50, "servers": {}}
+    for target in servers.each_target(results):
+        points = []
+        for start in range(0, total, chunk):
+            run = _stow(target, items[start : start + chunk], 4, 50)
+            points.append({"stored_before": start, "instances_per_s": run["instances_per_s"], "p99_ms": run["p99_ms"]})
+        results["servers"][target.name] = points
+    ours, theirs = results["servers"].get("dicomlake"), results["servers"].get("orthanc")
+    if ours and theirs:
+        results["ratio_to_orthanc_first_last"] = [
+            round(ours[0]["instances_per_s"] / theirs[0]["instances_per_s"], 2),
+            round(ours[-1]["instances_per_s"] / theirs[-1]["instances_per_s"], 2),
+        ]
+    save(name, results)
+    return results
