@@ -537,3 +537,37 @@ def test_odd_requests_are_answered_without_a_server_error(server: Server, method
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert response.json()["error"]["code"] == response.status_code
+
+
+def test_operation_list_filters_by_state_method_and_time(store: Store) -> None:
+    requests.post(
+        f"{store.dicomweb}/studies",
+        data=dicom_file("CT_small.dcm").read_bytes(),
+        headers={"Content-Type": "application/dicom"},
+        timeout=30,
+    ).raise_for_status()
+    study = pydicom.dcmread(dicom_file("CT_small.dcm"), stop_before_pixels=True).StudyInstanceUID
+    deleted = wait_done(store.server, requests.delete(f"{store.dicomweb}/studies/{study}", timeout=30).json())
+    url = store.server.api(f"{store.dataset_name}/operations")
+
+    def names(filter_text: str) -> list[str]:
+        response = requests.get(url, params={"filter": filter_text}, timeout=30)
+        assert response.status_code == 200, response.text
+        return [op["name"] for op in response.json().get("operations", [])]
+
+    everything = names("")
+    assert len(everything) == 2  # the dataset's create operation, then the delete
+    assert names('metadata.apiMethodName="google.cloud.healthcare.v1.dicomweb.service.DeleteStudy"') == [
+        deleted["name"]
+    ]
+    assert names('metadata.apiMethodName:"DeleteStudy" AND done=true') == [deleted["name"]]
+    assert names("done=false") == []
+    assert names(f'metadata.createTime>="{deleted["metadata"]["createTime"]}"') == [deleted["name"]]
+    assert names('metadata.createTime<"2000-01-01T00:00:00Z"') == []
+
+
+@pytest.mark.parametrize("bad", ["done=maybe", "name=x", 'metadata.apiMethodName~"x"', "done>true"])
+def test_operation_list_refuses_an_unsupported_filter(store: Store, bad: str) -> None:
+    response = requests.get(store.server.api(f"{store.dataset_name}/operations"), params={"filter": bad}, timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"]["status"] == "INVALID_ARGUMENT"

@@ -154,7 +154,9 @@ async def store_item(request: Request) -> Response:
 
 def operations_collection(request: Request) -> Response:
     dataset = dataset_of(request)
-    return json(records.list_(services(request).db, dataset, page_size(request), request.query_params.get("pageToken")))
+    params = request.query_params
+    db = services(request).db
+    return json(records.list_(db, dataset, page_size(request), params.get("pageToken"), params.get("filter")))
 
 
 def operation_item(request: Request) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -91,7 +92,58 @@ def _operation_pk(operation_id: str) -> int | None:
     return pk if 0 < pk < 2**63 else None
 
 
-def list_(db: Database, dataset: DatasetRef, page_size: int | None, page_token: str | None) -> dict[str, Any]:
+# AIP-160 terms joined by AND: `done=true`, `metadata.apiMethodName="…"` (`:` for "contains"),
+# `metadata.createTime>="2026-01-01T00:00:00Z"` (and endTime), with = != < <= > >=.
+_FILTER_TERM = re.compile(
+    r"\s*(done|metadata\.apiMethodName|metadata\.createTime|metadata\.endTime)\s*(!=|>=|<=|=|<|>|:)\s*"
+    r'("(?:[^"\\]|\\.)*"|[A-Za-z0-9_.:-]+)\s*'
+)
+_FILTER_COLUMNS = {
+    "done": operations.c.done,
+    "metadata.apiMethodName": operations.c.method,
+    "metadata.createTime": operations.c.create_time,
+    "metadata.endTime": operations.c.end_time,
+}
+
+
+def parse_filter(text: str | None) -> list[Any]:
+    """SQL conditions for an operations.list `filter`; INVALID_ARGUMENT for anything else."""
+    conditions: list[Any] = []
+    for part in re.split(r"\s+AND\s+", text.strip()) if text and text.strip() else []:
+        match = _FILTER_TERM.fullmatch(part)
+        if match is None:
+            raise InvalidArgument(
+                f'unsupported operations filter term {part!r}: use done=true|false, metadata.apiMethodName="…", '
+                "metadata.createTime or metadata.endTime compared with a quoted RFC 3339 time, joined by AND"
+            )
+        field, op, raw = match.groups()
+        value = re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith('"') else raw
+        column = _FILTER_COLUMNS[field]
+        if field == "done":
+            if value not in ("true", "false") or op not in ("=", "!="):
+                raise InvalidArgument(f"invalid filter term {part!r}: done takes = or != with true or false")
+            conditions.append(column.is_(value == "true") if op == "=" else column.is_not(value == "true"))
+            continue
+        if op == ":":
+            conditions.append(column.contains(value, autoescape=True))
+            continue
+        conditions.append(
+            {
+                "=": column == value,
+                "!=": column != value,
+                "<": column < value,
+                "<=": column <= value,
+                ">": column > value,
+                ">=": column >= value,
+            }[op]
+        )
+    return conditions
+
+
+def list_(
+    db: Database, dataset: DatasetRef, page_size: int | None, page_token: str | None, filter_text: str | None = None
+) -> dict[str, Any]:
+    conditions = parse_filter(filter_text)
     size, after = paging(page_size, page_token, "operations")
     after_pk = 0
     if after:
@@ -101,7 +153,7 @@ def list_(db: Database, dataset: DatasetRef, page_size: int | None, page_token: 
     with db.read() as conn:
         rows = conn.execute(
             sa.select(operations)
-            .where(operations.c.dataset_pk == dataset.pk, operations.c.pk > after_pk)
+            .where(operations.c.dataset_pk == dataset.pk, operations.c.pk > after_pk, *conditions)
             .order_by(operations.c.pk)
             .limit(size + 1)
         ).all()
