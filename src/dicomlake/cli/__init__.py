@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from dicomlake import __version__
+from dicomlake.cli import healthcare
 from dicomlake.cli.server import serve, worker
 
 
@@ -17,3 +18,4 @@ def main() -> None:
 
 main.add_command(serve)
 main.add_command(worker)
+healthcare.register(main)
