@@ -101,3 +101,19 @@ def bucket_with_files(server: Server, broken: int = 0) -> tuple[str, Path]:
     for n in range(broken):
         write(root / "dir" / f"broken{n}.dcm", b"not a DICOM file")
     return name, root
+
+
+def dataset_operations(store: Store) -> list[dict]:
+    return requests.get(store.server.api(f"{store.dataset_name}/operations"), timeout=30).json()["operations"]
+
+
+def many_files(server: Server, count: int) -> str:
+    """A bucket of `count` distinct instances (CT_small under new UIDs); its name."""
+    name, folder = new_bucket(server)
+    data = dicom_file("CT_small.dcm").read_bytes()
+    # The file's five UIDs (study, series, SOP instance twice, frame of reference) all end in .12322;
+    # a suffix of the same length keeps every element's length and makes each copy a new instance.
+    assert data.count(b".12322") == 5
+    for n in range(count):
+        write(folder / f"{n:05d}.dcm", data.replace(b".12322", f".{10000 + n}".encode()))
+    return name

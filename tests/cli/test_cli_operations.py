@@ -4,16 +4,20 @@ cancelled from another shell."""
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
-import time
 
 import requests
 import yaml
-from cli_helpers import bucket_with_files, cli_env, new_store, run, run_on_terminal, sqlite_server, store_flags
+from cli_helpers import (
+    bucket_with_files,
+    dataset_operations,
+    new_store,
+    run,
+    run_on_terminal,
+    sqlite_server,
+    store_flags,
+)
 
-from conftest import Server, Store, dicom_file, new_bucket, wait_done, write
+from conftest import Server, Store, wait_done
 
 pytestmark = sqlite_server
 
@@ -23,10 +27,6 @@ def imported(store: Store) -> dict:
     bucket, _ = bucket_with_files(store.server)
     started = requests.post(f"{store.url}:import", json={"gcsSource": {"uri": f"gs://{bucket}/dir/*"}}, timeout=30)
     return wait_done(store.server, started.json())
-
-
-def dataset_operations(store: Store) -> list[dict]:
-    return requests.get(store.server.api(f"{store.dataset_name}/operations"), timeout=30).json()["operations"]
 
 
 def test_describe_operation_by_id_or_full_name(server: Server) -> None:
@@ -76,46 +76,6 @@ def test_unknown_operation_is_not_found_with_one_line(server: Server) -> None:
     assert result.stderr == (
         f"dicomlake: error: NOT_FOUND: operation {store.dataset_name}/operations/987654321 not found\n"
     )
-
-
-def many_files(server: Server, count: int) -> str:
-    """A bucket of `count` distinct instances (CT_small under new UIDs); its name."""
-    name, folder = new_bucket(server)
-    data = dicom_file("CT_small.dcm").read_bytes()
-    # The file's five UIDs (study, series, SOP instance twice, frame of reference) all end in .12322;
-    # a suffix of the same length keeps every element's length and makes each copy a new instance.
-    assert data.count(b".12322") == 5
-    for n in range(count):
-        write(folder / f"{n:05d}.dcm", data.replace(b".12322", f".{10000 + n}".encode()))
-    return name
-
-
-def test_cancel_stops_an_import_another_shell_is_waiting_for(server: Server) -> None:
-    store = new_store(server)
-    bucket = many_files(server, 1000)
-    waiting = subprocess.Popen(
-        [sys.executable, "-m", "dicomlake", "dicom-stores", "import", "gcs", store.store, *store_flags(store)]
-        + [f"--gcs-uri=gs://{bucket}/*"],
-        env=cli_env(server),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while len(dataset_operations(store)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    name = dataset_operations(store)[-1]["name"]
-
-    cancel = run(server, "operations", "cancel", name.rsplit("/", 1)[1], *store_flags(store), "--quiet")
-    stdout, stderr = waiting.communicate(timeout=120)
-
-    assert cancel.code == 0 and cancel.stderr == f"Cancel request issued for [{name}].\n"
-    assert waiting.returncode == 1 and stdout == ""
-    assert re.search(rf"Waiting for operation \[{re.escape(name)}\] to complete\.\.\.failed\.\n", stderr)
-    error = stderr.split("ERROR: (dicomlake.dicom-stores.import.gcs) ", 1)[1]
-    assert json.loads(error) == {"code": 1, "message": "the operation was cancelled"}
-    assert requests.get(server.api(name), timeout=30).json()["metadata"]["cancelRequested"] is True
 
 
 def test_cancel_on_a_terminal_asks_first_and_a_no_sends_nothing(server: Server) -> None:
