@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dicomlake.api import dicomweb, resources
+from dicomlake.api import bigquery, dicomweb, resources
 from dicomlake.config import Settings
 from dicomlake.errors import DicomlakeError
 from dicomlake.operations.runner import Runner
@@ -109,7 +109,7 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
         services.close()
 
     app = Starlette(
-        routes=resources.routes() + dicomweb.routes(),
+        routes=resources.routes() + dicomweb.routes() + bigquery.routes(),
         exception_handlers={DicomlakeError: _dicomlake_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from dicomlake import __version__
-from dicomlake.cli import healthcare
+from dicomlake.cli import bq, healthcare
 from dicomlake.cli.server import serve, worker
 
 
@@ -19,3 +19,4 @@ def main() -> None:
 main.add_command(serve)
 main.add_command(worker)
 healthcare.register(main)
+bq.register(main)

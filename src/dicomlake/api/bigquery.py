@@ -1,0 +1,402 @@
+"""The part of BigQuery's REST API (v2) that google-cloud-bigquery needs to work on the embedded warehouse:
+datasets, tables, tabledata.list, and query jobs (jobs.query, jobs.insert, jobs.get, jobs.getQueryResults),
+under /bigquery/v2/projects/{project}/. Errors come in BigQuery's envelope, with `errors[].reason`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from dicomlake.api.resources import body_json, json, services
+from dicomlake.errors import DicomlakeError, InvalidArgument
+from dicomlake.warehouse import embedded, jobs, results
+from dicomlake.warehouse.embedded import DatasetInfo, TableInfo, TableRef, Warehouse
+
+PREFIX = "/bigquery/v2/projects/{project}"
+# jobs.query and jobs.getQueryResults wait this long for a job when the request does not say (BigQuery's default).
+DEFAULT_TIMEOUT_MS = 10_000
+MAX_LIST_RESULTS = 1000
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _bigquery_errors(handler: Handler) -> Handler:
+    @wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except DicomlakeError as exc:
+            return error_response(exc)
+
+    return wrapped
+
+
+def error_response(exc: DicomlakeError) -> Response:
+    """BigQuery's error body: google-cloud-bigquery raises the matching exception (BadRequest, NotFound, Conflict)
+    with `message`, and decides on retries by `errors[0].reason`."""
+    item = {"message": exc.message, "domain": "global", "reason": jobs.reason_of(exc)}
+    body = {"error": {"code": exc.http, "message": exc.message, "errors": [item], "status": exc.status}}
+    return Response(orjson.dumps(body), status_code=exc.http, media_type="application/json")
+
+
+def _warehouse(request: Request) -> Warehouse:
+    return Warehouse.in_data_dir(services(request).settings.data_dir)
+
+
+def _int_param(request: Request, name: str, default: int | None = None) -> int | None:
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidArgument(f"{name} must be an integer, got {value!r}") from None
+    if number < 0:
+        raise InvalidArgument(f"{name} must not be negative, got {number}")
+    return number
+
+
+def _body_int(body: dict[str, Any], name: str, default: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{name} must be an integer, got {value!r}") from None
+    if number < 0:
+        raise InvalidArgument(f"{name} must not be negative, got {number}")
+    return number
+
+
+def _bool_param(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "").lower() in ("true", "1")
+
+
+def _start(request: Request) -> int:
+    """Where a page starts: the pageToken of the previous page, else startIndex."""
+    token = request.query_params.get("pageToken")
+    if token:
+        if not token.isdigit():
+            raise InvalidArgument(f"invalid pageToken {token!r}")
+        return int(token)
+    return _int_param(request, "startIndex", 0) or 0
+
+
+def _page(request: Request, items: list[Any]) -> tuple[list[Any], str | None]:
+    start = _start(request)
+    size = _int_param(request, "maxResults") or MAX_LIST_RESULTS
+    page = items[start : start + size]
+    return page, (str(start + size) if start + size < len(items) else None)
+
+
+def _timestamps(params: Any) -> str:
+    """The TIMESTAMP encoding asked for by formatOptions (query parameters or the body of jobs.query)."""
+    get = params.get
+    if str(get("formatOptions.timestampOutputFormat") or get("timestampOutputFormat") or "") == "ISO8601_STRING":
+        return results.TimestampFormat.ISO8601
+    if str(get("formatOptions.useInt64Timestamp") or get("useInt64Timestamp") or "").lower() == "true":
+        return results.TimestampFormat.INT64_MICROS
+    return results.TimestampFormat.FLOAT_SECONDS
+
+
+def _dataset_resource(info: DatasetInfo, full: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "kind": "bigquery#dataset",
+        "id": f"{info.project}:{info.dataset}",
+        "datasetReference": {"projectId": info.project, "datasetId": info.dataset},
+        "location": info.location,
+    }
+    if info.labels:
+        out["labels"] = info.labels
+    if full:
+        out.update(
+            etag=f'"{info.modified_ms}"',
+            creationTime=str(info.created_ms),
+            lastModifiedTime=str(info.modified_ms),
+            type="DEFAULT",
+        )
+        if info.description:
+            out["description"] = info.description
+    return out
+
+
+def _table_resource(info: TableInfo, location: str, full: bool = True) -> dict[str, Any]:
+    ref = info.ref
+    out: dict[str, Any] = {
+        "kind": "bigquery#table",
+        "id": f"{ref.project}:{ref.dataset}.{ref.table}",
+        "tableReference": {"projectId": ref.project, "datasetId": ref.dataset, "tableId": ref.table},
+        "type": info.type,
+        "creationTime": str(info.created_ms),
+    }
+    if info.type == "VIEW":
+        out["view"] = {"query": info.view_query or "", "useLegacySql": False}
+    if not full:
+        return out
+    out.update(
+        etag=f'"{info.modified_ms}"',
+        lastModifiedTime=str(info.modified_ms),
+        location=location,
+        schema={"fields": info.fields},
+    )
+    if info.num_rows is not None:
+        out.update(numRows=str(info.num_rows), numBytes="0", numLongTermBytes="0")
+    if info.description:
+        out["description"] = info.description
+    return out
+
+
+# ---- datasets ---------------------------------------------------------------------------------
+
+
+@_bigquery_errors
+async def datasets_collection(request: Request) -> Response:
+    wh, project = _warehouse(request), request.path_params["project"]
+    if request.method == "POST":
+        body = body_json(await request.body())
+        reference = body.get("datasetReference") or {}
+        if reference.get("projectId", project) != project:
+            raise InvalidArgument("datasetReference.projectId must be the project of the request path")
+        info = await run_in_threadpool(
+            embedded.create_dataset,
+            wh,
+            project,
+            str(reference.get("datasetId", "")),
+            location=body.get("location"),
+            description=body.get("description"),
+            labels=body.get("labels"),
+        )
+        return json(_dataset_resource(info))
+    infos = await run_in_threadpool(embedded.list_datasets, wh, project, include_hidden=_bool_param(request, "all"))
+    page, token = _page(request, infos)
+    out: dict[str, Any] = {"kind": "bigquery#datasetList", "etag": f'"{len(infos)}"'}
+    if page:
+        out["datasets"] = [_dataset_resource(i, full=False) for i in page]
+    if token:
+        out["nextPageToken"] = token
+    return json(out)
+
+
+@_bigquery_errors
+async def dataset_item(request: Request) -> Response:
+    wh, p = _warehouse(request), request.path_params
+    if request.method == "DELETE":
+        await run_in_threadpool(
+            embedded.delete_dataset,
+            wh,
+            p["project"],
+            p["dataset"],
+            delete_contents=_bool_param(request, "deleteContents"),
+        )
+        return Response(status_code=204)
+    return json(_dataset_resource(await run_in_threadpool(embedded.get_dataset, wh, p["project"], p["dataset"])))
+
+
+# ---- tables -----------------------------------------------------------------------------------
+
+
+@_bigquery_errors
+async def tables_collection(request: Request) -> Response:
+    wh, p = _warehouse(request), request.path_params
+    dataset = await run_in_threadpool(embedded.get_dataset, wh, p["project"], p["dataset"])
+    if request.method == "POST":
+        body = body_json(await request.body())
+        reference = body.get("tableReference") or {}
+        ref = TableRef(p["project"], p["dataset"], str(reference.get("tableId", "")))
+        view = body.get("view")
+        if view:
+            if view.get("useLegacySql"):
+                raise InvalidArgument("legacy SQL views are not supported: set view.useLegacySql to false")
+            info = await run_in_threadpool(embedded.create_or_replace_view, wh, ref, str(view.get("query", "")))
+        else:
+            fields = (body.get("schema") or {}).get("fields") or []
+            info = await run_in_threadpool(embedded.create_table, wh, ref, fields, description=body.get("description"))
+        return json(_table_resource(info, dataset.location))
+    infos = await run_in_threadpool(embedded.list_tables, wh, p["project"], p["dataset"])
+    page, token = _page(request, infos)
+    out: dict[str, Any] = {"kind": "bigquery#tableList", "etag": f'"{len(infos)}"', "totalItems": len(infos)}
+    if page:
+        out["tables"] = [_table_resource(i, dataset.location, full=False) for i in page]
+    if token:
+        out["nextPageToken"] = token
+    return json(out)
+
+
+@_bigquery_errors
+async def table_item(request: Request) -> Response:
+    wh, p = _warehouse(request), request.path_params
+    ref = TableRef(p["project"], p["dataset"], p["table"])
+    if request.method == "DELETE":
+        await run_in_threadpool(embedded.delete_table, wh, ref)
+        return Response(status_code=204)
+    dataset = await run_in_threadpool(embedded.get_dataset, wh, ref.project, ref.dataset)
+    return json(_table_resource(await run_in_threadpool(embedded.get_table, wh, ref), dataset.location))
+
+
+@_bigquery_errors
+async def table_data(request: Request) -> Response:
+    """tabledata.list: rows of a table in insertion order, a page at a time."""
+    wh, p = _warehouse(request), request.path_params
+    ref = TableRef(p["project"], p["dataset"], p["table"])
+    start = _start(request)
+    count = _int_param(request, "maxResults") or results.MAX_PAGE_ROWS
+    selected = [c.strip() for c in request.query_params.get("selectedFields", "").split(",") if c.strip()]
+    fields, page, total = await run_in_threadpool(embedded.read_rows, wh, ref, start, count, selected or None)
+    page = page.slice(0, results.page_rows(page))
+    out: dict[str, Any] = {"kind": "bigquery#tableDataList", "etag": f'"{total}"', "totalRows": str(total)}
+    if page.num_rows:
+        out["rows"] = await run_in_threadpool(results.rows_json, page, fields, _timestamps(request.query_params))
+        if start + page.num_rows < total:
+            out["pageToken"] = str(start + page.num_rows)
+    return json(out)
+
+
+# ---- jobs -------------------------------------------------------------------------------------
+
+
+def _default_dataset(value: Any, project: str) -> tuple[str, str] | None:
+    if not value:
+        return None
+    if not isinstance(value, dict) or not value.get("datasetId"):
+        raise InvalidArgument("defaultDataset must be {projectId, datasetId}")
+    return str(value.get("projectId") or project), str(value["datasetId"])
+
+
+def _check_standard_sql(config: dict[str, Any]) -> None:
+    if config.get("useLegacySql") is True:
+        raise InvalidArgument(
+            "legacy SQL is not supported: send useLegacySql: false and write the query in GoogleSQL (Standard SQL)"
+        )
+    if config.get("queryParameters"):
+        raise InvalidArgument("query parameters are not supported yet: put the values in the query text")
+
+
+@_bigquery_errors
+async def queries_collection(request: Request) -> Response:
+    """jobs.query: run a query and answer with its first page, if it ends within timeoutMs."""
+    wh, project = _warehouse(request), request.path_params["project"]
+    body = body_json(await request.body())
+    _check_standard_sql(body)
+    default_dataset = _default_dataset(body.get("defaultDataset"), project)
+    location = body.get("location") or embedded.DEFAULT_LOCATION
+    if body.get("dryRun"):
+        fields = await run_in_threadpool(jobs.dry_run, wh, project, str(body.get("query", "")), default_dataset)
+        return json(
+            {
+                "kind": "bigquery#queryResponse",
+                "schema": {"fields": fields},
+                "jobReference": {"projectId": project, "location": location},
+                "totalBytesProcessed": "0",
+                "jobComplete": True,
+                "cacheHit": False,
+            }
+        )
+    timeout_ms, max_rows = _body_int(body, "timeoutMs", DEFAULT_TIMEOUT_MS), _body_int(body, "maxResults")
+    job = await run_in_threadpool(
+        lambda: jobs.start(wh, project, body.get("query", ""), location=location, default_dataset=default_dataset)
+    )
+    job = await run_in_threadpool(jobs.wait, wh, job, (timeout_ms or 0) / 1000)
+    response = await run_in_threadpool(
+        lambda: jobs.query_results(
+            wh,
+            job,
+            max_rows=max_rows,
+            timestamps=_timestamps(body.get("formatOptions") or {}),
+            kind="bigquery#queryResponse",
+        )
+    )
+    return json(response)
+
+
+@_bigquery_errors
+async def query_results(request: Request) -> Response:
+    """jobs.getQueryResults: wait up to timeoutMs for a job, then a page of its rows."""
+    wh, p = _warehouse(request), request.path_params
+    job = await run_in_threadpool(jobs.get, wh, p["project"], p["job"])
+    timeout_ms = _int_param(request, "timeoutMs", DEFAULT_TIMEOUT_MS)
+    job = await run_in_threadpool(jobs.wait, wh, job, (timeout_ms or 0) / 1000)
+    start, max_rows = _start(request), _int_param(request, "maxResults")
+    timestamps = _timestamps(request.query_params)
+    response = await run_in_threadpool(
+        lambda: jobs.query_results(wh, job, start=start, max_rows=max_rows, timestamps=timestamps)
+    )
+    return json(response)
+
+
+@_bigquery_errors
+async def jobs_collection(request: Request) -> Response:
+    """jobs.insert, for query jobs: accepted at once, run in the background."""
+    wh, project = _warehouse(request), request.path_params["project"]
+    body = body_json(await request.body())
+    configuration = body.get("configuration") or {}
+    config = configuration.get("query")
+    if not isinstance(config, dict):
+        raise InvalidArgument("only query jobs are supported: configuration.query is required")
+    _check_standard_sql(config)
+    if config.get("destinationTable"):
+        raise InvalidArgument("query jobs with a destinationTable are not supported: use CREATE TABLE ... AS SELECT")
+    reference = body.get("jobReference") or {}
+    default_dataset = _default_dataset(config.get("defaultDataset"), project)
+    location = reference.get("location") or embedded.DEFAULT_LOCATION
+    if configuration.get("dryRun"):
+        fields = await run_in_threadpool(jobs.dry_run, wh, project, str(config.get("query", "")), default_dataset)
+        statistics = {"totalBytesProcessed": "0", "query": {"totalBytesProcessed": "0", "schema": {"fields": fields}}}
+        return json(
+            {
+                "kind": "bigquery#job",
+                "jobReference": {"projectId": project, "location": location},
+                "configuration": {"jobType": "QUERY", "dryRun": True, "query": config},
+                "statistics": statistics,
+                "status": {"state": "DONE"},
+            }
+        )
+    job = await run_in_threadpool(
+        lambda: jobs.start(
+            wh,
+            project,
+            config.get("query", ""),
+            job_id=reference.get("jobId"),
+            location=location,
+            default_dataset=default_dataset,
+        )
+    )
+    return json(job.resource())
+
+
+@_bigquery_errors
+async def job_item(request: Request) -> Response:
+    wh, p = _warehouse(request), request.path_params
+    job = await run_in_threadpool(jobs.get, wh, p["project"], p["job"])
+    return json(job.resource())
+
+
+@_bigquery_errors
+async def job_cancel(request: Request) -> Response:
+    """jobs.cancel: queries here end on their own; the answer is the job as it is."""
+    wh, p = _warehouse(request), request.path_params
+    job = await run_in_threadpool(jobs.get, wh, p["project"], p["job"])
+    return json({"kind": "bigquery#jobCancelResponse", "job": job.resource()})
+
+
+def routes() -> list[BaseRoute]:
+    tables = PREFIX + "/datasets/{dataset}/tables"
+    return [
+        Route(PREFIX + "/datasets", datasets_collection, methods=["GET", "POST"]),
+        Route(PREFIX + "/datasets/{dataset}", dataset_item, methods=["GET", "DELETE"]),
+        Route(tables, tables_collection, methods=["GET", "POST"]),
+        Route(tables + "/{table}", table_item, methods=["GET", "DELETE"]),
+        Route(tables + "/{table}/data", table_data, methods=["GET"]),
+        Route(PREFIX + "/queries", queries_collection, methods=["POST"]),
+        Route(PREFIX + "/queries/{job}", query_results, methods=["GET"]),
+        Route(PREFIX + "/jobs", jobs_collection, methods=["POST"]),
+        Route(PREFIX + "/jobs/{job}", job_item, methods=["GET"]),
+        Route(PREFIX + "/jobs/{job}/cancel", job_cancel, methods=["POST"]),
+    ]

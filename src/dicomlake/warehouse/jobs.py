@@ -1,0 +1,313 @@
+"""Query jobs as BigQuery runs them (jobs.insert, jobs.query, jobs.get, jobs.getQueryResults) on the embedded
+warehouse. A job is a JSON file and, once done, an Arrow file with its result under `<warehouse>/jobs/<project>/`,
+so that any server process can answer for a job another one ran, and later pages read the very rows the first
+one did. A thread of the process that accepted the job runs it; files older than a day are removed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from dicomlake.errors import AlreadyExists, DicomlakeError, InvalidArgument, NotFound
+from dicomlake.warehouse import query, results
+from dicomlake.warehouse.embedded import DEFAULT_LOCATION, Warehouse, check_project
+from dicomlake.warehouse.schema import Field
+
+JOB_TTL_SECONDS = 24 * 3600
+# Queries a process runs at once; each one uses every core DuckDB is given.
+CONCURRENT_JOBS = 4
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,1024}")
+_running = threading.BoundedSemaphore(CONCURRENT_JOBS)
+_finished: dict[Path, threading.Event] = {}
+_finished_guard = threading.Lock()
+
+
+class JobFailed(DicomlakeError):
+    """The error a job ended with, raised again for whoever asks for its results."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error["message"])
+        self.http = error.get("http", 400)
+        self.status = error.get("status", "INVALID_ARGUMENT")
+        self.reason = error.get("reason", "invalidQuery")
+
+
+@dataclass
+class Job:
+    project: str
+    job_id: str
+    location: str
+    query: str
+    default_dataset: tuple[str, str] | None
+    state: str = "RUNNING"
+    created_ms: int = 0
+    started_ms: int = 0
+    ended_ms: int = 0
+    error: dict[str, Any] | None = None
+    fields: list[Field] = field(default_factory=list)
+    total_rows: int = 0
+    statement_type: str | None = None
+    affected_rows: int | None = None
+    pid: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.state == "DONE"
+
+    def reference(self) -> dict[str, str]:
+        return {"projectId": self.project, "jobId": self.job_id, "location": self.location}
+
+    def resource(self) -> dict[str, Any]:
+        """The Job resource of jobs.get and jobs.insert."""
+        config: dict[str, Any] = {"query": self.query, "useLegacySql": False, "priority": "INTERACTIVE"}
+        if self.default_dataset:
+            config["defaultDataset"] = {"projectId": self.default_dataset[0], "datasetId": self.default_dataset[1]}
+        statistics: dict[str, Any] = {"creationTime": str(self.created_ms), "startTime": str(self.started_ms)}
+        status: dict[str, Any] = {"state": self.state}
+        if self.done:
+            statistics["endTime"] = str(self.ended_ms)
+            statistics["totalBytesProcessed"] = "0"
+            statistics["query"] = {"totalBytesProcessed": "0", "totalBytesBilled": "0", "cacheHit": False}
+            if self.statement_type:
+                statistics["query"]["statementType"] = self.statement_type
+            if self.affected_rows is not None:
+                statistics["query"]["numDmlAffectedRows"] = str(self.affected_rows)
+        if self.error:
+            status["errorResult"] = _error_proto(self.error)
+            status["errors"] = [_error_proto(self.error)]
+        return {
+            "kind": "bigquery#job",
+            "etag": f'"{self.job_id}-{self.state}"',
+            "id": f"{self.project}:{self.location}.{self.job_id}",
+            "jobReference": self.reference(),
+            "configuration": {"jobType": "QUERY", "query": config},
+            "statistics": statistics,
+            "status": status,
+        }
+
+
+def start(
+    wh: Warehouse,
+    project: str,
+    sql: str,
+    *,
+    job_id: str | None = None,
+    location: str | None = None,
+    default_dataset: tuple[str, str] | None = None,
+) -> Job:
+    """Accept a query job and start it on a thread of this process."""
+    check_project(project)
+    if not isinstance(sql, str) or not sql.strip():
+        raise InvalidArgument("a query job needs a query")
+    job_id = job_id or f"job_{secrets.token_urlsafe(18).replace('-', '_')}"
+    if not _JOB_ID.fullmatch(job_id):
+        raise InvalidArgument(f"invalid job id {job_id!r}: letters, numbers, dashes and underscores only")
+    folder = _folder(wh, project)
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_expired(folder)
+    now = time.time_ns() // 1_000_000
+    job = Job(
+        project,
+        job_id,
+        location or DEFAULT_LOCATION,
+        sql,
+        default_dataset,
+        created_ms=now,
+        started_ms=now,
+        pid=os.getpid(),
+    )
+    path = _job_file(wh, project, job_id)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(orjson.dumps(asdict(job)))
+    try:
+        # A hard link appears whole and fails if the name exists: the same job id twice is an error, even from
+        # two processes at once, and no reader sees half a file.
+        os.link(tmp, path)
+    except FileExistsError:
+        raise AlreadyExists(f"Already Exists: Job {project}:{job.location}.{job_id}") from None
+    finally:
+        tmp.unlink()
+    with _finished_guard:
+        _finished[path] = threading.Event()
+    threading.Thread(target=_run, args=(wh, job), name=f"bigquery-job-{job_id}", daemon=True).start()
+    return job
+
+
+def dry_run(wh: Warehouse, project: str, sql: str, default_dataset: tuple[str, str] | None = None) -> list[Field]:
+    """The schema a query would return, without running it."""
+    return query.run(wh, project, sql, default_dataset=default_dataset, dry_run=True).fields
+
+
+def get(wh: Warehouse, project: str, job_id: str) -> Job:
+    check_project(project)
+    if not _JOB_ID.fullmatch(job_id):
+        raise NotFound(f"Not found: Job {project}:{job_id}")
+    try:
+        data = orjson.loads(_job_file(wh, project, job_id).read_bytes())
+    except FileNotFoundError:
+        raise NotFound(f"Not found: Job {project}:{job_id}") from None
+    data["default_dataset"] = tuple(data["default_dataset"]) if data.get("default_dataset") else None
+    job = Job(**data)
+    if not job.done and not _alive(job.pid):
+        job.state = "DONE"
+        job.error = {
+            "message": "the dicomlake process that ran this job stopped before it finished; run the query again",
+            "reason": "backendError",
+            "http": 503,
+            "status": "UNAVAILABLE",
+        }
+    return job
+
+
+def wait(wh: Warehouse, job: Job, timeout: float) -> Job:
+    """The job once done, or as it is after `timeout` seconds."""
+    deadline = time.monotonic() + max(0.0, timeout)
+    path = _job_file(wh, job.project, job.job_id)
+    delay = 0.005
+    while not job.done:
+        event = _finished.get(path)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        if event is not None:
+            event.wait(remaining)
+        else:
+            # Another process runs it: watch its file.
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.2)
+        job = get(wh, job.project, job.job_id)
+    return job
+
+
+def query_results(
+    wh: Warehouse,
+    job: Job,
+    *,
+    start: int = 0,
+    max_rows: int | None = None,
+    timestamps: str = results.TimestampFormat.FLOAT_SECONDS,
+    kind: str = "bigquery#getQueryResultsResponse",
+) -> dict[str, Any]:
+    """The QueryResponse / GetQueryResultsResponse for a page of a job's rows: `jobComplete: false` while it runs;
+    the job's own error when it failed."""
+    response: dict[str, Any] = {"kind": kind, "jobReference": job.reference(), "jobComplete": job.done}
+    if not job.done:
+        return response
+    if job.error:
+        raise JobFailed(job.error)
+    response.update(totalBytesProcessed="0", cacheHit=False)
+    if job.affected_rows is not None:
+        response["numDmlAffectedRows"] = str(job.affected_rows)
+    if not job.fields:
+        response["totalRows"] = "0"
+        return response
+    response["schema"] = {"fields": job.fields}
+    response["totalRows"] = str(job.total_rows)
+    if max_rows == 0:
+        return response
+    fields, page, total = results.read(_results_file(wh, job.project, job.job_id), start, max_rows)
+    if page.num_rows:
+        response["rows"] = results.rows_json(page, fields, timestamps)
+        following = start + page.num_rows
+        if following < total:
+            response["pageToken"] = str(following)
+    return response
+
+
+def _run(wh: Warehouse, job: Job) -> None:
+    path = _job_file(wh, job.project, job.job_id)
+    with _running:
+        try:
+            summary = query.run(
+                wh,
+                job.project,
+                job.query,
+                default_dataset=job.default_dataset,
+                results_path=_results_file(wh, job.project, job.job_id),
+            )
+            job.fields = summary.fields
+            job.total_rows = summary.total_rows
+            job.statement_type = summary.statement_type
+            job.affected_rows = summary.affected_rows
+        except DicomlakeError as exc:
+            job.error = _error(exc)
+        except Exception as exc:  # a bug must still end the job, with a message
+            job.error = {
+                "message": f"internal error: {type(exc).__name__}: {exc}",
+                "reason": "internalError",
+                "http": 500,
+                "status": "INTERNAL",
+            }
+    job.state = "DONE"
+    job.ended_ms = time.time_ns() // 1_000_000
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(asdict(job)))
+    os.replace(tmp, path)
+    with _finished_guard:
+        event = _finished.pop(path, None)
+    if event is not None:
+        event.set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _error(exc: DicomlakeError) -> dict[str, Any]:
+    reason = getattr(exc, "reason", None) or _REASONS.get(exc.status, "invalid")
+    return {"message": exc.message, "reason": reason, "http": exc.http, "status": exc.status}
+
+
+_REASONS = {
+    "NOT_FOUND": "notFound",
+    "ALREADY_EXISTS": "duplicate",
+    "INVALID_ARGUMENT": "invalid",
+    "FAILED_PRECONDITION": "invalid",
+    "UNAVAILABLE": "backendError",
+    "INTERNAL": "internalError",
+}
+
+
+def reason_of(exc: DicomlakeError) -> str:
+    """BigQuery's `errors[].reason` for an error (`notFound`, `invalidQuery`, `duplicate`, ...)."""
+    return _error(exc)["reason"]
+
+
+def _error_proto(error: dict[str, Any]) -> dict[str, str]:
+    return {"reason": error["reason"], "message": error["message"]}
+
+
+def _folder(wh: Warehouse, project: str) -> Path:
+    return wh.root / "jobs" / project
+
+
+def _job_file(wh: Warehouse, project: str, job_id: str) -> Path:
+    return _folder(wh, project) / f"{job_id}.json"
+
+
+def _results_file(wh: Warehouse, project: str, job_id: str) -> Path:
+    return _folder(wh, project) / f"{job_id}.arrow"
+
+
+def _remove_expired(folder: Path) -> None:
+    oldest = time.time() - JOB_TTL_SECONDS
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat().st_mtime < oldest:
+                    os.unlink(entry.path)

@@ -1,0 +1,172 @@
+"""BigQuery Standard SQL to DuckDB SQL (sqlglot does the dialect; this module finds the tables a statement reads,
+resolves `project.dataset.table`, `dataset.table` and, with a default dataset, `table`, and names result columns
+the way BigQuery does: `f0_`, `f1_`, ... for expressions without an alias)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ErrorLevel, ParseError, SqlglotError
+
+from dicomlake.errors import InvalidArgument
+
+
+class InvalidQuery(InvalidArgument):
+    reason = "invalidQuery"
+
+
+@dataclass(frozen=True)
+class TableName:
+    project: str
+    dataset: str
+    table: str
+
+    def __str__(self) -> str:
+        return f"{self.project}:{self.dataset}.{self.table}"
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One parsed statement: the tables it reads or writes, and whether it returns rows."""
+
+    tree: exp.Expression
+    tables: tuple[TableName, ...]
+    statement_type: str
+
+    @property
+    def returns_rows(self) -> bool:
+        return isinstance(self.tree, exp.Query)
+
+    def to_duckdb(self, catalog_of: Callable[[str], str | None]) -> str:
+        """DuckDB SQL with every table as `"catalog"."dataset"."table"`, the catalog being the DuckDB database
+        that holds the table's project (None: left out, for views that must resolve inside their own file)."""
+        tree = self.tree.copy()
+        for node in _table_nodes(tree):
+            name: TableName = node.meta["dicomlake_table"]
+            catalog = catalog_of(name.project)
+            node.set("catalog", exp.to_identifier(catalog, quoted=True) if catalog is not None else None)
+            node.set("db", exp.to_identifier(name.dataset, quoted=True))
+            node.set("this", exp.to_identifier(name.table, quoted=True))
+        try:
+            return tree.sql(dialect="duckdb", unsupported_level=ErrorLevel.RAISE)
+        except SqlglotError as exc:
+            raise InvalidQuery(f"Unsupported in this query engine: {_first_line(exc)}") from None
+
+
+_STATEMENT_TYPES = {
+    exp.Insert: "INSERT",
+    exp.Update: "UPDATE",
+    exp.Delete: "DELETE",
+    exp.Merge: "MERGE",
+    exp.Drop: "DROP_TABLE",
+    exp.Alter: "ALTER_TABLE",
+}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TOKEN = re.compile(
+    r"<Token token_type: TokenType\.(\w+), text: (.*?), line: \d+, col: \d+, start: \d+, end: \d+, comments: .*?>"
+)
+
+
+def parse(sql: str, project: str, default_dataset: tuple[str, str] | None = None) -> Statement:
+    """Parse one BigQuery Standard SQL statement issued in `project`; `default_dataset` (project, dataset)
+    qualifies bare table names."""
+    try:
+        trees = [t for t in sqlglot.parse(sql, read="bigquery") if t is not None]
+    except ParseError as exc:
+        raise InvalidQuery(_syntax_error(exc)) from None
+    except SqlglotError as exc:
+        raise InvalidQuery(f"Syntax error: {_first_line(exc)}") from None
+    if not trees:
+        raise InvalidQuery("Syntax error: the query is empty")
+    if len(trees) > 1:
+        raise InvalidQuery("Multi-statement queries (scripts) are not supported here: send one statement")
+    tree = trees[0]
+    tables = []
+    for node in _table_nodes(tree):
+        name = _resolve(node, project, default_dataset)
+        node.meta["dicomlake_table"] = name
+        tables.append(name)
+    _name_anonymous_columns(tree)
+    return Statement(tree, tuple(dict.fromkeys(tables)), _statement_type(tree))
+
+
+def _table_nodes(tree: exp.Expression) -> list[exp.Table]:
+    """The nodes that name stored tables: not CTEs, not table functions, not UNNEST."""
+    ctes = {cte.alias_or_name.casefold() for cte in tree.find_all(exp.CTE)}
+    nodes = []
+    for node in tree.find_all(exp.Table):
+        if not isinstance(node.this, exp.Identifier):
+            continue
+        if not node.args.get("db") and node.name.casefold() in ctes:
+            continue
+        nodes.append(node)
+    return nodes
+
+
+def _resolve(node: exp.Table, project: str, default_dataset: tuple[str, str] | None) -> TableName:
+    parts = [p.name for p in node.parts]
+    # `project.dataset.table` in one pair of backticks arrives as one identifier when sqlglot cannot split it.
+    if len(parts) == 1 and "." in parts[0]:
+        parts = parts[0].split(".")
+    if len(parts) == 3:
+        return TableName(*parts)
+    if len(parts) == 2:
+        return TableName(project, parts[0], parts[1])
+    if len(parts) == 1 and default_dataset:
+        return TableName(*default_dataset, parts[0])
+    if len(parts) == 1:
+        raise InvalidQuery(f'Table "{parts[0]}" must be qualified with a dataset (e.g. dataset.table).')
+    raise InvalidQuery(f"Invalid table name {'.'.join(parts)}: use project.dataset.table")
+
+
+def _name_anonymous_columns(tree: exp.Expression) -> None:
+    """BigQuery names a result column after its alias, column or struct field, else `f<n>_` counting the
+    anonymous ones; DuckDB would name it after the expression text."""
+    select = tree
+    while isinstance(select, exp.SetOperation):
+        select = select.this
+    if isinstance(select, exp.Subquery):
+        select = select.unnest()
+    if not isinstance(select, exp.Select):
+        return
+    anonymous = 0
+    for column in list(select.expressions):
+        if isinstance(column, exp.Alias | exp.Column | exp.Dot | exp.Star):
+            continue
+        column.replace(exp.alias_(column.copy(), f"f{anonymous}_", quoted=True))
+        anonymous += 1
+
+
+def _statement_type(tree: exp.Expression) -> str:
+    if isinstance(tree, exp.Query):
+        return "SELECT"
+    if isinstance(tree, exp.Create):
+        kind = str(tree.args.get("kind") or "TABLE").upper()
+        if kind in ("SCHEMA", "VIEW"):
+            return f"CREATE_{kind}"
+        return "CREATE_TABLE_AS_SELECT" if tree.expression is not None else "CREATE_TABLE"
+    for kind, name in _STATEMENT_TYPES.items():
+        if isinstance(tree, kind):
+            return name
+    return "SCRIPT"
+
+
+def _syntax_error(exc: ParseError) -> str:
+    """`Syntax error: Expected table name but got WHERE at [1:13]`, as BigQuery words it."""
+    if not exc.errors:
+        return f"Syntax error: {_first_line(exc)}"
+    error = exc.errors[0]
+    description = _TOKEN.sub(lambda m: "end of input" if m.group(1) == "SENTINEL" else m.group(2), error["description"])
+    # sqlglot points at the end of the offending token, BigQuery at its start (or just past the end of the text).
+    column = int(error.get("col") or 0) + 1
+    if "TokenType.SENTINEL" not in error["description"]:
+        column -= len(error.get("highlight") or "")
+    return f"Syntax error: {description} at [{error.get('line', 1)}:{column}]"
+
+
+def _first_line(exc: Exception) -> str:
+    return _ANSI.sub("", str(exc)).strip().splitlines()[0]
