@@ -1,12 +1,13 @@
 """`python -m bench quick|full|stow|qido|metadata|wado|scaling|buckets|plots|report`: run benchmarks,
 write bench/results/*.json, draw docs/img/*.png and regenerate the result tables of docs/benchmarks.md.
-`python -m bench corpus --size small|medium|large|N --out DIR`: write a synthetic corpus folder."""
+`python -m bench corpus --size small|medium|large|N --out DIR`: write a synthetic corpus folder.
+`python -m bench flatten`: the BigQuery flattener against pydicom's to_json_dict (bench/results/flatten.json)."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import bucket_io, corpus, plots, qido, report, stow, wado
+from bench import bucket_io, corpus, flatten, plots, qido, report, stow, wado
 
 COMMANDS = ("quick", "full", "stow", "qido", "metadata", "wado", "scaling", "buckets", "plots", "report")
 
@@ -15,6 +16,9 @@ def main(argv: list[str]) -> None:
     what = argv[0] if argv else "quick"
     if what == "corpus":
         corpus.main(argv[1:])
+        return
+    if what == "flatten":
+        flatten.main()
         return
     if what in ("quick", "stow"):
         stow.run(instances=2000, repeats=3)
@@ -37,7 +41,7 @@ def main(argv: list[str]) -> None:
         bucket_io.run(instances=1_000, name="bucket_io_1k", png_instances=200)
         bucket_io.run(instances=100_000, name="bucket_io_100k", png_instances=1000)
     if what not in COMMANDS:
-        sys.exit(f"usage: python -m bench [{'|'.join(COMMANDS)}|corpus], not {what!r}")
+        sys.exit(f"usage: python -m bench [{'|'.join(COMMANDS)}|corpus|flatten], not {what!r}")
     if what in ("quick", "full", "plots"):
         plots.main()
     report.main()
