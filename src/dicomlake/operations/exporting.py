@@ -24,7 +24,7 @@ from dicomlake.storage.blobs import NotFoundError
 from dicomlake.storage.buckets import split_uri
 from dicomlake.storage.db import instances
 from dicomlake.store.catalog import StoreRef
-from dicomlake.store.instances import KEY_COLUMNS, Key, keys_of
+from dicomlake.store.instances import KEY_COLUMNS, Key, keys_of, select_by_keys
 
 EXPORT = "google.cloud.healthcare.v1.dicom.DicomService.ExportDicomData"
 RESPONSE = {"@type": "type.googleapis.com/google.cloud.healthcare.v1.dicom.ExportDicomDataResponse"}
@@ -215,15 +215,9 @@ def process(services: Services, operation: Operation, units: list[Unit], heartbe
         result.failure += 1
         result.logs.append(_log_entry(operation, path, 5, f"{path} is not in the DICOM store"))
     keys = [tuple(u) for u in units if not isinstance(u, str)]
+    wanted = set(keys)
     with services.db.read() as conn:
-        rows = [
-            tuple(row)
-            for row in conn.execute(
-                sa.select(*KEY_COLUMNS, instances.c.blob_key).where(
-                    instances.c.store_pk == operation.store.pk, sa.tuple_(*KEY_COLUMNS).in_(keys)
-                )
-            )
-        ]
+        rows = [tuple(row) for row in conn.execute(select_by_keys(operation.store, keys)) if tuple(row[:3]) in wanted]
     calls = [
         (rows[i : i + BATCH_SIZE], destination["uriPrefix"], destination["mimeType"])
         for i in range(0, len(rows), BATCH_SIZE)

@@ -462,16 +462,29 @@ def keys_of(
         return [tuple(row) for row in conn.execute(sa.select(*KEY_COLUMNS).where(*where).order_by(*KEY_COLUMNS))]
 
 
+def select_by_keys(store: StoreRef, keys: list[Key], *extra: sa.ColumnElement[Any]) -> sa.Select:
+    """The instances of `keys` (and maybe a few more with the same SOPInstanceUID in other series: filter
+    on the triple), found through the (store, SOPInstanceUID) index: a row-value IN is a full scan in SQLite."""
+    return sa.select(*KEY_COLUMNS, instances.c.blob_key, *extra).where(
+        instances.c.store_pk == store.pk, instances.c.sop_uid.in_({k[2] for k in keys})
+    )
+
+
 def delete_keys(db: Database, blobs: BlobStore, store: StoreRef, keys: list[Key]) -> int:
     """Delete the instances with these UID triples (those still there) in one transaction, then their
     blobs; returns how many went."""
-    where = (instances.c.store_pk == store.pk, sa.tuple_(*KEY_COLUMNS).in_([tuple(k) for k in keys]))
+    wanted = {tuple(k) for k in keys}
     with db.write() as conn:
-        columns = instances.c.study_uid, instances.c.series_uid, instances.c.sop_uid, instances.c.blob_key
-        rows = conn.execute(sa.select(*columns).where(*where)).all()
+        rows = [row for row in conn.execute(select_by_keys(store, keys)) if tuple(row[:3]) in wanted]
         if not rows:
             return 0
-        conn.execute(instances.delete().where(*where))
+        conn.execute(
+            instances.delete().where(
+                instances.c.store_pk == store.pk,
+                instances.c.sop_uid.in_({row.sop_uid for row in rows}),  # the index; the triple decides
+                sa.tuple_(*KEY_COLUMNS).in_([tuple(row[:3]) for row in rows]),
+            )
+        )
         if store.streams:
             now = time.time()
             conn.execute(
