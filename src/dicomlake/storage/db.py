@@ -116,6 +116,8 @@ instances = sa.Table(
     sa.Column("storage_class", sa.Text, nullable=False, default="STANDARD"),
     # The instance's DICOM JSON with bulk data replaced by BulkDataURIs relative to the instance.
     sa.Column("metadata", sa.Text, nullable=False),
+    # Its file meta information (group 0002) as DICOM JSON, for the table exports (spec §6.10).
+    sa.Column("file_meta", sa.Text),
     sa.Column("created", sa.Float, nullable=False),
     sa.PrimaryKeyConstraint("store_pk", "study_uid", "series_uid", "sop_uid"),
     sa.Index("ix_instances_sop", "store_pk", "sop_uid"),
@@ -179,6 +181,7 @@ stream_events = sa.Table(
     sa.Column("blob_size", sa.BigInteger),
     # The instance's DICOM JSON for CREATE (the instance may be gone by delivery time).
     sa.Column("metadata", sa.Text),
+    sa.Column("file_meta", sa.Text),
     sa.Index("ix_stream_events_store", "store_pk", "pk"),
 )
 

@@ -252,6 +252,7 @@ def _insert(conn: sa.Connection, db: Database, store: StoreRef, items: list[_Pen
             "blob_size": len(item.data),
             "storage_class": storage_class,
             "metadata": orjson.dumps(item.parsed.metadata).decode(),
+            "file_meta": orjson.dumps(item.parsed.file_meta).decode(),
             "created": now,
         }
         for item in items
@@ -271,6 +272,7 @@ def _insert(conn: sa.Connection, db: Database, store: StoreRef, items: list[_Pen
                     "storage_class": storage_class,
                     "blob_size": row["blob_size"],
                     "metadata": row["metadata"],
+                    "file_meta": row["file_meta"],
                 }
                 for row in rows
             ],
