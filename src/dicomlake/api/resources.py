@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from dicomlake.errors import InvalidArgument, NotFound
-from dicomlake.operations import exporting, importing, logs, records
+from dicomlake.operations import exporting, importing, logs, records, table_export
 from dicomlake.services import Services
 from dicomlake.store import catalog
 
@@ -134,7 +134,10 @@ async def store_item(request: Request) -> Response:
             return json(importing.start(svc, store_of(request, store_id), body))
         if verb == "export" and request.method == "POST":
             body = body_json(await request.body())
-            return json(exporting.start(svc, store_of(request, store_id), body))
+            if ("gcsDestination" in body) == ("bigqueryDestination" in body):
+                raise InvalidArgument("set exactly one of gcsDestination and bigqueryDestination")
+            kind = table_export if "bigqueryDestination" in body else exporting
+            return json(kind.start(svc, store_of(request, store_id), body))
         raise NotFound(f"unknown method {request.method} :{verb} on DICOM stores")
     if request.method == "POST":
         raise NotFound("POST on a DICOM store needs a custom verb: .../dicomStores/STORE_ID:VERB")

@@ -93,8 +93,6 @@ def parse_mime_type(mime_type: str | None) -> Format:
 def start(services: Services, store: StoreRef, body: dict[str, Any]) -> dict[str, Any]:
     """Check the request now (a bad one creates nothing) and queue the operation; its JSON, not done."""
     destination = body.get("gcsDestination")
-    if body.get("bigqueryDestination") is not None:
-        raise InvalidArgument("export to BigQuery tables (bigqueryDestination) is not served yet; use gcsDestination")
     if not isinstance(destination, dict):
         raise InvalidArgument("gcsDestination is required, e.g. {'uriPrefix': 'gs://BUCKET/DIR'}")
     prefix = destination.get("uriPrefix")
@@ -131,18 +129,25 @@ Unit = list[str] | str  # an instance's UID triple, or the resource path of a fi
 
 
 def plan(services: Services, operation: Operation) -> Iterator[list[Unit]]:
-    """Shards of instance UID triples in key order; a filter line that names nothing stored becomes its
-    own unit (its resource path) that fails with a log entry."""
-    filter_uri = operation.request.get("filterConfig", {}).get("resourcePathsGcsUri")
-    units = _filtered(services, operation, filter_uri) if filter_uri else _all(services, operation.store)
+    return shards(units(services, operation), SHARD_SIZE)
+
+
+def shards(items: Iterator[Unit], size: int) -> Iterator[list[Unit]]:
     shard: list[Unit] = []
-    for unit in units:
+    for unit in items:
         shard.append(unit)
-        if len(shard) == SHARD_SIZE:
+        if len(shard) == size:
             yield shard
             shard = []
     if shard:
         yield shard
+
+
+def units(services: Services, operation: Operation) -> Iterator[Unit]:
+    """What an export covers: instance UID triples in key order, or as a filter file lists them; a filter
+    line that names nothing stored becomes its own unit (its resource path) that fails with a log entry."""
+    filter_uri = operation.request.get("filterConfig", {}).get("resourcePathsGcsUri")
+    return _filtered(services, operation, filter_uri) if filter_uri else _all(services, operation.store)
 
 
 def _all(services: Services, store: StoreRef) -> Iterator[Unit]:
@@ -207,14 +212,11 @@ def _resource_path(study: str, series_uid: str | None, sop: str | None) -> str:
 # ---- working ----------------------------------------------------------------------------------
 
 
-def process(services: Services, operation: Operation, units: list[Unit], heartbeat: Callable[[], None]) -> ShardResult:
+def process(services: Services, operation: Operation, batch: list[Unit], heartbeat: Callable[[], None]) -> ShardResult:
     """Write the shard's instances in batches, on every core (`cpu_pool`); count and log what failed."""
     destination = operation.request["gcsDestination"]
     result = ShardResult()
-    for path in (u for u in units if isinstance(u, str)):
-        result.failure += 1
-        result.logs.append(_log_entry(operation, path, 5, f"{path} is not in the DICOM store"))
-    keys = [tuple(u) for u in units if not isinstance(u, str)]
+    keys = missing_units(operation, batch, result)
     wanted = set(keys)
     with services.db.read() as conn:
         rows = [tuple(row) for row in conn.execute(select_by_keys(operation.store, keys)) if tuple(row[:3]) in wanted]
@@ -226,8 +228,16 @@ def process(services: Services, operation: Operation, units: list[Unit], heartbe
     # Instances deleted since the plan was made have nothing to export: they count as done.
     result.success = len(keys) - len(failures)
     result.failure += len(failures)
-    result.logs += [_log_entry(operation, path, code, message) for path, code, message in failures]
+    result.logs += [log_entry(operation, path, code, message) for path, code, message in failures]
     return result
+
+
+def missing_units(operation: Operation, batch: list[Unit], result: ShardResult) -> list[Key]:
+    """Count and log the filter lines of a shard that name nothing stored; the instance keys of the rest."""
+    for path in (u for u in batch if isinstance(u, str)):
+        result.failure += 1
+        result.logs.append(log_entry(operation, path, 5, f"{path} is not in the DICOM store"))
+    return [tuple(u) for u in batch if not isinstance(u, str)]
 
 
 def write_objects(rows: list[tuple[str, str, str, str]], uri_prefix: str, mime_type: str) -> list[tuple[str, int, str]]:
@@ -277,7 +287,7 @@ def _objects(fmt: Format, data: bytes) -> Iterator[tuple[str, bytes]]:
         yield f"/{number}{fmt.extension}", payload
 
 
-def _log_entry(operation: Operation, path: str, code: int, message: str) -> dict[str, Any]:
+def log_entry(operation: Operation, path: str, code: int, message: str) -> dict[str, Any]:
     resource = f"{operation.store.name}/dicomWeb/{path}"
     return logs.entry(operation, "export_dicom", {"@type": LOG_TYPE, "resourceName": resource}, code, message)
 

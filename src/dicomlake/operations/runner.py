@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dicomlake.errors import DicomlakeError
-from dicomlake.operations import deleting, exporting, importing
+from dicomlake.operations import deleting, exporting, importing, table_export
 from dicomlake.operations.model import Kind, LeaseLost, Operation, ShardResult
 from dicomlake.services import Services
 from dicomlake.storage.db import datasets, dicom_stores, log_entries, operation_shards, operations
@@ -31,6 +31,7 @@ log = logging.getLogger("dicomlake.operations")
 KINDS: dict[str, Kind] = {
     importing.IMPORT: importing.KIND,
     exporting.EXPORT: exporting.KIND,
+    table_export.EXPORT_BQ: table_export.KIND,
     deleting.DELETE_STUDY: deleting.KIND,
     deleting.DELETE_SERIES: deleting.KIND,
 }

@@ -1,0 +1,149 @@
+"""ExportDicomData to a table: `POST {store}:export` with `bigqueryDestination {tableUri, writeDisposition,
+force}` writes one row of the BigQuery DICOM schema per instance (or per instance a filter file names),
+flattened from the DICOM JSON kept at ingest, never from the blobs. `bq://P.D.T` is the embedded DuckDB
+warehouse; the dataset must exist, the table is created. What an existing table allows (spec §2.4, §6.9):
+
+| writeDisposition | table absent | table empty | table with rows |
+|---|---|---|---|
+| unset, force unset or false | created | ALREADY_EXISTS | ALREADY_EXISTS |
+| unset, force true | created | written | emptied, then written |
+| WRITE_EMPTY | created | written | FAILED_PRECONDITION |
+| WRITE_TRUNCATE | created | written | emptied, then written |
+| WRITE_APPEND | created | written | appended to |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from dicomlake.dicom.flatten import ServiceColumns, flatten
+from dicomlake.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from dicomlake.operations import exporting, records
+from dicomlake.operations.model import Kind, Operation, ShardResult, map_in_pool
+from dicomlake.services import Services, in_worker
+from dicomlake.storage.buckets import split_uri
+from dicomlake.storage.db import instances, operation_shards
+from dicomlake.store.catalog import StoreRef
+from dicomlake.store.instances import Key, select_by_keys
+from dicomlake.warehouse import dicom_tables
+from dicomlake.warehouse.embedded import TableRef, Warehouse, truncate
+
+EXPORT_BQ = "google.cloud.healthcare.v1.dicom.DicomService.ExportDicomData_bq"
+DISPOSITIONS = ("WRITE_EMPTY", "WRITE_TRUNCATE", "WRITE_APPEND")
+# Instances per shard (the unit a worker claims and a crash repeats), and per cpu_pool task (one append).
+SHARD_SIZE = 2000
+BATCH_SIZE = 1000
+
+
+def start(services: Services, store: StoreRef, body: dict[str, Any]) -> dict[str, Any]:
+    """Check the request now (a bad one creates nothing) and queue the operation; its JSON, not done."""
+    destination = body.get("bigqueryDestination")
+    if not isinstance(destination, dict):
+        raise InvalidArgument("bigqueryDestination must be an object with tableUri")
+    uri = destination.get("tableUri")
+    if not isinstance(uri, str) or not uri.startswith("bq://") or len(uri) > 2000:
+        raise InvalidArgument(f"invalid tableUri {uri!r}: expected bq://PROJECT_ID.DATASET_ID.TABLE_ID")
+    TableRef.parse(uri)
+    disposition = destination.get("writeDisposition") or "WRITE_DISPOSITION_UNSPECIFIED"
+    if disposition not in ("WRITE_DISPOSITION_UNSPECIFIED", *DISPOSITIONS):
+        raise InvalidArgument(f"invalid writeDisposition {disposition!r}: use one of {', '.join(DISPOSITIONS)}")
+    force = destination.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidArgument("bigqueryDestination.force must be true or false")
+    if destination.get("schemaJson") is not None:
+        raise InvalidArgument("schemaJson is not supported: dicomlake exports the flattened schema")
+    request: dict[str, Any] = {
+        "bigqueryDestination": {"tableUri": uri, "writeDisposition": disposition, "force": force}
+    }
+    config = body.get("filterConfig")
+    if config is not None:
+        filter_uri = config.get("resourcePathsGcsUri") if isinstance(config, dict) else None
+        if not isinstance(filter_uri, str) or not filter_uri:
+            raise InvalidArgument("filterConfig.resourcePathsGcsUri must name the filter file, e.g. gs://B/filter.txt")
+        split_uri(filter_uri)
+        request["filterConfig"] = {"resourcePathsGcsUri": filter_uri}
+    return records.create_pending(services.db, store, EXPORT_BQ, request)
+
+
+def plan(services: Services, operation: Operation) -> Iterator[list[exporting.Unit]]:
+    # A planner that resumes after a crash finds shards written: the table was prepared then, and rows of
+    # finished shards are in it, so it must not be checked or emptied again.
+    with services.db.read() as conn:
+        resumed = conn.execute(
+            sa.select(operation_shards.c.shard).where(operation_shards.c.operation_pk == operation.pk).limit(1)
+        ).first()
+    if resumed is None:
+        _prepare(services, operation)
+    return exporting.shards(exporting.units(services, operation), SHARD_SIZE)
+
+
+def _prepare(services: Services, operation: Operation) -> None:
+    destination = operation.request["bigqueryDestination"]
+    warehouse = Warehouse.in_data_dir(services.settings.data_dir)
+    ref = TableRef.parse(destination["tableUri"])
+    has_rows = dicom_tables.has_rows(warehouse, ref)  # NOT_FOUND when the dataset does not exist
+    disposition = destination["writeDisposition"]
+    if has_rows is None:
+        dicom_tables.ensure(warehouse, ref)
+        return
+    if disposition == "WRITE_DISPOSITION_UNSPECIFIED":
+        if not destination["force"]:
+            raise AlreadyExists(
+                f"table {destination['tableUri']} already exists: set writeDisposition (or force) to write to it"
+            )
+        disposition = "WRITE_TRUNCATE"
+    if disposition == "WRITE_EMPTY" and has_rows:
+        raise FailedPrecondition(f"table {destination['tableUri']} is not empty and writeDisposition is WRITE_EMPTY")
+    if disposition == "WRITE_TRUNCATE" and has_rows:
+        truncate(warehouse, ref)
+
+
+def process(
+    services: Services, operation: Operation, batch: list[exporting.Unit], heartbeat: Callable[[], None]
+) -> ShardResult:
+    result = ShardResult()
+    keys = exporting.missing_units(operation, batch, result)
+    uri = operation.request["bigqueryDestination"]["tableUri"]
+    calls = [(operation.store, keys[i : i + BATCH_SIZE], uri) for i in range(0, len(keys), BATCH_SIZE)]
+    map_in_pool(services, heartbeat, write_rows, calls)
+    # Instances deleted since the plan was made have no row to write; they count as done.
+    result.success += len(keys)
+    return result
+
+
+def write_rows(store: StoreRef, keys: list[Key], table_uri: str) -> int:
+    """Flatten the instances of `keys` from their stored DICOM JSON and append them to the table (run in a
+    `cpu_pool` process); how many rows were written."""
+    services = in_worker()
+    wanted = set(keys)
+    extra = (
+        instances.c.metadata,
+        instances.c.file_meta,
+        instances.c.storage_class,
+        instances.c.blob_size,
+        instances.c.created,
+    )
+    with services.db.read() as conn:
+        rows = [row for row in conn.execute(select_by_keys(store, keys, *extra)) if tuple(row[:3]) in wanted]
+    flat = [
+        flatten(
+            row.metadata,
+            ServiceColumns(datetime.fromtimestamp(row.created, UTC), row.storage_class, row.blob_size),
+            file_meta=_file_meta(row.file_meta),
+        )
+        for row in rows
+    ]
+    warehouse = Warehouse.in_data_dir(services.settings.data_dir)
+    return dicom_tables.write(warehouse, TableRef.parse(table_uri), flat).rows
+
+
+def _file_meta(text: str | None) -> dict[str, Any] | None:
+    return orjson.loads(text) if text else None
+
+
+KIND = Kind(plan=plan, process=process, response=exporting.RESPONSE)
