@@ -142,7 +142,15 @@ def test_statements_that_change_data_report_the_rows_they_touched(wh: Warehouse)
     assert run_plain("DELETE FROM dicom.scratch WHERE SOPInstanceUID LIKE '%.1'").affected_rows == len(STUDIES)
     assert run_plain("INSERT INTO dicom.scratch (SOPInstanceUID) VALUES ('x')").affected_rows == 1
     assert embedded.row_count(wh, TableRef("my-project", "dicom", "scratch")) == len(all_rows()) - len(STUDIES) + 1
+    scratch = TableRef("my-project", "dicom", "scratch")
+    assert embedded.get_table(wh, scratch).created_ms > 0
     run_plain("DROP TABLE dicom.scratch")
+    with pytest.raises(NotFound):
+        embedded.get_table(wh, scratch)
+    run_plain("CREATE VIEW dicom.scratch AS SELECT 1 AS x")
+    assert embedded.get_table(wh, scratch).type == "VIEW"
+    run_plain("DROP VIEW dicom.scratch")
+    assert [t.ref.table for t in embedded.list_tables(wh, "my-project", "dicom")] == ["instances"]
 
 
 def test_a_dry_run_returns_the_schema_without_rows(wh: Warehouse) -> None:

@@ -6,6 +6,7 @@ one did. A thread of the process that accepted the job runs it; files older than
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -21,6 +22,8 @@ from dicomlake.errors import AlreadyExists, DicomlakeError, InvalidArgument, Not
 from dicomlake.warehouse import query, results
 from dicomlake.warehouse.embedded import DEFAULT_LOCATION, Warehouse, check_project
 from dicomlake.warehouse.schema import Field
+
+log = logging.getLogger("dicomlake.warehouse")
 
 JOB_TTL_SECONDS = 24 * 3600
 # Queries a process runs at once; each one uses every core DuckDB is given.
@@ -240,12 +243,14 @@ def _run(wh: Warehouse, job: Job) -> None:
             job.affected_rows = summary.affected_rows
         except DicomlakeError as exc:
             job.error = _error(exc)
-        except Exception as exc:  # a bug must still end the job, with a message
+        except Exception as exc:
+            # Still the end of the job, with a message; and not a 500, which clients would retry for minutes.
+            log.exception("query job %s failed", job.job_id)
             job.error = {
-                "message": f"internal error: {type(exc).__name__}: {exc}",
-                "reason": "internalError",
-                "http": 500,
-                "status": "INTERNAL",
+                "message": f"the query failed: {type(exc).__name__}: {exc}",
+                "reason": "invalidQuery",
+                "http": 400,
+                "status": "INVALID_ARGUMENT",
             }
     job.state = "DONE"
     job.ended_ms = time.time_ns() // 1_000_000

@@ -59,6 +59,9 @@ def run(
             affected = None
             if statement.statement_type in ("INSERT", "UPDATE", "DELETE", "MERGE") and row is not None:
                 affected = int(row[0])
+            if statement.target is not None:
+                target = statement.target
+                embedded.record_change(db, TableRef(target.project, target.dataset, target.table))
             return Summary([], 0, statement.statement_type, affected)
         except duckdb.Error as exc:
             if embedded.is_busy(exc):

@@ -36,6 +36,8 @@ class Statement:
     tree: exp.Expression
     tables: tuple[TableName, ...]
     statement_type: str
+    # The table a statement creates, changes or drops.
+    target: TableName | None = None
 
     @property
     def returns_rows(self) -> bool:
@@ -91,7 +93,7 @@ def parse(sql: str, project: str, default_dataset: tuple[str, str] | None = None
         node.meta["dicomlake_table"] = name
         tables.append(name)
     _name_anonymous_columns(tree)
-    return Statement(tree, tuple(dict.fromkeys(tables)), _statement_type(tree))
+    return Statement(tree, tuple(dict.fromkeys(tables)), _statement_type(tree), _target(tree))
 
 
 def _table_nodes(tree: exp.Expression) -> list[exp.Table]:
@@ -121,6 +123,17 @@ def _resolve(node: exp.Table, project: str, default_dataset: tuple[str, str] | N
     if len(parts) == 1:
         raise InvalidQuery(f'Table "{parts[0]}" must be qualified with a dataset (e.g. dataset.table).')
     raise InvalidQuery(f"Invalid table name {'.'.join(parts)}: use project.dataset.table")
+
+
+def _target(tree: exp.Expression) -> TableName | None:
+    if isinstance(tree, exp.Query):
+        return None
+    node = tree.this if isinstance(tree.this, exp.Expression) else None
+    if isinstance(tree, exp.Drop) and tree.args.get("tables"):
+        node = tree.args["tables"][0]
+    if isinstance(node, exp.Schema):
+        node = node.this
+    return node.meta.get("dicomlake_table") if isinstance(node, exp.Table) else None
 
 
 def _name_anonymous_columns(tree: exp.Expression) -> None:
