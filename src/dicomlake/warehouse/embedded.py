@@ -475,29 +475,35 @@ def create_or_replace_view(wh: Warehouse, ref: TableRef, query: str) -> TableInf
     """Create or replace the view `ref` defined by a BigQuery Standard SQL query over tables of its own project
     (`dataset.table` names resolve in it). The query text is kept as written, for tables.get."""
     check_table(ref.table)
+    with connect(wh, ref.project, missing=_dataset_missing(ref.project, ref.dataset), write=True) as db:
+        require_dataset(db, ref)
+        replace_view(db, ref, query)
+        return _table_info(db, ref)
+
+
+def replace_view(db: Db, ref: TableRef, query: str) -> None:
+    """create_or_replace_view inside a write already open on the view's file (for a caller that changes a table
+    and its view in one transaction)."""
     statement = bigquery_sql.parse(query, ref.project)
     if not statement.returns_rows:
         raise bigquery_sql.InvalidQuery("a view is defined by a query (SELECT ...)")
     others = sorted({t.project for t in statement.tables} - {ref.project})
     if others:
         raise bigquery_sql.InvalidQuery(f"a view can only read tables of its own project, not of {', '.join(others)}")
+    for table in statement.tables:
+        if relation_kind(db, TableRef(table.project, table.dataset, table.table)) is None:
+            raise NotFound(f"Not found: Table {table}")
+    if relation_kind(db, ref, exact=False) == "TABLE":
+        raise AlreadyExists(f"Already Exists: Table {ref} (a table, not a view)")
+    name = db.name(ref.dataset, ref.table)
     # Dataset-qualified names, so that the view also resolves when its file is attached under another name.
     body = statement.to_duckdb(lambda _project: None)
-    with connect(wh, ref.project, missing=_dataset_missing(ref.project, ref.dataset), write=True) as db:
-        require_dataset(db, ref)
-        for table in statement.tables:
-            if relation_kind(db, TableRef(table.project, table.dataset, table.table)) is None:
-                raise NotFound(f"Not found: Table {table}")
-        if relation_kind(db, ref, exact=False) == "TABLE":
-            raise AlreadyExists(f"Already Exists: Table {ref} (a table, not a view)")
-        name = db.name(ref.dataset, ref.table)
-        try:
-            db.conn.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
-        except duckdb.Error as exc:
-            raise bigquery_sql.InvalidQuery(str(exc).splitlines()[0]) from None
-        db.conn.execute(f"COMMENT ON VIEW {name} IS {_literal(query)}")
-        _touch(db, ref, "VIEW")
-        return _table_info(db, ref)
+    try:
+        db.conn.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
+    except duckdb.Error as exc:
+        raise bigquery_sql.InvalidQuery(str(exc).splitlines()[0]) from None
+    db.conn.execute(f"COMMENT ON VIEW {name} IS {_literal(query)}")
+    _touch(db, ref, "VIEW")
 
 
 def require_dataset(db: Db, ref: TableRef) -> None:
