@@ -268,7 +268,7 @@ def test_missing_filter_file_fails_the_operation(filled: Store) -> None:
 @pytest.mark.parametrize(
     "body, message",
     [
-        ({}, "gcsDestination is required"),
+        ({}, "set exactly one of gcsDestination and bigqueryDestination"),
         ({"gcsDestination": {}}, "gcsDestination.uriPrefix is required"),
         ({"gcsDestination": {"uriPrefix": "http://x/y"}}, "invalid URI"),
         ({"gcsDestination": {"uriPrefix": "gs://no-such-bucket-here/x"}}, "does not exist"),

@@ -54,9 +54,11 @@ def serve(**flags: object) -> None:
 @click.option("--operation-threads", type=int, help="Worker threads (default 2; env DICOMLAKE_OPERATION_THREADS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
 def worker(**flags: object) -> None:
-    """Run long-running operations (imports) until stopped, sharing them with every other worker and server."""
+    """Run long-running operations and stream delivery until stopped, sharing them with every other worker and
+    server."""
     from dicomlake.operations.runner import Runner
     from dicomlake.services import open_services
+    from dicomlake.warehouse.streaming import Streamer
 
     try:
         settings = load(**flags)
@@ -71,8 +73,11 @@ def worker(**flags: object) -> None:
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
+    streamer = Streamer(services)
     runner.start()
+    streamer.start()
     stopping.wait()
+    streamer.stop()
     runner.stop()
     services.close()
 

@@ -7,11 +7,12 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from dicomlake.errors import InvalidArgument
 from dicomlake.operations.model import Operation
 from dicomlake.storage.db import Database, log_entries
-from dicomlake.store.catalog import now_rfc3339
+from dicomlake.store.catalog import StoreRef, now_rfc3339
 
 # `field="value"` terms joined by AND: the subset of the Logging query language that logsUrl uses.
 _TERM = re.compile(r'\s*(logName|operation\.id)\s*=\s*"((?:[^"\\]|\\.)*)"\s*')
@@ -49,26 +50,48 @@ def query(db: Database, project: str, filter_text: str) -> list[dict[str, Any]]:
 def entry(operation: Operation, log_id: str, payload: dict[str, Any], code: int, message: str) -> dict[str, Any]:
     """A Cloud Logging LogEntry for one failed unit of an operation, shaped as Google's (spec §4.2).
     `log_id` is e.g. "import_dicom"; `payload` the jsonPayload fields besides `error`."""
-    dataset = operation.store.dataset
     method = operation.method.rsplit(".", 1)[-1]
+    return {
+        **store_entry(operation.store, log_id, payload, code, message),
+        "operation": {"id": operation.name, "producer": f"healthcare.googleapis.com/{method}"},
+    }
+
+
+def store_entry(store: StoreRef, log_id: str, payload: dict[str, Any], code: int, message: str) -> dict[str, Any]:
+    """A LogEntry about a DICOM store outside any operation (a failed stream row)."""
+    dataset = store.dataset
     now = now_rfc3339()
     return {
         "jsonPayload": {**payload, "error": {"code": code, "message": message}},
         "logName": f"projects/{dataset.project}/logs/healthcare.googleapis.com%2F{log_id}",
-        "operation": {
-            "id": operation.name,
-            "producer": f"healthcare.googleapis.com/{method}",
-        },
         "resource": {
             "type": "healthcare_dicom_store",
             "labels": {
                 "project_id": dataset.project,
                 "location": dataset.location,
                 "dataset_id": dataset.dataset_id,
-                "dicom_store_id": operation.store.store_id,
+                "dicom_store_id": store.store_id,
             },
         },
         "severity": "ERROR",
         "timestamp": now,
         "receiveTimestamp": now,
     }
+
+
+def write(conn: Connection, entries: list[dict[str, Any]]) -> None:
+    """Store log entries (in the caller's transaction, so they are written exactly when its work is)."""
+    if entries:
+        conn.execute(
+            log_entries.insert(),
+            [
+                {
+                    "project": e["resource"]["labels"]["project_id"],
+                    "log_name": e["logName"],
+                    "operation_name": e.get("operation", {}).get("id"),
+                    "timestamp": e["timestamp"],
+                    "entry": orjson.dumps(e).decode(),
+                }
+                for e in entries
+            ],
+        )

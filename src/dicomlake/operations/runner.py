@@ -20,10 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dicomlake.errors import DicomlakeError
-from dicomlake.operations import deleting, exporting, importing, table_export
-from dicomlake.operations.model import Kind, LeaseLost, Operation, ShardResult
+from dicomlake.operations import deleting, exporting, importing, logs, table_export
+from dicomlake.operations.model import Kind, LeaseLost, Operation
 from dicomlake.services import Services
-from dicomlake.storage.db import datasets, dicom_stores, log_entries, operation_shards, operations
+from dicomlake.storage.db import datasets, dicom_stores, operation_shards, operations
 from dicomlake.store.catalog import DatasetRef, StoreRef, now_rfc3339
 
 log = logging.getLogger("dicomlake.operations")
@@ -222,25 +222,8 @@ class Runner:
                     pending=ops.c.pending - size,
                 )
             )
-            self._write_logs(conn, operation, result)
+            logs.write(conn, result.logs)
             self._finish_if_complete(conn, pk)
-
-    def _write_logs(self, conn: Connection, operation: Operation, result: ShardResult) -> None:
-        if not result.logs:
-            return
-        conn.execute(
-            log_entries.insert(),
-            [
-                {
-                    "project": operation.store.dataset.project,
-                    "log_name": entry["logName"],
-                    "operation_name": operation.name,
-                    "timestamp": entry["timestamp"],
-                    "entry": orjson.dumps(entry).decode(),
-                }
-                for entry in result.logs
-            ],
-        )
 
     # ---- ending --------------------------------------------------------------------------------
 

@@ -183,6 +183,8 @@ stream_events = sa.Table(
     sa.Column("metadata", sa.Text),
     sa.Column("file_meta", sa.Text),
     sa.Index("ix_stream_events_store", "store_pk", "pk"),
+    # Keys are never reused (the warehouse remembers delivered ones), not even once the outbox is empty.
+    sqlite_autoincrement=True,
 )
 
 log_entries = sa.Table(

@@ -178,6 +178,28 @@ def find_store(db: Database, project: str, location: str, dataset_id: str, store
     )
 
 
+def store_by_pk(db: Database, pk: int) -> StoreRef | None:
+    """A store by its row key, or None once it is deleted."""
+    query = (
+        sa.select(
+            dicom_stores.c.store_id,
+            dicom_stores.c.config,
+            datasets.c.pk,
+            datasets.c.project,
+            datasets.c.location,
+            datasets.c.dataset_id,
+        )
+        .join(datasets, datasets.c.pk == dicom_stores.c.dataset_pk)
+        .where(dicom_stores.c.pk == pk)
+    )
+    with db.read() as conn:
+        row = conn.execute(query).first()
+    if row is None:
+        return None
+    dataset = DatasetRef(row.pk, row.project, row.location, row.dataset_id)
+    return StoreRef(pk, dataset, row.store_id, orjson.loads(row.config))
+
+
 def list_stores(
     db: Database, dataset: DatasetRef, page_size: int | None, page_token: str | None, filter_: str | None
 ) -> tuple[list[StoreRef], str | None]:

@@ -1,0 +1,83 @@
+"""Writing flattened DICOM rows into warehouse tables: redelivered stream events add nothing, a column type
+conflict moves the value into OtherElements instead of losing the instance, and the `_view` follows the
+table as it widens."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import orjson
+import pytest
+
+from conftest import dicom_file
+from dicomlake.dicom.flatten import ServiceColumns, delete_row, flatten
+from dicomlake.dicom.parse import parse
+from dicomlake.warehouse import dicom_tables, embedded
+from dicomlake.warehouse.embedded import TableRef, Warehouse
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+@pytest.fixture
+def wh(tmp_path: Path) -> Warehouse:
+    warehouse = Warehouse(tmp_path)
+    embedded.create_dataset(warehouse, "proj", "ds")
+    return warehouse
+
+
+def row_of(name: str, **metadata_changes: object):  # type: ignore[no-untyped-def]
+    parsed = parse(dicom_file(name).read_bytes())
+    metadata = {**parsed.metadata, **metadata_changes}
+    return flatten(orjson.dumps(metadata), ServiceColumns(NOW), file_meta=parsed.file_meta)
+
+
+def query(wh: Warehouse, sql: str) -> list[tuple]:
+    with duckdb.connect(str(wh.file("proj")), read_only=True) as conn:
+        return conn.sql(sql).fetchall()
+
+
+def test_redelivered_stream_events_are_written_once(wh: Warehouse) -> None:
+    ref = TableRef("proj", "ds", "t")
+    rows = [row_of("CT_small.dcm"), row_of("MR_small.dcm")]
+
+    first = dicom_tables.write(wh, ref, rows, stream=(7, [10, 11]))
+    again = dicom_tables.write(wh, ref, rows, stream=(7, [10, 11]))
+    partly = dicom_tables.write(wh, ref, [rows[1], rows[0]], stream=(7, [11, 12]))
+
+    assert (first.rows, again.rows, partly.rows) == (2, 0, 1)
+    assert query(wh, "SELECT count(*) FROM ds.t") == [(3,)]
+
+
+def test_a_column_type_conflict_moves_the_value_to_other_elements(wh: Warehouse) -> None:
+    ref = TableRef("proj", "ds", "t")
+    dicom_tables.write(wh, ref, [row_of("CT_small.dcm")])
+    # Rows (US, INTEGER) written by another tool as text: the table keeps its type, the value is kept as text.
+    odd = row_of("MR_small.dcm")
+    odd.row["Rows"] = "sixty-four"
+    odd.fields = [dict(f, type="STRING") if f["name"] == "Rows" else f for f in odd.fields]
+
+    written = dicom_tables.write(wh, ref, [odd])
+
+    assert written.rows == 1
+    sop = odd.row["SOPInstanceUID"]
+    (row,) = query(wh, f"SELECT \"Rows\", OtherElements FROM ds.t WHERE SOPInstanceUID = '{sop}'")
+    assert row[0] is None
+    assert {"Tag": "Tag_00280010", "Data": ["sixty-four"]} in row[1]
+
+
+def test_the_view_is_remade_when_the_table_widens(wh: Warehouse) -> None:
+    ref = TableRef("proj", "ds", "t")
+    dicom_tables.write(wh, ref, [row_of("rtplan.dcm")], stream=(1, [1]))
+    dicom_tables.write(wh, ref, [row_of("CT_small.dcm")], stream=(1, [2]))
+    ct = row_of("CT_small.dcm").row
+
+    assert query(wh, f"SELECT count(*) FROM ds.t_view WHERE SOPInstanceUID = '{ct['SOPInstanceUID']}'") == [(1,)]
+    assert query(wh, "SELECT count(*) FROM ds.t_view WHERE KVP IS NOT NULL") == [(1,)]  # a CT-only column
+
+    gone = delete_row(ct["StudyInstanceUID"], ct["SeriesInstanceUID"], ct["SOPInstanceUID"], datetime.now(UTC))
+    dicom_tables.write(wh, ref, [gone], stream=(1, [3]))
+
+    assert query(wh, "SELECT count(*) FROM ds.t_view") == [(1,)]
+    assert query(wh, "SELECT count(*) FROM ds.t") == [(3,)]
