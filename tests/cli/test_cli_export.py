@@ -1,4 +1,4 @@
-"""`dicomlake dicom-stores export gcs` against a real server exporting to a bucket folder
+"""`dicomlake dicom-stores export gcs|bq` against a real server exporting to a bucket folder
 (gs://NAME = <data dir>/buckets/NAME): waited and --async, media types, filter files, the failure
 summary, and an operation that ends in error (gcloud's ERROR line, exit code 1)."""
 
@@ -137,3 +137,38 @@ def test_export_to_a_missing_bucket_is_refused_with_one_line(server: Server) -> 
         "dicomlake: error: INVALID_ARGUMENT: bucket gs://no-such-bucket-here does not exist"
     )
     assert result.stderr.count("\n") == 1
+
+
+def export_bq(store: Store, table: str, *extra: str):
+    return run(
+        store.server, "dicom-stores", "export", "bq", store.store, *store_flags(store), "--bq-table", table, *extra
+    )
+
+
+def test_export_bq_writes_a_row_per_instance_and_honours_the_write_disposition(server: Server) -> None:
+    store = filled(server, "CT_small.dcm", "MR_small.dcm")
+    project = f"cli-{store.dataset}".replace("_", "-")
+    assert run(server, "bq", "mk", f"{project}:dicom").code == 0
+    table = f"bq://{project}.dicom.instances"
+
+    first = export_bq(store, table)
+    refused = export_bq(store, table)
+    appended = export_bq(store, table, "--write-disposition=write-append", "--async")
+    operation = wait_done(server, yaml.safe_load(appended.stdout))
+    overwritten = export_bq(store, table, "--overwrite-table")
+
+    assert first.code == 0, first.stderr
+    assert yaml.safe_load(first.stdout)["name"] == store.name
+    assert refused.code == 1
+    assert '"code": 6' in refused.stderr and "already exists" in refused.stderr
+    assert operation["metadata"]["counter"] == {"success": "2"}
+    assert overwritten.code == 0, overwritten.stderr
+    count = run(server, "query", "SELECT COUNT(*) AS n FROM dicom.instances", "--project", project, "--format=json")
+    assert json.loads(count.stdout) == [{"n": "2"}]  # as bq prints them
+
+
+def test_export_bq_refuses_a_bad_table_with_one_line(server: Server) -> None:
+    store = filled(server)
+    result = export_bq(store, "bq://not-a-table")
+    assert result.code == 2
+    assert result.stderr.count("\n") == 1 and "invalid table" in result.stderr

@@ -530,6 +530,57 @@ def export_gcs(
         show(render(client.get(name), format_))
 
 
+@export.command("bq")
+@click.argument("dicom_store", metavar="DICOM_STORE")
+@dataset_flags
+@click.option("--bq-table", required=True, help="The table: bq://PROJECT.DATASET.TABLE (the dataset must exist).")
+@click.option(
+    "--overwrite-table",
+    is_flag=True,
+    default=None,
+    help="Replace the rows of an existing table (bigqueryDestination.force).",
+)
+@click.option(
+    "--write-disposition",
+    type=click.Choice(["write-empty", "write-truncate", "write-append"]),
+    help="What to do with an existing table: only write an empty one, empty it first, or append to it.",
+)
+@click.option(
+    "--filter-config-gcs-uri",
+    help="A file of /studies/UID[/series/UID[/instances/UID]] lines naming what to export (default: everything).",
+)
+@async_flag
+@format_flag("yaml", "json")
+@pass_client
+def export_bq(
+    client: Client,
+    dicom_store: str,
+    dataset: str | None,
+    location: str | None,
+    project: str | None,
+    bq_table: str,
+    overwrite_table: bool | None,
+    write_disposition: str | None,
+    filter_config_gcs_uri: str | None,
+    async_: bool,
+    format_: str,
+) -> None:
+    """Export the metadata of every instance to a table, one row each (bq://P.D.T is the embedded warehouse)."""
+    name = store_name(dicom_store, dataset, location, project)
+    destination: dict[str, Any] = {"tableUri": bq_table}
+    if overwrite_table is not None:
+        destination["force"] = overwrite_table
+    if write_disposition:
+        destination["writeDisposition"] = write_disposition.upper().replace("-", "_")
+    body: dict[str, Any] = {"bigqueryDestination": destination}
+    if filter_config_gcs_uri:
+        body["filterConfig"] = {"resourcePathsGcsUri": filter_config_gcs_uri}
+    operation = client.post(f"{name}:export", body)
+    status(f"Request issued for: [{name.rsplit('/', 1)[-1]}]")
+    if follow(client, operation, async_, format_, "instances", "export"):
+        show(render(client.get(name), format_))
+
+
 # ---- operations --------------------------------------------------------------------------------
 
 
