@@ -36,7 +36,7 @@ from dicomlake.warehouse.embedded import TableRef, Warehouse, truncate
 EXPORT_BQ = "google.cloud.healthcare.v1.dicom.DicomService.ExportDicomData_bq"
 DISPOSITIONS = ("WRITE_EMPTY", "WRITE_TRUNCATE", "WRITE_APPEND")
 # Instances per shard (the unit a worker claims and a crash repeats), and per cpu_pool task (one append).
-SHARD_SIZE = 2000
+SHARD_SIZE = 5000
 BATCH_SIZE = 1000
 
 

@@ -7,6 +7,9 @@ and keeps the `<table>_view` of the latest state of every instance (spec §6.6).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
 
 from dicomlake.dicom.flatten import SERVICE_FIELDS, FlatRow, count_columns, demote, merge_schema
 from dicomlake.errors import FailedPrecondition
@@ -46,28 +49,34 @@ class Written:
 def write(wh: Warehouse, ref: TableRef, rows: list[FlatRow], *, stream: tuple[int, list[int]] | None = None) -> Written:
     """Append `rows` to the table (created if missing; its dataset must exist). With `stream` =
     (store key, event keys, one per row), rows of events this table already holds are skipped, the
-    others recorded as held, and the table's view is kept up to date."""
+    others recorded as held, and the table's view is kept up to date.
+
+    The warehouse file is held by one process at a time, so the rows are fitted to the table's schema as this
+    process last saw it before the file is taken; only when another process widened the table meanwhile (or
+    events were already held) are they fitted again while it is held."""
+    key = (wh.root, ref)
+    guess = _schemas.get(key, [])
+    prepared = _prepare(guess, rows)
     with connect(wh, ref.project, missing=_dataset_missing(ref.project, ref.dataset), write=True) as db:
         require_dataset(db, ref)
         kind = relation_kind(db, ref)
         if kind == "VIEW":
             raise FailedPrecondition(f"{ref} is a view; DICOM rows go to tables")
-        if stream is not None:
-            rows = _undelivered(db, ref, rows, *stream)
         existing = _fields(db, ref) if kind == "TABLE" else []
-        schema, table_rows = existing, []
-        for flat in rows:
-            merged = merge_schema(schema, flat.fields)
-            schema = merged.fields
-            table_rows.append(demote(flat.row, merged.conflicts) if merged.conflicts else flat.row)
+        if stream is not None:
+            fresh = _undelivered(db, ref, rows, *stream)
+            if len(fresh) != len(rows):
+                rows, prepared = fresh, None
+        if prepared is None or existing != guess:
+            prepared = _prepare(existing, rows)
+        schema, data = prepared
         # Merging only ever adds fields, so a schema that changed has more of them.
         changed = kind is None or count_columns(schema) != count_columns(existing)
         if kind is None:
             _create(db, ref, schema)
         elif changed:
             _evolve(db, ref, schema)
-        if table_rows:
-            data = _arrow_rows(schema, table_rows)
+        if data is not None:
             db.conn.register("_dicomlake_rows", data)
             try:
                 db.conn.execute(f"INSERT INTO {db.name(ref.dataset, ref.table)} BY NAME SELECT * FROM _dicomlake_rows")
@@ -76,7 +85,35 @@ def write(wh: Warehouse, ref: TableRef, rows: list[FlatRow], *, stream: tuple[in
             _touch(db, ref)
         if stream is not None and changed:
             _replace_view(db, ref)
-        return Written(len(table_rows), count_columns(schema))
+        _schemas[key] = _fields(db, ref) if changed else existing
+        return Written(data.num_rows if data is not None else 0, count_columns(schema))
+
+
+# The last schema this process saw of each table, to fit rows to before taking the warehouse file.
+_schemas: dict[tuple[Path, TableRef], list[dict]] = {}
+
+
+def _prepare(existing: list[dict], rows: list[FlatRow]) -> tuple[list[dict], pa.Table | None]:
+    """The schema the rows need on top of `existing`, and the rows as an Arrow table of that schema (values of
+    columns whose type conflicts moved into OtherElements)."""
+    schema, table_rows = existing, []
+    # The flattener hands out one field object per column kind and shares it between rows: each is merged
+    # once per batch (the schema only grows, so a field that fitted keeps fitting), which turns a merge of
+    # every column of every row into one of the few columns not seen before.
+    seen: dict[int, set[str]] = {}
+    alive: list[dict] = []  # keeps the ids in `seen` from being reused
+    for flat in rows:
+        conflicts: set[str] = set()
+        for field in flat.fields:
+            known = seen.get(id(field))
+            if known is None:
+                merged = merge_schema(schema, [field])
+                schema, known = merged.fields, merged.conflicts
+                seen[id(field)] = known
+                alive.append(field)
+            conflicts |= known
+        table_rows.append(demote(flat.row, conflicts) if conflicts else flat.row)
+    return schema, (_arrow_rows(schema, table_rows) if table_rows else None)
 
 
 def ensure(wh: Warehouse, ref: TableRef) -> None:

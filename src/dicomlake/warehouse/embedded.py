@@ -28,6 +28,9 @@ from dicomlake.warehouse import sql as bigquery_sql
 from dicomlake.warehouse.schema import Field, arrow_schema, duckdb_type, from_duckdb, merge, normalize, quote
 
 LOCK_TIMEOUT = 30.0
+# Every server, worker and pool process may open the files: each keeps its buffers small (DuckDB's default
+# is 80% of the machine's memory per process).
+CONFIG = {"memory_limit": "256MB"}
 DEFAULT_LOCATION = "US"
 # Times and labels live in a dataset of each file that BigQuery's naming rules hide (a leading underscore).
 META = "_dicomlake"
@@ -180,7 +183,7 @@ def connect(wh: Warehouse, project: str, *, missing: Exception | None = None, wr
     if lock is not None:
         lock.acquire()
     try:
-        conn = retrying(lambda: duckdb.connect(str(path)), f"the warehouse file of project {project}")
+        conn = retrying(lambda: duckdb.connect(str(path), config=CONFIG), f"the warehouse file of project {project}")
         try:
             (catalog,) = first_row(conn, "SELECT current_database()")
             db = Db(conn, catalog)
