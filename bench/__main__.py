@@ -1,4 +1,4 @@
-"""`python -m bench quick|full|stow|qido|metadata|wado|scaling|buckets|plots|report`: run benchmarks,
+"""`python -m bench quick|full|stow|qido|metadata|wado|scaling|buckets|tables|plots|report`: run benchmarks,
 write bench/results/*.json, draw docs/img/*.png and regenerate the result tables of docs/benchmarks.md.
 `python -m bench corpus --size small|medium|large|N --out DIR`: write a synthetic corpus folder.
 `python -m bench flatten`: the BigQuery flattener against pydicom's to_json_dict (bench/results/flatten.json)."""
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import bucket_io, corpus, flatten, plots, qido, report, stow, wado
+from bench import bucket_io, corpus, flatten, plots, qido, report, stow, tables, wado
 
-COMMANDS = ("quick", "full", "stow", "qido", "metadata", "wado", "scaling", "buckets", "plots", "report")
+COMMANDS = ("quick", "full", "stow", "qido", "metadata", "wado", "scaling", "buckets", "tables", "plots", "report")
 
 
 def main(argv: list[str]) -> None:
@@ -17,8 +17,9 @@ def main(argv: list[str]) -> None:
     if what == "corpus":
         corpus.main(argv[1:])
         return
-    if what == "flatten":
+    if what in ("flatten", "quick", "full"):
         flatten.main()
+    if what == "flatten":
         return
     if what in ("quick", "stow"):
         stow.run(instances=2000, repeats=3)
@@ -32,6 +33,9 @@ def main(argv: list[str]) -> None:
     if what in ("quick", "buckets"):
         bucket_io.run(instances=1_000, name="bucket_io_1k", png_instances=200)
         bucket_io.run(instances=10_000, name="bucket_io_10k", png_instances=500)
+    if what in ("quick", "tables"):
+        tables.run_export(instances=20_000, name="tables_export_20k")
+        tables.run_streaming(instances=3000, repeats=3, delays=200)
     if what == "full":
         stow.run(instances=5000, repeats=5)
         stow.run(instances=500, repeats=3, batch_sizes=(1, 10), source="693_UNCI.dcm", name="stow_large", warmup=50)
@@ -40,6 +44,8 @@ def main(argv: list[str]) -> None:
         stow.run_scaling(total=100_000, chunk=10_000)
         bucket_io.run(instances=1_000, name="bucket_io_1k", png_instances=200)
         bucket_io.run(instances=100_000, name="bucket_io_100k", png_instances=1000)
+        tables.run_export(instances=100_000, name="tables_export_100k")
+        tables.run_streaming(instances=5000, repeats=5, delays=500)
     if what not in COMMANDS:
         sys.exit(f"usage: python -m bench [{'|'.join(COMMANDS)}|corpus|flatten], not {what!r}")
     if what in ("quick", "full", "plots"):

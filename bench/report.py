@@ -132,12 +132,62 @@ def _ingest_scaling(result: dict) -> list[str]:
     return [*lines, "", f"{note}Versions: {versions}. Run {result['date']}.", ""]
 
 
+def _flatten(result: dict) -> list[str]:
+    lines = [
+        "### flatten: DICOM JSON to one BigQuery row, against pydicom's `Dataset.to_json_dict()` (one core)",
+        "",
+        "| headers | flatten from stored JSON /s | flatten from dict /s | pydicom to_json_dict (warm) /s "
+        "| ratio (warm) | pydicom cold /s | ratio (cold) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, label in (("all_test_files", "all test files"), ("benchmark_corpus_sources", "corpus sources")):
+        r = result[key]
+        lines.append(
+            f"| {label} ({r['files']}) | {r['flatten_from_stored_json']['median_per_s']:,} | "
+            f"{r['flatten_from_dict']['median_per_s']:,} | {r['pydicom_to_json_dict_warm']['median_per_s']:,} | "
+            f"{r['ratio_vs_warm']} | {r['pydicom_to_json_dict_cold']['median_per_s']:,} | {r['ratio_vs_cold']} |"
+        )
+    return [*lines, "", f"Run {result['date']}.", ""]
+
+
+def _tables(result: dict) -> list[str]:
+    if "runs" in result:
+        run = result["runs"]["export_to_table"]
+        return [
+            f"### {result['benchmark']}: export of {result['instances']:,} stored instances to a table "
+            "(`bigqueryDestination`, embedded DuckDB warehouse)",
+            "",
+            "| instances/s | seconds | peak RSS MB (server + pool) | top-level columns |",
+            "|---|---|---|---|",
+            f"| {run['instances_per_s']} | {run['seconds']} | {run['peak_rss_mb']} | {run['top_level_columns']} |",
+            "",
+            f"Run {result['date']}.",
+            "",
+        ]
+    stow_rates, seen = result["stow_instances_per_s"], result["visible_in_view_after_stow"]
+    return [
+        f"### {result['benchmark']}: what streaming costs STOW-RS ({result['clients']} clients, batches of "
+        f"{result['batch']}, {result['instances_per_run']} instances per run, median of {result['repeats']})",
+        "",
+        "| STOW without streaming /s | with one stream destination /s | cost | visible in `_view` after the STOW "
+        "answers: p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+        f"| {stow_rates['without_streaming']} | {stow_rates['with_streaming']} | {stow_rates['cost_percent']} % | "
+        f"{seen['p50_ms']} | {seen['p99_ms']} |",
+        "",
+        f"Run {result['date']}.",
+        "",
+    ]
+
+
 RENDERERS = {
     "qido": _qido,
     "stow": _stow,
     "wado": _wado,
     "ingest_scaling": _ingest_scaling,
     "bucket_io": _bucket_io,
+    "tables": _tables,
+    "flatten": _flatten,
 }
 
 
