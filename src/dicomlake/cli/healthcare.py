@@ -520,14 +520,7 @@ def export_gcs(
     """Export instances to a bucket (gs://NAME is <data dir>/buckets/NAME on the embedded defaults)."""
     name = store_name(dicom_store, dataset, location, project)
     destination = {"uriPrefix": gcs_uri_prefix} | ({"mimeType": mime_type} if mime_type else {})
-    body: dict[str, Any] = {"gcsDestination": destination}
-    if filter_config_gcs_uri:
-        body["filterConfig"] = {"resourcePathsGcsUri": filter_config_gcs_uri}
-    operation = client.post(f"{name}:export", body)
-    status(f"Request issued for: [{name.rsplit('/', 1)[-1]}]")
-    if follow(client, operation, async_, format_, "instances", "export"):
-        # As gcloud: once the operation is done, the store it worked on.
-        show(render(client.get(name), format_))
+    _export(client, name, {"gcsDestination": destination}, filter_config_gcs_uri, async_, format_)
 
 
 @export.command("bq")
@@ -572,12 +565,18 @@ def export_bq(
         destination["force"] = overwrite_table
     if write_disposition:
         destination["writeDisposition"] = write_disposition.upper().replace("-", "_")
-    body: dict[str, Any] = {"bigqueryDestination": destination}
-    if filter_config_gcs_uri:
-        body["filterConfig"] = {"resourcePathsGcsUri": filter_config_gcs_uri}
+    _export(client, name, {"bigqueryDestination": destination}, filter_config_gcs_uri, async_, format_)
+
+
+def _export(
+    client: Client, name: str, body: dict[str, Any], filter_uri: str | None, async_: bool, format_: str
+) -> None:
+    if filter_uri:
+        body["filterConfig"] = {"resourcePathsGcsUri": filter_uri}
     operation = client.post(f"{name}:export", body)
     status(f"Request issued for: [{name.rsplit('/', 1)[-1]}]")
     if follow(client, operation, async_, format_, "instances", "export"):
+        # As gcloud: once the operation is done, the store it worked on.
         show(render(client.get(name), format_))
 
 
