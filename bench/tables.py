@@ -71,7 +71,7 @@ def _stow(dicomweb: str, items: list[bytes], clients: int, batch: int) -> float:
 def run_streaming(instances: int = 3000, repeats: int = 3, delays: int = 200, name: str = "tables_streaming") -> dict:
     """STOW throughput into a plain store and into a streaming one, alternately; then single STOWs whose
     rows are awaited in the view."""
-    items = list(corpus.instances(instances * repeats * 2 + delays, seed=9, metadata_only=False))
+    items = list(corpus.instances(200 + instances * repeats * 2 + delays, seed=9, metadata_only=False))
     result: dict[str, Any] = {"instances_per_run": instances, "repeats": repeats, "clients": 4, "batch": 50}
     with tempfile.TemporaryDirectory() as tmp, servers.dicomlake(Path(tmp), workers=1) as target:
         base = _bigquery(target, "bench")
