@@ -37,7 +37,7 @@ BATCH = 1000
 class Streamer:
     """The delivery thread of one process; `start()` and `stop()` bracket the process's life."""
 
-    def __init__(self, services: Services, interval: float = 0.05) -> None:
+    def __init__(self, services: Services, interval: float = 0.25) -> None:
         self.services = services
         self.warehouse = Warehouse.in_data_dir(services.settings.data_dir)
         self.interval = interval
