@@ -37,7 +37,9 @@ class BlobStore:
 
     def put(self, key: str, data: bytes | IO[bytes] | Path) -> None:
         if self._root is not None and isinstance(data, bytes | memoryview):
-            write_local(self._root / key, data)
+            # Written in place, not staged and renamed: no index row names this fresh key before the
+            # write is complete, and the journal lists it for recovery should the process die mid-write.
+            write_local(self._root / key, data, staged=False)
             return
         # A single request is three times cheaper than a multipart upload for the small objects that
         # make up most of a DICOM archive; multipart is for what single requests cannot carry.
@@ -72,10 +74,11 @@ class BlobStore:
                 partial.unlink(missing_ok=True)
 
 
-def write_local(path: Path, data: bytes | memoryview) -> None:
+def write_local(path: Path, data: bytes | memoryview, staged: bool = True) -> None:
     """Write a local object atomically: stage it as "<name>#<n>" beside its place, then rename, as obstore's
-    LocalStore does (so `discard` cleans up after either), at a tenth of the cost for small objects."""
-    staging = path.with_name(f"{path.name}#{uuid.uuid4().hex[:12]}")
+    LocalStore does (so `discard` cleans up after either), at a tenth of the cost for small objects.
+    `staged=False` writes the new file in place, for names nobody reads before the write is over."""
+    staging = path.with_name(f"{path.name}#{uuid.uuid4().hex[:12]}") if staged else path
     try:
         f = open(staging, "wb")  # noqa: SIM115 - the directory is created only when this fails
     except FileNotFoundError:
@@ -84,7 +87,8 @@ def write_local(path: Path, data: bytes | memoryview) -> None:
     try:
         with f:
             f.write(data)
-        os.replace(staging, path)
+        if staged:
+            os.replace(staging, path)
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
