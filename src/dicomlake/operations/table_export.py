@@ -14,6 +14,7 @@ warehouse; the dataset must exist, the table is created. What an existing table 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -130,14 +131,19 @@ def write_rows(store: StoreRef, keys: list[Key], table_uri: str) -> int:
     )
     with services.db.read() as conn:
         rows = [row for row in conn.execute(select_by_keys(store, keys, *extra)) if tuple(row[:3]) in wanted]
-    flat = [
-        flatten(
-            row.metadata,
-            ServiceColumns(datetime.fromtimestamp(row.created, UTC), row.storage_class, row.blob_size),
-            file_meta=_file_meta(row.file_meta),
-        )
-        for row in rows
-    ]
+    # A batch of rows makes a great many containers and no cycles: collecting while they pile up only costs.
+    gc.disable()
+    try:
+        flat = [
+            flatten(
+                row.metadata,
+                ServiceColumns(datetime.fromtimestamp(row.created, UTC), row.storage_class, row.blob_size),
+                file_meta=_file_meta(row.file_meta),
+            )
+            for row in rows
+        ]
+    finally:
+        gc.enable()
     warehouse = Warehouse.in_data_dir(services.settings.data_dir)
     return dicom_tables.write(warehouse, TableRef.parse(table_uri), flat).rows
 

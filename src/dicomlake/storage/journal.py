@@ -70,13 +70,14 @@ class Journal:
         """Journal files of dead processes on this host, with the keys they recorded."""
         for path in sorted(self.directory.glob(f"{self.host}-*-*.keys")):
             pid = int(path.name[len(self.host) + 1 :].split("-")[0])
-            if pid == os.getpid() or _alive(pid):
+            if pid == os.getpid() or process_alive(pid):
                 continue
             keys = [line for line in path.read_text(errors="replace").splitlines() if line.endswith(".dcm")]
             yield path, keys
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with that id is running."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

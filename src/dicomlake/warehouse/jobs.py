@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from dicomlake.errors import AlreadyExists, DicomlakeError, InvalidArgument, NotFound
+from dicomlake.storage.journal import process_alive
 from dicomlake.warehouse import query, results
 from dicomlake.warehouse.embedded import DEFAULT_LOCATION, Warehouse, check_project
 from dicomlake.warehouse.schema import Field
@@ -160,7 +161,7 @@ def get(wh: Warehouse, project: str, job_id: str) -> Job:
         raise NotFound(f"Not found: Job {project}:{job_id}") from None
     data["default_dataset"] = tuple(data["default_dataset"]) if data.get("default_dataset") else None
     job = Job(**data)
-    if not job.done and not _alive(job.pid):
+    if not job.done and not process_alive(job.pid):
         job.state = "DONE"
         job.error = {
             "message": "the dicomlake process that ran this job stopped before it finished; run the query again",
@@ -261,16 +262,6 @@ def _run(wh: Warehouse, job: Job) -> None:
         event = _finished.pop(path, None)
     if event is not None:
         event.set()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _error(exc: DicomlakeError) -> dict[str, Any]:
