@@ -22,20 +22,20 @@ def main(argv: list[str]) -> None:
     if what == "flatten":
         return
     if what in ("quick", "stow"):
-        stow.run(instances=2000, repeats=3)
-        stow.run(instances=200, repeats=2, batch_sizes=(1, 10), source="693_UNCI.dcm", name="stow_large", warmup=50)
+        stow.run(instances=1000, repeats=3)
+        stow.run(instances=100, repeats=2, batch_sizes=(1, 10), source="693_UNCI.dcm", name="stow_large", warmup=50)
     if what in ("quick", "qido", "metadata"):
         qido.run(studies=10_000, series_instances=500)
     if what in ("quick", "wado"):
         wado.run(requests=200, repeats=3)
     if what in ("quick", "scaling"):
-        stow.run_scaling(total=20_000, chunk=2_000)
+        stow.run_scaling(total=10_000, chunk=2_000)
     if what in ("quick", "buckets"):
         bucket_io.run(instances=1_000, name="bucket_io_1k", png_instances=200)
-        bucket_io.run(instances=10_000, name="bucket_io_10k", png_instances=500)
+        bucket_io.run(instances=5_000, name="bucket_io_5k", png_instances=300)
     if what in ("quick", "tables"):
-        tables.run_export(instances=20_000, name="tables_export_20k")
-        tables.run_streaming(instances=3000, repeats=3, delays=200)
+        tables.run_export(instances=10_000, name="tables_export_10k")
+        tables.run_streaming(instances=2000, repeats=3, delays=100)
     if what == "full":
         stow.run(instances=5000, repeats=5)
         stow.run(instances=500, repeats=3, batch_sizes=(1, 10), source="693_UNCI.dcm", name="stow_large", warmup=50)

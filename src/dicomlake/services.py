@@ -19,6 +19,10 @@ from dicomlake.storage.buckets import Buckets
 from dicomlake.storage.db import Database
 from dicomlake.storage.journal import Journal
 
+# One process per core, and one more: storing a file waits on the disk about as long as parsing it takes,
+# and the extra process parses while another waits.
+POOL_PROCESSES = (os.cpu_count() or 1) + 1
+
 
 @dataclass
 class Services:
@@ -32,13 +36,13 @@ class Services:
 
     @property
     def cpu_pool(self) -> ProcessPoolExecutor:
-        """Processes for CPU-bound bulk work (storing the files of an import), one per core, started on
-        first use; each opens its own services (`in_worker()`). Spawned, not forked: this process runs
+        """Processes for CPU-bound bulk work (storing the files of an import), POOL_PROCESSES of them, started
+        on first use; each opens its own services (`in_worker()`). Spawned, not forked: this process runs
         threads."""
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
-                    os.cpu_count() or 1,
+                    POOL_PROCESSES,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_open_in_worker,
                     initargs=(self.settings,),
@@ -48,7 +52,7 @@ class Services:
     def warm_pool(self) -> None:
         """Start every `cpu_pool` process now (they start one per task otherwise), e.g. while a listing runs."""
         pool = self.cpu_pool
-        for _ in range(os.cpu_count() or 1):
+        for _ in range(POOL_PROCESSES):
             pool.submit(os.getpid)
 
     def discard_pool(self) -> None:
