@@ -14,6 +14,7 @@ import pytest
 from conftest import dicom_file
 from dicomlake.dicom.flatten import ServiceColumns, delete_row, flatten
 from dicomlake.dicom.parse import parse
+from dicomlake.errors import NotFound
 from dicomlake.warehouse import dicom_tables, embedded
 from dicomlake.warehouse.embedded import TableRef, Warehouse
 
@@ -81,3 +82,32 @@ def test_the_view_is_remade_when_the_table_widens(wh: Warehouse) -> None:
 
     assert query(wh, "SELECT count(*) FROM ds.t_view") == [(1,)]
     assert query(wh, "SELECT count(*) FROM ds.t") == [(3,)]
+
+
+def test_batches_fitted_apart_that_disagree_on_a_column_are_appended_one_by_one(wh: Warehouse) -> None:
+    ref = TableRef("proj", "ds", "t")
+    ct, odd = row_of("CT_small.dcm"), row_of("MR_small.dcm")
+    odd.row["Rows"] = "sixty-four"
+    odd.fields = [dict(f, type="STRING") if f["name"] == "Rows" else f for f in odd.fields]
+    # Fitted in two pool processes against the same (empty) schema: each is right on its own.
+    parts = [dicom_tables.fit([], [ct]), dicom_tables.fit([], [odd])]
+
+    assert dicom_tables.combine(parts) is None
+    with dicom_tables.open_table(wh, ref) as table:
+        assert table.append(parts[0])
+        assert not table.append(parts[1])  # nothing written: fitted again to the table, as the export does
+        table.add([odd])
+
+    rows = query(wh, 'SELECT "Rows", OtherElements FROM ds.t ORDER BY "Rows" NULLS LAST')
+    assert [r[0] for r in rows] == [ct.row["Rows"], None]
+    assert {"Tag": "Tag_00280010", "Data": ["sixty-four"]} in rows[1][1]
+
+
+def test_a_failed_shard_writes_nothing(wh: Warehouse) -> None:
+    ref = TableRef("proj", "ds", "t")
+    with pytest.raises(RuntimeError), dicom_tables.open_table(wh, ref) as table:
+        table.add([row_of("CT_small.dcm")])
+        raise RuntimeError("the worker died before the shard was done")
+
+    with pytest.raises(NotFound):  # created in the same transaction
+        embedded.row_count(wh, ref)

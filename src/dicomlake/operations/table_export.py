@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from dicomlake.dicom.flatten import ServiceColumns, flatten
+from dicomlake.dicom.flatten import FlatRow, ServiceColumns, flatten
 from dicomlake.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from dicomlake.operations import exporting, records
 from dicomlake.operations.model import Kind, Operation, ShardResult, map_in_pool
@@ -36,7 +36,8 @@ from dicomlake.warehouse.embedded import TableRef, Warehouse, truncate
 
 EXPORT_BQ = "google.cloud.healthcare.v1.dicom.DicomService.ExportDicomData_bq"
 DISPOSITIONS = ("WRITE_EMPTY", "WRITE_TRUNCATE", "WRITE_APPEND")
-# Instances per shard (the unit a worker claims and a crash repeats), and per cpu_pool task (one append).
+# Instances per shard (the unit a worker claims and a crash repeats; one warehouse transaction), and per
+# cpu_pool task.
 SHARD_SIZE = 5000
 BATCH_SIZE = 1000
 
@@ -107,20 +108,39 @@ def _prepare(services: Services, operation: Operation) -> None:
 def process(
     services: Services, operation: Operation, batch: list[exporting.Unit], heartbeat: Callable[[], None]
 ) -> ShardResult:
+    """Flatten and fit the shard's instances in the pool, a batch per process, and append the batches here, in one
+    warehouse transaction: a shard repeated after a crash writes its rows once."""
     result = ShardResult()
     keys = exporting.missing_units(operation, batch, result)
-    uri = operation.request["bigqueryDestination"]["tableUri"]
-    calls = [(operation.store, keys[i : i + BATCH_SIZE], uri) for i in range(0, len(keys), BATCH_SIZE)]
-    map_in_pool(services, heartbeat, write_rows, calls)
+    if not keys:
+        return result
+    warehouse = Warehouse.in_data_dir(services.settings.data_dir)
+    ref = TableRef.parse(operation.request["bigqueryDestination"]["tableUri"])
+    schema = dicom_tables.known_schema(warehouse, ref)
+    calls = [(operation.store, keys[i : i + BATCH_SIZE], schema) for i in range(0, len(keys), BATCH_SIZE)]
+    # Every batch is fitted before the table is held, and all are appended in one statement: the file is held
+    # only to append and commit, while the pool works on other shards.
+    parts = map_in_pool(services, heartbeat, fit_rows, calls)
+    with dicom_tables.open_table(warehouse, ref) as table:
+        whole = dicom_tables.combine(parts)
+        if whole is None or not table.append(whole):
+            # A column came with two types (from two batches, or from another writer of the table): batch by
+            # batch, fitting again what conflicts.
+            for (store, batch_keys, _), part in zip(calls, parts, strict=True):
+                if not table.append(part):
+                    table.add(flat_rows(services, store, batch_keys))
     # Instances deleted since the plan was made have no row to write; they count as done.
     result.success += len(keys)
     return result
 
 
-def write_rows(store: StoreRef, keys: list[Key], table_uri: str) -> int:
-    """Flatten the instances of `keys` from their stored DICOM JSON and append them to the table (run in a
-    `cpu_pool` process); how many rows were written."""
-    services = in_worker()
+def fit_rows(store: StoreRef, keys: list[Key], schema: list[dict]) -> dicom_tables.Fitted:
+    """The rows of `keys` fitted to `schema` (run in a `cpu_pool` process)."""
+    return dicom_tables.fit(schema, flat_rows(in_worker(), store, keys))
+
+
+def flat_rows(services: Services, store: StoreRef, keys: list[Key]) -> list[FlatRow]:
+    """The instances of `keys` flattened from their stored DICOM JSON (those deleted meanwhile left out)."""
     wanted = set(keys)
     extra = (
         instances.c.metadata,
@@ -134,7 +154,7 @@ def write_rows(store: StoreRef, keys: list[Key], table_uri: str) -> int:
     # A batch of rows makes a great many containers and no cycles: collecting while they pile up only costs.
     gc.disable()
     try:
-        flat = [
+        return [
             flatten(
                 row.metadata,
                 ServiceColumns(datetime.fromtimestamp(row.created, UTC), row.storage_class, row.blob_size),
@@ -144,8 +164,6 @@ def write_rows(store: StoreRef, keys: list[Key], table_uri: str) -> int:
         ]
     finally:
         gc.enable()
-    warehouse = Warehouse.in_data_dir(services.settings.data_dir)
-    return dicom_tables.write(warehouse, TableRef.parse(table_uri), flat).rows
 
 
 def _file_meta(text: str | None) -> dict[str, Any] | None:

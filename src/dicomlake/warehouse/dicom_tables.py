@@ -6,6 +6,8 @@ and keeps the `<table>_view` of the latest state of every instance (spec §6.6).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,74 +48,169 @@ class Written:
     columns: int  # the table's columns afterwards, nested ones included
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """Rows fitted to a table's schema: the columns they fill, as that schema has them plus what the rows add,
+    and the rows as an Arrow table of those columns (values whose type conflicted moved into OtherElements).
+    Made wherever it is cheapest (a pool process), appended where the table is held."""
+
+    fields: list[dict]
+    data: pa.Table
+
+
+def fit(existing: list[dict], rows: list[FlatRow]) -> Fitted:
+    """Fit `rows` to the schema `existing` (demoting values whose column has another type, spec §1.14)."""
+    schema, table_rows, used = existing, [], set()
+    # Rows share most field objects (the flattener hands out one per column kind) and rebuild the rest (a
+    # sequence's record) with the same shape: each shape is merged once (the schema only grows, so a field that
+    # fitted keeps fitting), and the shapes a row brings that were not seen yet are merged together. That
+    # turns a merge of every column of every row into a few merges per batch.
+    seen: dict[int, frozenset[str]] = {}
+    shapes: dict[tuple, frozenset[str]] = {}
+    alive: list[dict] = []  # keeps the ids in `seen` from being reused
+    demoting = False
+    for flat in rows:
+        new = []
+        for f in flat.fields:
+            if id(f) in seen:
+                continue
+            known = shapes.get(shape := _shape(f))
+            if known is None:
+                new.append((f, shape))
+            else:
+                seen[id(f)] = known
+                alive.append(f)
+        if new:
+            merged = merge_schema(schema, [f for f, _ in new])
+            if merged.conflicts:  # rare: find which of the fields conflict
+                demoting = True
+                for f, shape in new:
+                    one = merge_schema(schema, [f])
+                    schema = one.fields
+                    seen[id(f)] = shapes[shape] = frozenset(one.conflicts)
+            else:
+                schema = merged.fields
+                for f, shape in new:
+                    seen[id(f)] = shapes[shape] = frozenset()
+            alive += (f for f, _ in new)
+            used.update(f["name"].casefold() for f, _ in new)
+        conflicts = frozenset().union(*(seen[id(f)] for f in flat.fields)) if demoting else frozenset()
+        if conflicts:
+            used.update(("otherelements", "droppedtags"))
+            table_rows.append(demote(flat.row, conflicts))
+        else:
+            table_rows.append(flat.row)
+    fields = [f for f in schema if f["name"].casefold() in used]
+    return Fitted(fields, _arrow_rows(fields, table_rows))
+
+
+def combine(parts: list[Fitted]) -> Fitted | None:
+    """Batches fitted to one schema, as one with the union of their columns; None when two of them brought one
+    new column with different types."""
+    fields: list[dict] = []
+    for part in parts:
+        merged = merge_schema(fields, part.fields)
+        if merged.conflicts:
+            return None
+        fields = merged.fields
+    return Fitted(fields, pa.concat_tables([part.data for part in parts], promote_options="permissive"))
+
+
+def _shape(field: dict) -> tuple:
+    nested = field.get("fields")
+    return (
+        field["name"],
+        field.get("type"),
+        field.get("mode"),
+        tuple(_shape(f) for f in nested) if nested is not None else None,
+    )
+
+
+class Table:
+    """A DICOM table held for writing, in the transaction of `open_table` (created on the first append)."""
+
+    def __init__(self, db: Db, ref: TableRef) -> None:
+        self.db, self.ref = db, ref
+        kind = relation_kind(db, ref)
+        if kind == "VIEW":
+            raise FailedPrecondition(f"{ref} is a view; DICOM rows go to tables")
+        self.exists = kind is not None
+        self.fields: list[dict] = _fields(db, ref) if self.exists else []
+        self.changed = False  # whether the table was created or widened
+        self.touched = False  # whether anything was appended
+
+    def append(self, fitted: Fitted) -> bool:
+        """Widen the table to the fitted rows' columns and insert them; False (nothing done) when a column of
+        theirs has another type in the table now: fit them again to `fields`."""
+        merged = merge_schema(self.fields, fitted.fields)
+        if merged.conflicts:
+            return False
+        # Merging only ever adds fields, so a schema that changed has more of them.
+        if not self.exists:
+            _create(self.db, self.ref, merged.fields)
+            self.exists = self.changed = True
+            self.fields = _fields(self.db, self.ref)
+        elif count_columns(merged.fields) != count_columns(self.fields):
+            self.fields = _evolve(self.db, self.ref, merged.fields)
+            self.changed = True
+        if fitted.data.num_rows:
+            self.touched = True
+            self.db.conn.register("_dicomlake_rows", fitted.data)
+            try:
+                name = self.db.name(self.ref.dataset, self.ref.table)
+                self.db.conn.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _dicomlake_rows")
+            finally:
+                self.db.conn.unregister("_dicomlake_rows")
+        return True
+
+    def add(self, rows: list[FlatRow], fitted: Fitted | None = None) -> None:
+        """Append `rows`, already `fitted` to a schema this table may have outgrown, or fitted now."""
+        if fitted is not None and self.append(fitted):
+            return
+        if not self.append(fit(self.fields, rows)):
+            raise AssertionError("rows fitted to the table's own schema conflict with it")
+
+
+@contextmanager
+def open_table(wh: Warehouse, ref: TableRef) -> Iterator[Table]:
+    """Hold the table's warehouse file, in one transaction, for appends (its dataset must exist)."""
+    with connect(wh, ref.project, missing=_dataset_missing(ref.project, ref.dataset), write=True) as db:
+        require_dataset(db, ref)
+        table = Table(db, ref)
+        yield table
+        _schemas[(wh.root, ref)] = table.fields
+        if table.touched or table.changed:
+            _touch(db, ref)
+
+
+def known_schema(wh: Warehouse, ref: TableRef) -> list[dict]:
+    """The table's schema as this process last saw it (empty if never), to fit rows to before holding it."""
+    return _schemas.get((wh.root, ref), [])
+
+
 def write(wh: Warehouse, ref: TableRef, rows: list[FlatRow], *, stream: tuple[int, list[int]] | None = None) -> Written:
     """Append `rows` to the table (created if missing; its dataset must exist). With `stream` =
     (store key, event keys, one per row), rows of events this table already holds are skipped, the
     others recorded as held, and the table's view is kept up to date.
 
     The warehouse file is held by one process at a time, so the rows are fitted to the table's schema as this
-    process last saw it before the file is taken; only when another process widened the table meanwhile (or
+    process last saw it before the file is taken; only when another process changed the table meanwhile (or
     events were already held) are they fitted again while it is held."""
-    key = (wh.root, ref)
-    guess = _schemas.get(key, [])
-    prepared = _prepare(guess, rows)
-    with connect(wh, ref.project, missing=_dataset_missing(ref.project, ref.dataset), write=True) as db:
-        require_dataset(db, ref)
-        kind = relation_kind(db, ref)
-        if kind == "VIEW":
-            raise FailedPrecondition(f"{ref} is a view; DICOM rows go to tables")
-        existing = _fields(db, ref) if kind == "TABLE" else []
+    fitted = fit(known_schema(wh, ref), rows) if rows else None
+    with open_table(wh, ref) as table:
         if stream is not None:
-            fresh = _undelivered(db, ref, rows, *stream)
+            fresh = _undelivered(table.db, ref, rows, *stream)
             if len(fresh) != len(rows):
-                rows, prepared = fresh, None
-        if prepared is None or existing != guess:
-            prepared = _prepare(existing, rows)
-        schema, data = prepared
-        # Merging only ever adds fields, so a schema that changed has more of them.
-        changed = kind is None or count_columns(schema) != count_columns(existing)
-        if kind is None:
-            _create(db, ref, schema)
-        elif changed:
-            _evolve(db, ref, schema)
-        if data is not None:
-            db.conn.register("_dicomlake_rows", data)
-            try:
-                db.conn.execute(f"INSERT INTO {db.name(ref.dataset, ref.table)} BY NAME SELECT * FROM _dicomlake_rows")
-            finally:
-                db.conn.unregister("_dicomlake_rows")
-            _touch(db, ref)
-        if stream is not None and changed:
-            _replace_view(db, ref)
-        _schemas[key] = _fields(db, ref) if changed else existing
-        return Written(data.num_rows if data is not None else 0, count_columns(schema))
+                rows, fitted = fresh, None
+        if rows:
+            table.add(rows, fitted)
+        if stream is not None and table.changed:
+            _replace_view(table.db, ref)
+        return Written(len(rows), count_columns(table.fields))
 
 
 # The last schema this process saw of each table, to fit rows to before taking the warehouse file.
 _schemas: dict[tuple[Path, TableRef], list[dict]] = {}
-
-
-def _prepare(existing: list[dict], rows: list[FlatRow]) -> tuple[list[dict], pa.Table | None]:
-    """The schema the rows need on top of `existing`, and the rows as an Arrow table of that schema (values of
-    columns whose type conflicts moved into OtherElements)."""
-    schema, table_rows = existing, []
-    # The flattener hands out one field object per column kind and shares it between rows: each is merged
-    # once per batch (the schema only grows, so a field that fitted keeps fitting), which turns a merge of
-    # every column of every row into one of the few columns not seen before.
-    seen: dict[int, set[str]] = {}
-    alive: list[dict] = []  # keeps the ids in `seen` from being reused
-    for flat in rows:
-        conflicts: set[str] = set()
-        for field in flat.fields:
-            known = seen.get(id(field))
-            if known is None:
-                merged = merge_schema(schema, [field])
-                schema, known = merged.fields, merged.conflicts
-                seen[id(field)] = known
-                alive.append(field)
-            conflicts |= known
-        table_rows.append(demote(flat.row, conflicts) if conflicts else flat.row)
-    return schema, (_arrow_rows(schema, table_rows) if table_rows else None)
 
 
 def ensure(wh: Warehouse, ref: TableRef) -> None:
