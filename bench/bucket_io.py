@@ -58,18 +58,24 @@ def copy_rate(paths: list[str], source: Path, into: Path) -> float:
 
 @contextmanager
 def peak_rss(pid: int) -> Iterator[dict[str, float]]:
-    """Samples the resident memory of a process and its children; `peak_mb` is set on exit."""
-    out = {"peak_mb": 0.0}
+    """Samples the memory of a process and its children; set on exit: `peak_mb`, the peak of their summed
+    resident sizes (shared library pages counted once per process), and `peak_pss_mb`, the peak of their summed
+    proportional sizes (shared pages split between the processes that map them: what the machine spends)."""
+    out = {"peak_mb": 0.0, "peak_pss_mb": 0.0}
     stop = threading.Event()
 
     def sample() -> None:
         root = psutil.Process(pid)
         while not stop.is_set():
-            try:
-                total = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-            except psutil.Error:
-                total = 0
-            out["peak_mb"] = max(out["peak_mb"], total / 2**20)
+            rss = pss = 0
+            for process in [root, *root.children(recursive=True)]:
+                try:
+                    memory = process.memory_full_info()
+                except psutil.Error:
+                    continue
+                rss, pss = rss + memory.rss, pss + memory.pss
+            out["peak_mb"] = max(out["peak_mb"], rss / 2**20)
+            out["peak_pss_mb"] = max(out["peak_pss_mb"], pss / 2**20)
             stop.wait(0.1)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -117,6 +123,7 @@ def run(instances: int = 2000, workers: int = 1, name: str = "bucket_io", png_in
             "ratio_to_parse_one_process": round(imported / parse_one, 2),
             "ratio_to_parse_all_cores": round(imported / parse_all, 2),
             "peak_rss_mb": round(memory["peak_mb"], 1),
+            "peak_pss_mb": round(memory["peak_pss_mb"], 1),
         }
 
         copied = copy_rate(paths, bucket / "corpus", Path(tmp) / "copy")
@@ -129,6 +136,7 @@ def run(instances: int = 2000, workers: int = 1, name: str = "bucket_io", png_in
             "plain_copy_files_per_s": round(copied, 1),
             "ratio_to_copy": round(exported / copied, 2),
             "peak_rss_mb": round(memory["peak_mb"], 1),
+            "peak_pss_mb": round(memory["peak_pss_mb"], 1),
         }
 
         filter_file = bucket / "png-filter.txt"
@@ -158,6 +166,7 @@ def run(instances: int = 2000, workers: int = 1, name: str = "bucket_io", png_in
             "instances_per_s": round(done / seconds, 1),
             "frames_per_s": round(frames / seconds, 1),
             "peak_rss_mb": round(memory["peak_mb"], 1),
+            "peak_pss_mb": round(memory["peak_pss_mb"], 1),
         }
     save(name, result)
     return result

@@ -95,16 +95,19 @@ def _bucket_io(result: dict) -> list[str]:
         f"### {result['benchmark']}: import from and export to a local bucket, {result['instances']:,} instances "
         f"({result['corpus_mb']} MB), `--workers {result['server_workers']}`",
         "",
-        "| operation | files/s | ceiling measured in the same run | files/s | ratio | peak RSS MB (server + pool) |",
-        "|---|---|---|---|---|---|",
+        "| operation | files/s | ceiling measured in the same run | files/s | ratio | peak RSS MB (server + pool) "
+        "| peak PSS MB |",
+        "|---|---|---|---|---|---|---|",
         f"| import `gs://bench/corpus/**.dcm` | {imp['files_per_s']} | header parse only, one process | "
-        f"{imp['parse_only_one_process_files_per_s']} | {imp['ratio_to_parse_one_process']} | {imp['peak_rss_mb']} |",
+        f"{imp['parse_only_one_process_files_per_s']} | {imp['ratio_to_parse_one_process']} | {imp['peak_rss_mb']} | "
+        f"{imp.get('peak_pss_mb', '')} |",
         f"| | | header parse only, all cores | {imp['parse_only_all_cores_files_per_s']} | "
-        f"{imp['ratio_to_parse_all_cores']} | |",
+        f"{imp['ratio_to_parse_all_cores']} | | |",
         f"| export as `.dcm` (as stored) | {dcm['files_per_s']} | `shutil.copyfile` into the same nested layout | "
-        f"{dcm['plain_copy_files_per_s']} | {dcm['ratio_to_copy']} | {dcm['peak_rss_mb']} |",
+        f"{dcm['plain_copy_files_per_s']} | {dcm['ratio_to_copy']} | {dcm['peak_rss_mb']} | "
+        f"{dcm.get('peak_pss_mb', '')} |",
         f"| export as PNG ({png['instances']} instances, {png['frames']} frames) | {png['instances_per_s']} "
-        f"({png['frames_per_s']} frames/s) | | | | {png['peak_rss_mb']} |",
+        f"({png['frames_per_s']} frames/s) | | | | {png['peak_rss_mb']} | {png.get('peak_pss_mb', '')} |",
         "",
         f"Run {result['date']}.",
         "",
@@ -157,9 +160,10 @@ def _tables(result: dict) -> list[str]:
             f"### {result['benchmark']}: export of {result['instances']:,} stored instances to a table "
             "(`bigqueryDestination`, embedded DuckDB warehouse)",
             "",
-            "| instances/s | seconds | peak RSS MB (server + pool) | top-level columns |",
-            "|---|---|---|---|",
-            f"| {run['instances_per_s']} | {run['seconds']} | {run['peak_rss_mb']} | {run['top_level_columns']} |",
+            "| instances/s | seconds | peak RSS MB (server + pool) | peak PSS MB (server + pool) | top-level columns |",
+            "|---|---|---|---|---|",
+            f"| {run['instances_per_s']} | {run['seconds']} | {run['peak_rss_mb']} | {run.get('peak_pss_mb', '')} | "
+            f"{run['top_level_columns']} |",
             "",
             f"Run {result['date']}.",
             "",

@@ -51,6 +51,7 @@ def run_export(instances: int = 100_000, name: str = "tables_export") -> dict[st
             "instances_per_s": round(instances / seconds, 1),
             "seconds": round(seconds, 1),
             "peak_rss_mb": round(memory["peak_mb"], 1),
+            "peak_pss_mb": round(memory["peak_pss_mb"], 1),
             "top_level_columns": len(columns),
         }
     save(name, result)

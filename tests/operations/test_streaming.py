@@ -114,6 +114,37 @@ def test_store_delete_store_gives_three_rows_and_the_view_shows_the_latest(serve
 
 
 @sqlite_only
+def test_a_sequence_left_out_of_the_metadata_for_its_size_is_a_dropped_tag(
+    server: Server, bq: bigquery.Client, tmp_path: Path
+) -> None:
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    icon = pydicom.Dataset()
+    icon.Rows, icon.Columns, icon.BitsAllocated = 1024, 1024, 16
+    icon.PixelData = bytes(2 * 1024 * 1024)  # 2 MiB: the whole sequence is over the 1 MiB limit
+    ds.IconImageSequence = [icon]
+    ds.save_as(tmp_path / "big.dcm")
+    store = streaming_store(server, f"bq://{bq.project}.stream.big")
+    response = requests.post(
+        f"{store.dicomweb}/studies",
+        data=(tmp_path / "big.dcm").read_bytes(),
+        headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+
+    def row() -> dict:
+        (found,) = bq.query_and_wait(f"SELECT DroppedTags, KVP FROM `{bq.project}.stream.big`")
+        return dict(found.items())
+
+    found = eventually(row)
+    assert found["DroppedTags"] == [{"TagName": "IconImageSequence"}]
+    assert found["KVP"] == str(ds.KVP)  # the rest of the instance is there
+    metadata = requests.get(f"{store.dicomweb}/studies/{ds.StudyInstanceUID}/metadata", timeout=30).json()
+    assert "00880200" not in metadata[0] and "00020010" not in metadata[0]
+
+
+@sqlite_only
 def test_every_destination_gets_rows_from_stow_import_and_study_delete(server: Server, bq: bigquery.Client) -> None:
     first, second = f"bq://{bq.project}.stream.a", f"bq://{bq.project}.stream.b"
     store = streaming_store(server, first, second)

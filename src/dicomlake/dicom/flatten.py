@@ -29,8 +29,10 @@ BulkDataURI elements are left out silently. Decisions where the spec is silent:
   as strings in `OtherElements` under `Tag_GGGGEEEE` (§1.14, §6.11). TM keeps what is there (`1230` -> 12:30:00);
   DT needs a whole date, missing time parts are zero and an `&ZZXX` offset is applied (none: UTC).
 - `DroppedTags {TagName}` lists, by keyword or `Tag_GGGGEEEE`, elements over 1 MiB in their DICOM JSON form,
-  elements whose column would be nested deeper than BigQuery's 15 levels (a PN needs two levels, a sequence or
-  `OtherElements` one), and elements whose new columns do not fit `column_limit_remaining`.
+  sequences over 1 MiB in the file, which the parser left out of the metadata (named by the store in the file
+  meta it keeps, under `DROPPED_AT_INGEST`), elements whose column would be nested deeper than BigQuery's 15
+  levels (a PN needs two levels, a sequence or `OtherElements` one), and elements whose new columns do not fit
+  `column_limit_remaining`.
 - `StructuredStorageSize` is the size in bytes of the instance's DICOM JSON as stored (UTF-8, compact).
 - Empty elements get their column (NULL); a sequence whose items give no column at all gets none (a RECORD
   needs fields). Group lengths (gggg,0000) are left out, as dicom.parse leaves them out of the data set.
@@ -50,6 +52,8 @@ import orjson
 from pydicom.datadict import DicomDictionary, RepeatersDictionary, tag_for_keyword
 
 MAX_ELEMENT_BYTES = 1 << 20  # the same limit dicom.parse applies to sequences
+# The key, in the file meta a store keeps, of the sequences the parser left out for their size (GGGGEEEE keys).
+DROPPED_AT_INGEST = "DroppedTags"
 MAX_NESTING = 15  # BigQuery: a field may sit at most 15 levels deep (top-level columns are level 1)
 MAX_COLUMNS = 10_000  # BigQuery: columns per table, nested ones included
 
@@ -730,10 +734,13 @@ def flatten(
         size = len(orjson.dumps(metadata))
     if not isinstance(metadata, dict):
         raise ValueError("DICOM JSON metadata must be an object")
+    dropped: list[str] = []
     if file_meta:
+        if DROPPED_AT_INGEST in file_meta:
+            file_meta = dict(file_meta)
+            dropped += (_dropped_name(key) for key in file_meta.pop(DROPPED_AT_INGEST))
         # Parsed text goes into the row without copies; the caller's file meta must not.
         metadata = {**(orjson.loads(orjson.dumps(file_meta)) if owned else file_meta), **metadata}
-    dropped: list[str] = []
     if size > MAX_ELEMENT_BYTES:
         metadata = _without_large(metadata, dropped)
     row, fields = _dataset(metadata, 1, dropped, owned)
@@ -758,11 +765,16 @@ def _without_large(metadata: dict, dropped: list[str]) -> dict:
     kept = {}
     for key, element in metadata.items():
         if len(orjson.dumps(element)) > MAX_ELEMENT_BYTES:
-            entry = _entry(key)
-            dropped.append(entry[1] if entry[0] not in (_PRIVATE, _GROUP) else entry[4])
+            dropped.append(_dropped_name(key))
         else:
             kept[key] = element
     return kept
+
+
+def _dropped_name(key: str) -> str:
+    """An element's name in DroppedTags: its keyword, or Tag_GGGGEEEE for private and repeating-group ones."""
+    entry = _entry(key)
+    return entry[1] if entry[0] not in (_PRIVATE, _GROUP) else entry[4]
 
 
 def _utc(moment: datetime) -> datetime:

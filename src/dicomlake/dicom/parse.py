@@ -4,7 +4,8 @@ builds pydicom DataElements; pydicom serves only as the data dictionary and for 
 
 Bulk data follows the Cloud Healthcare conformance statement: pixel data, every OB/OW/UN value,
 OD/OF/OL/OV values over 2 KiB and AT/FD/FL/SL/SS/SV/UL/US/UV values with more than 512 entries are
-replaced by a BulkDataURI; sequences over 1 MiB are left out of the metadata."""
+replaced by a BulkDataURI; sequences over 1 MiB are left out of the metadata (and named in `dropped`, which
+tables show as DroppedTags)."""
 
 from __future__ import annotations
 
@@ -103,6 +104,8 @@ class ParsedInstance:
     number_of_frames: int
     instance_number: int | None
     file_meta: dict[str, Any] = field(default_factory=dict)
+    # Keys (GGGGEEEE) of the sequences left out of `metadata` for being over 1 MiB, at any depth.
+    dropped: list[str] = field(default_factory=list)
 
 
 def _vr_for(tag: int) -> str:
@@ -143,7 +146,7 @@ def dictionary_vr(tag: int) -> str:
 class _Reader:
     """One pass over a data set encoding; `little`/`implicit` fix how element headers are read."""
 
-    __slots__ = ("buf", "encodings", "end", "implicit", "little", "pixel_representation")
+    __slots__ = ("buf", "dropped", "encodings", "end", "implicit", "little", "pixel_representation")
 
     def __init__(self, buf: bytes | memoryview, little: bool, implicit: bool) -> None:
         self.buf = buf
@@ -152,6 +155,7 @@ class _Reader:
         self.encodings: list[str] = ["iso8859"]
         self.pixel_representation = 0
         self.end = len(buf)
+        self.dropped: list[str] = []  # keys of the sequences left out for their size
 
     def header(self, pos: int) -> tuple[int, str | None, int, int]:
         """(tag, vr or None for implicit, value length, position of the value)."""
@@ -198,6 +202,8 @@ class _Reader:
                     size = pos - vpos
                     if size <= MAX_SEQUENCE_BYTES and items is not None:
                         out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+                    elif size > MAX_SEQUENCE_BYTES:
+                        self.dropped.append(key)
                     continue
                 if tag in PIXEL_DATA_TAGS:
                     pos = self.skip_fragments(vpos)
@@ -223,6 +229,8 @@ class _Reader:
                 if length <= MAX_SEQUENCE_BYTES:
                     items, _ = self.sequence(vpos, f"{path}{key}/", depth, limit=pos)
                     out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+                else:
+                    self.dropped.append(key)
                 continue
             element = self.element(tag, vr, vpos, length, path, key)
             if element is not None:
@@ -486,6 +494,7 @@ def parse(data: bytes) -> ParsedInstance:
         number_of_frames=(_as_int(frames) or 1) if has_pixels else 0,
         instance_number=_as_int(number),
         file_meta=file_meta,
+        dropped=reader.dropped,
     )
 
 

@@ -19,6 +19,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from dicomlake.dicom.flatten import DROPPED_AT_INGEST
 from dicomlake.dicom.parse import DicomParseError, ParsedInstance, parse
 from dicomlake.dicom.tags import SERIES_ATTRIBUTES, STUDY_ATTRIBUTES
 from dicomlake.errors import NotFound
@@ -142,6 +143,14 @@ def store_instances(
     return [r for r in results if r is not None]
 
 
+def _file_meta(parsed: ParsedInstance) -> dict[str, Any]:
+    """What the `file_meta` column keeps for the flattener: the group 0002 elements, and the sequences the parser
+    left out of the metadata for their size (they become DroppedTags in tables)."""
+    if not parsed.dropped:
+        return parsed.file_meta
+    return {**parsed.file_meta, DROPPED_AT_INGEST: parsed.dropped}
+
+
 def _check(data: bytes, expected_study: str | None) -> ParsedInstance | Failed:
     try:
         parsed = parse(data)
@@ -252,7 +261,7 @@ def _insert(conn: sa.Connection, db: Database, store: StoreRef, items: list[_Pen
             "blob_size": len(item.data),
             "storage_class": storage_class,
             "metadata": orjson.dumps(item.parsed.metadata).decode(),
-            "file_meta": orjson.dumps(item.parsed.file_meta).decode(),
+            "file_meta": orjson.dumps(_file_meta(item.parsed)).decode(),
             "created": now,
         }
         for item in items
