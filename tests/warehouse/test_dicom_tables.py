@@ -4,11 +4,13 @@ table as it widens."""
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import orjson
+import pyarrow as pa
 import pytest
 
 from conftest import dicom_file
@@ -111,3 +113,20 @@ def test_a_failed_shard_writes_nothing(wh: Warehouse) -> None:
 
     with pytest.raises(NotFound):  # created in the same transaction
         embedded.row_count(wh, ref)
+
+
+def test_a_table_thousands_of_columns_wide_is_checkpointed(wh: Warehouse) -> None:
+    # A store of many modalities fills thousands of columns; checkpointing them needs more memory than the
+    # default limit, and DuckDB fails for good (fatal, transaction lost) when it runs out.
+    ref = TableRef("proj", "ds", "wide")
+    fields = [{"name": f"Column{i}", "type": "STRING", "mode": "NULLABLE"} for i in range(3000)]
+    rng = random.Random(7)
+    rows = 5000
+    data = pa.table(
+        {f["name"]: [f"v{rng.randint(0, 999)}" if rng.random() < 0.3 else None for _ in range(rows)] for f in fields}
+    )
+    for _ in range(4):
+        with dicom_tables.open_table(wh, ref) as table:
+            assert table.append(dicom_tables.Fitted(fields, data))
+
+    assert query(wh, "SELECT count(*) FROM ds.wide") == [(4 * rows,)]

@@ -27,6 +27,7 @@ from dicomlake.warehouse.embedded import (
     _fields,
     _literal,
     _touch,
+    allow_columns,
     connect,
     relation_kind,
     require_dataset,
@@ -154,6 +155,7 @@ class Table:
             self.fields = _evolve(self.db, self.ref, merged.fields)
             self.changed = True
         if fitted.data.num_rows:
+            allow_columns(self.db, count_columns(self.fields))
             self.touched = True
             self.db.conn.register("_dicomlake_rows", fitted.data)
             try:

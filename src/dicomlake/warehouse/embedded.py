@@ -30,7 +30,12 @@ from dicomlake.warehouse.schema import Field, arrow_schema, duckdb_type, from_du
 LOCK_TIMEOUT = 30.0
 # Every server, worker and pool process may open the files: each keeps its buffers small (DuckDB's default
 # is 80% of the machine's memory per process).
-CONFIG = {"memory_limit": "256MB"}
+MEMORY_LIMIT_MB = 256
+CONFIG = {"memory_limit": f"{MEMORY_LIMIT_MB}MB"}
+# A checkpoint holds a block of about 256 KiB per column it writes at once, and DuckDB stops for good (a fatal
+# error, the rows of the transaction lost) when they do not fit: wide tables get a larger limit (see
+# `allow_columns`).
+CHECKPOINT_KB_PER_COLUMN = 384
 DEFAULT_LOCATION = "US"
 # Times and labels live in a dataset of each file that BigQuery's naming rules hide (a leading underscore).
 META = "_dicomlake"
@@ -203,6 +208,14 @@ def connect(wh: Warehouse, project: str, *, missing: Exception | None = None, wr
     finally:
         if lock is not None:
             lock.release()
+
+
+def allow_columns(db: Db, columns: int) -> None:
+    """Raise this file's memory limit, for as long as it is open, so that a table of `columns` columns (nested ones
+    included) can be checkpointed."""
+    needed = max(MEMORY_LIMIT_MB, 64 + columns * CHECKPOINT_KB_PER_COLUMN // 1024)
+    if needed > MEMORY_LIMIT_MB:
+        db.conn.execute(f"SET memory_limit = '{needed}MB'")
 
 
 def first_row(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
