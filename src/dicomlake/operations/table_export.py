@@ -121,7 +121,7 @@ def process(
     # Every batch is fitted before the table is held, and all are appended in one statement: the file is held
     # only to append and commit, while the pool works on other shards.
     parts = map_in_pool(services, heartbeat, fit_rows, calls)
-    with dicom_tables.open_table(warehouse, ref) as table:
+    with dicom_tables.open_table(warehouse, ref, bulk=True) as table:
         whole = dicom_tables.combine(parts)
         if whole is None or not table.append(whole):
             # A column came with two types (from two batches, or from another writer of the table): batch by
@@ -136,7 +136,13 @@ def process(
 
 def fit_rows(store: StoreRef, keys: list[Key], schema: list[dict]) -> dicom_tables.Fitted:
     """The rows of `keys` fitted to `schema` (run in a `cpu_pool` process)."""
-    return dicom_tables.fit(schema, flat_rows(in_worker(), store, keys))
+    # A batch of rows makes a great many containers and no cycles: the collector would walk them again and
+    # again while they pile up, and they are freed by reference counting once fitted.
+    gc.disable()
+    try:
+        return dicom_tables.fit(schema, flat_rows(in_worker(), store, keys))
+    finally:
+        gc.enable()
 
 
 def flat_rows(services: Services, store: StoreRef, keys: list[Key]) -> list[FlatRow]:
@@ -151,8 +157,8 @@ def flat_rows(services: Services, store: StoreRef, keys: list[Key]) -> list[Flat
     )
     with services.db.read() as conn:
         rows = [row for row in conn.execute(select_by_keys(store, keys, *extra)) if tuple(row[:3]) in wanted]
-    # A batch of rows makes a great many containers and no cycles: collecting while they pile up only costs.
-    gc.disable()
+    enabled = gc.isenabled()
+    gc.disable()  # as in fit_rows
     try:
         return [
             flatten(
@@ -163,7 +169,8 @@ def flat_rows(services: Services, store: StoreRef, keys: list[Key]) -> list[Flat
             for row in rows
         ]
     finally:
-        gc.enable()
+        if enabled:
+            gc.enable()
 
 
 def _file_meta(text: str | None) -> dict[str, Any] | None:

@@ -174,9 +174,14 @@ class Table:
 
 
 @contextmanager
-def open_table(wh: Warehouse, ref: TableRef) -> Iterator[Table]:
-    """Hold the table's warehouse file, in one transaction, for appends (its dataset must exist)."""
+def open_table(wh: Warehouse, ref: TableRef, *, bulk: bool = False) -> Iterator[Table]:
+    """Hold the table's warehouse file, in one transaction, for appends (its dataset must exist). `bulk`: for
+    appends of thousands of rows, which DuckDB's checkpoint would otherwise merge with the row groups written
+    before (vacuum): each merge rewrites them, which doubled the cost of exporting to a table. The file's next
+    ordinary writer merges them."""
     with connect(wh, ref.project, missing=_dataset_missing(ref.project, ref.dataset), write=True) as db:
+        if bulk:
+            db.conn.execute("SET max_vacuum_tasks = 0")
         require_dataset(db, ref)
         table = Table(db, ref)
         yield table
