@@ -175,13 +175,17 @@ class Table:
 
 @contextmanager
 def open_table(wh: Warehouse, ref: TableRef, *, bulk: bool = False) -> Iterator[Table]:
-    """Hold the table's warehouse file, in one transaction, for appends (its dataset must exist). `bulk`: for
-    appends of thousands of rows, which DuckDB's checkpoint would otherwise merge with the row groups written
-    before (vacuum): each merge rewrites them, which doubled the cost of exporting to a table. The file's next
-    ordinary writer merges them."""
+    """Hold the table's warehouse file, in one transaction, for appends (its dataset must exist).
+
+    `bulk`: for appends of thousands of rows, while other processes flatten the next ones. DuckDB's checkpoint
+    would merge each append with the row groups written before (vacuum), rewriting them again and again; the
+    file's next ordinary writer merges them once. And one DuckDB thread does the insert and the checkpoint with
+    a third less CPU than two, which the processes flattening need more. Both hold for the file until the
+    process closes it (queries of this process meanwhile run on one thread too)."""
     with connect(wh, ref.project, missing=_dataset_missing(ref.project, ref.dataset), write=True) as db:
         if bulk:
             db.conn.execute("SET max_vacuum_tasks = 0")
+            db.conn.execute("SET threads = 1")
         require_dataset(db, ref)
         table = Table(db, ref)
         yield table
