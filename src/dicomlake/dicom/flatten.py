@@ -715,12 +715,13 @@ def flatten(
     column_limit_remaining: int | None = None,
     *,
     existing: list[dict] | None = None,
-    file_meta: dict | None = None,
+    file_meta: dict | bytes | str | None = None,
 ) -> FlatRow:
     """One instance's row. `metadata` is its DICOM JSON, as a dict or as the stored JSON text (faster: the size
     is known without encoding). `column_limit_remaining`: how many more columns (nested ones included) the table
     may take; columns already in `existing` (the table's schema) cost nothing, without it every column of the
-    row counts as new. `file_meta`: the group 0002 elements, when kept apart from the data set (§6.10)."""
+    row counts as new. `file_meta`: the group 0002 elements, when kept apart from the data set (§6.10), as a dict
+    or as the stored JSON text."""
     owned = not isinstance(metadata, dict)
     if isinstance(metadata, bytes | bytearray | memoryview):
         size = len(metadata)
@@ -735,12 +736,18 @@ def flatten(
     if not isinstance(metadata, dict):
         raise ValueError("DICOM JSON metadata must be an object")
     dropped: list[str] = []
+    if isinstance(file_meta, bytes | str):
+        file_meta, meta_owned = (orjson.loads(file_meta) if file_meta else None), True
+    else:
+        meta_owned = False
     if file_meta:
         if DROPPED_AT_INGEST in file_meta:
             file_meta = dict(file_meta)
             dropped += (_dropped_name(key) for key in file_meta.pop(DROPPED_AT_INGEST))
         # Parsed text goes into the row without copies; the caller's file meta must not.
-        metadata = {**(orjson.loads(orjson.dumps(file_meta)) if owned else file_meta), **metadata}
+        if owned and not meta_owned:
+            file_meta = orjson.loads(orjson.dumps(file_meta))
+        metadata = {**file_meta, **metadata}
     if size > MAX_ELEMENT_BYTES:
         metadata = _without_large(metadata, dropped)
     row, fields = _dataset(metadata, 1, dropped, owned)

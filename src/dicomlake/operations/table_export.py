@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 
 from dicomlake.dicom.flatten import FlatRow, ServiceColumns, flatten
@@ -164,17 +163,13 @@ def flat_rows(services: Services, store: StoreRef, keys: list[Key]) -> list[Flat
             flatten(
                 row.metadata,
                 ServiceColumns(datetime.fromtimestamp(row.created, UTC), row.storage_class, row.blob_size),
-                file_meta=_file_meta(row.file_meta),
+                file_meta=row.file_meta,
             )
             for row in rows
         ]
     finally:
         if enabled:
             gc.enable()
-
-
-def _file_meta(text: str | None) -> dict[str, Any] | None:
-    return orjson.loads(text) if text else None
 
 
 KIND = Kind(plan=plan, process=process, response=exporting.RESPONSE)

@@ -16,7 +16,6 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 
 from dicomlake.dicom.flatten import FlatRow, ServiceColumns, delete_row, flatten
@@ -112,9 +111,8 @@ def _row(event: Any) -> FlatRow:
     when = datetime.fromtimestamp(event.last_updated, UTC)
     if event.type == "DELETE":
         return delete_row(event.study_uid, event.series_uid, event.sop_uid, when)
-    file_meta = orjson.loads(event.file_meta) if event.file_meta else None
     service = ServiceColumns(when, event.storage_class, event.blob_size)
-    return flatten(event.metadata, service, file_meta=file_meta)
+    return flatten(event.metadata, service, file_meta=event.file_meta)
 
 
 def _log_entry(store: StoreRef, event: Any, destination: str, code: int, message: str) -> dict[str, Any]:
