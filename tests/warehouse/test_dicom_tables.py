@@ -130,3 +130,10 @@ def test_a_table_thousands_of_columns_wide_is_checkpointed(wh: Warehouse) -> Non
             assert table.append(dicom_tables.Fitted(fields, data))
 
     assert query(wh, "SELECT count(*) FROM ds.wide") == [(4 * rows,)]
+
+
+def test_a_batch_whose_instances_were_all_deleted_appends_nothing(wh: Warehouse) -> None:
+    ref = TableRef("proj", "ds", "t")
+    with dicom_tables.open_table(wh, ref) as table:
+        assert table.append(dicom_tables.fit([], []))
+        assert not table.exists

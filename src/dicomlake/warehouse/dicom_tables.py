@@ -143,6 +143,8 @@ class Table:
     def append(self, fitted: Fitted) -> bool:
         """Widen the table to the fitted rows' columns and insert them; False (nothing done) when a column of
         theirs has another type in the table now: fit them again to `fields`."""
+        if not fitted.fields:  # no rows (their instances were deleted meanwhile)
+            return True
         merged = merge_schema(self.fields, fitted.fields)
         if merged.conflicts:
             return False
@@ -174,15 +176,16 @@ class Table:
 
 
 @contextmanager
-def open_table(wh: Warehouse, ref: TableRef, *, bulk: bool = False) -> Iterator[Table]:
+def open_table(wh: Warehouse, ref: TableRef, *, bulk: bool = False, hold: float = 0.0) -> Iterator[Table]:
     """Hold the table's warehouse file, in one transaction, for appends (its dataset must exist).
 
     `bulk`: for appends of thousands of rows, while other processes flatten the next ones. DuckDB's checkpoint
     would merge each append with the row groups written before (vacuum), rewriting them again and again; the
     file's next ordinary writer merges them once. And one DuckDB thread does the insert and the checkpoint with
     a third less CPU than two, which the processes flattening need more. Both hold for the file until the
-    process closes it (queries of this process meanwhile run on one thread too)."""
-    with connect(wh, ref.project, missing=_dataset_missing(ref.project, ref.dataset), write=True) as db:
+    process closes it (queries of this process meanwhile run on one thread too). `hold`: see `connect`."""
+    missing = _dataset_missing(ref.project, ref.dataset)
+    with connect(wh, ref.project, missing=missing, write=True, hold=hold) as db:
         if bulk:
             db.conn.execute("SET max_vacuum_tasks = 0")
             db.conn.execute("SET threads = 1")
@@ -199,16 +202,23 @@ def known_schema(wh: Warehouse, ref: TableRef) -> list[dict]:
     return _schemas.get((wh.root, ref), [])
 
 
-def write(wh: Warehouse, ref: TableRef, rows: list[FlatRow], *, stream: tuple[int, list[int]] | None = None) -> Written:
+def write(
+    wh: Warehouse,
+    ref: TableRef,
+    rows: list[FlatRow],
+    *,
+    stream: tuple[int, list[int]] | None = None,
+    hold: float = 0.0,
+) -> Written:
     """Append `rows` to the table (created if missing; its dataset must exist). With `stream` =
     (store key, event keys, one per row), rows of events this table already holds are skipped, the
-    others recorded as held, and the table's view is kept up to date.
+    others recorded as held, and the table's view is kept up to date. `hold`: see `connect`.
 
     The warehouse file is held by one process at a time, so the rows are fitted to the table's schema as this
     process last saw it before the file is taken; only when another process changed the table meanwhile (or
     events were already held) are they fitted again while it is held."""
     fitted = fit(known_schema(wh, ref), rows) if rows else None
-    with open_table(wh, ref) as table:
+    with open_table(wh, ref, hold=hold) as table:
         if stream is not None:
             fresh = _undelivered(table.db, ref, rows, *stream)
             if len(fresh) != len(rows):

@@ -175,9 +175,16 @@ def retrying(attempt: Any, what: str) -> Any:
 
 
 @contextmanager
-def connect(wh: Warehouse, project: str, *, missing: Exception | None = None, write: bool = False) -> Iterator[Db]:
+def connect(
+    wh: Warehouse, project: str, *, missing: Exception | None = None, write: bool = False, hold: float = 0.0
+) -> Iterator[Db]:
     """The project's file, open for one call. A file that does not exist raises `missing`, or is created when
-    `missing` is None. With `write`, the call holds this process's write turn and runs in one transaction."""
+    `missing` is None. With `write`, the call holds this process's write turn and runs in one transaction.
+
+    `hold` (seconds, writes only): keep the file open in this process for that long after the write, for
+    frequent small writes (streaming). Closing the file checkpoints it, which costs more than a small append
+    itself; while it is kept open, the writes in between are only committed to DuckDB's log. Other processes
+    wait for the file meanwhile, so the time is short and is not extended by further writes."""
     path = wh.file(project)
     if not path.exists():
         if missing is not None:
@@ -203,11 +210,35 @@ def connect(wh: Warehouse, project: str, *, missing: Exception | None = None, wr
                 conn.rollback()
                 raise
             conn.commit()
+            if hold > 0:
+                _keep_open(path, hold)
         finally:
             conn.close()
     finally:
         if lock is not None:
             lock.release()
+
+
+_kept: dict[Path, duckdb.DuckDBPyConnection] = {}
+_kept_guard = threading.Lock()
+
+
+def _keep_open(path: Path, seconds: float) -> None:
+    """Keep the file open (one more connection to the process's DuckDB instance of it) for `seconds`."""
+    with _kept_guard:
+        if path in _kept:
+            return
+        _kept[path] = duckdb.connect(str(path), config=CONFIG)
+    timer = threading.Timer(seconds, _let_go, (path,))
+    timer.daemon = True
+    timer.start()
+
+
+def _let_go(path: Path) -> None:
+    with _kept_guard:
+        conn = _kept.pop(path, None)
+    if conn is not None:
+        conn.close()  # the last connection of the instance to close checkpoints the file
 
 
 def allow_columns(db: Db, columns: int) -> None:
