@@ -156,20 +156,14 @@ def flat_rows(services: Services, store: StoreRef, keys: list[Key]) -> list[Flat
     )
     with services.db.read() as conn:
         rows = [row for row in conn.execute(select_by_keys(store, keys, *extra)) if tuple(row[:3]) in wanted]
-    enabled = gc.isenabled()
-    gc.disable()  # as in fit_rows
-    try:
-        return [
-            flatten(
-                row.metadata,
-                ServiceColumns(datetime.fromtimestamp(row.created, UTC), row.storage_class, row.blob_size),
-                file_meta=row.file_meta,
-            )
-            for row in rows
-        ]
-    finally:
-        if enabled:
-            gc.enable()
+    return [
+        flatten(
+            row.metadata,
+            ServiceColumns(datetime.fromtimestamp(row.created, UTC), row.storage_class, row.blob_size),
+            file_meta=row.file_meta,
+        )
+        for row in rows
+    ]
 
 
 KIND = Kind(plan=plan, process=process, response=exporting.RESPONSE)

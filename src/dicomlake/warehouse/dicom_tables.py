@@ -193,7 +193,7 @@ def open_table(wh: Warehouse, ref: TableRef, *, bulk: bool = False, hold: float 
         table = Table(db, ref)
         yield table
         _schemas[(wh.root, ref)] = table.fields
-        if table.touched or table.changed:
+        if table.touched:  # creating or widening it recorded the time already
             _touch(db, ref)
 
 
