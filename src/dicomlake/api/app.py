@@ -11,9 +11,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomlake.api import bigquery, dicomweb, resources
 from dicomlake.config import Settings
@@ -56,9 +57,34 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, str(message), headers=exc.headers)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("internal error on %s %s", request.method, request.url.path)
-    return error_response(500, f"internal error: {type(exc).__name__}", "INTERNAL")
+class InternalErrors:
+    """An exception no handler knows becomes a 500 in the error envelope, its traceback goes to the log, and
+    the exception stops here: re-raised (as Starlette's own last handler does), the ASGI server would drop the
+    keep-alive connection without `Connection: close` and the client's next request would meet a reset. Only
+    a response already under way when it fails has to be cut short."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            log.exception("internal error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            response = error_response(500, f"internal error: {type(exc).__name__}", "INTERNAL")
+            await response(scope, receive, send)
 
 
 class BearerAuth:
@@ -114,7 +140,8 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
 
     app = Starlette(
         routes=resources.routes() + dicomweb.routes() + bigquery.routes(),
-        exception_handlers={DicomlakeError: _dicomlake_error, HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={DicomlakeError: _dicomlake_error, HTTPException: _http_error},
+        middleware=[Middleware(InternalErrors)],
         lifespan=lifespan,
     )
     tokens = settings.tokens
