@@ -7,9 +7,11 @@ import hashlib
 import io
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.config
 import pytest
 import requests
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -273,6 +275,94 @@ def test_mixed_request_stores_the_good_instance_and_reports_each_bad_part(store:
     assert retrieve_as_stored(store, CT_STUDY, CT_SERIES, CT_SOP).content == good
     mr = pydicom.dcmread(io.BytesIO(half))
     assert retrieve_as_stored(store, mr.StudyInstanceUID, mr.SeriesInstanceUID, mr.SOPInstanceUID).status_code == 404
+
+
+def with_uid(name: str, keyword: str, value: str) -> bytes:
+    """A test file with new UIDs, then `keyword` set to `value` whether or not it is a valid UID."""
+    ds = pydicom.dcmread(io.BytesIO(with_new_uids(name)))
+    with pydicom.config.disable_value_validation():
+        setattr(ds, keyword, value)
+        if keyword == "SOPInstanceUID":
+            ds.file_meta.MediaStorageSOPInstanceUID = value
+        return encode(ds)
+
+
+TRAVERSAL = "../../../../tmp/x"
+UID_KEYWORDS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
+BAD_UIDS = {
+    "traversal": TRAVERSAL,
+    "deep traversal": "../" * 24 + "tmp/dicomlake-stow-x",
+    "300 characters": "1." * 149 + "12",
+    "letters": "1.2.840.abc",
+    "empty component": "1.2..3",
+}
+
+
+def escaped_files(*roots: Path) -> set[Path]:
+    """What a write steered by one of BAD_UIDS' traversals would have created."""
+    return {p for root in roots for p in root.rglob("*") if p.name.startswith(("x.", "dicomlake-stow-x"))}
+
+
+@pytest.mark.parametrize("keyword", UID_KEYWORDS)
+@pytest.mark.parametrize("bad", BAD_UIDS)
+def test_invalid_uid_fails_only_its_own_part(store: Store, keyword: str, bad: str) -> None:
+    good = with_new_uids(CT)
+    value = BAD_UIDS[bad]
+    before = set(Path("/tmp").glob("x*")) | set(Path("/tmp").glob("dicomlake-stow-x*"))
+    data_dir = store.server.data_dir
+
+    response = post(store, multipart(with_uid("MR_small.dcm", keyword, value), good))
+
+    assert response.status_code == 409, response.text
+    (failure,) = failures(response)
+    assert values(failure, "00081197") == [CANNOT_UNDERSTAND]
+    detail = values(failure, "00091097")[0]
+    assert keyword in detail and ("not a UID" in detail or "at most 64" in detail), detail
+    assert "/" not in "".join(values(failure, "00081155"))
+    assert [values(i, "00081155")[0] for i in referenced(response)] == [
+        pydicom.dcmread(io.BytesIO(good)).SOPInstanceUID
+    ]
+    assert instance_count(store) == 1
+    assert set(Path("/tmp").glob("x*")) | set(Path("/tmp").glob("dicomlake-stow-x*")) == before
+    assert not escaped_files(data_dir, data_dir.parent)
+
+
+def test_a_request_of_only_invalid_uids_is_409_and_stores_nothing(store: Store) -> None:
+    parts = [with_uid(CT, keyword, TRAVERSAL) for keyword in UID_KEYWORDS]
+
+    response = post(store, multipart(*parts), headers={"Accept": "application/dicom+xml"})
+
+    assert response.status_code == 409
+    root = ET.fromstring(response.content)
+    items = root.findall("DicomAttribute[@keyword='FailedSOPSequence']/Item")
+    assert len(items) == 3
+    for item, keyword in zip(items, UID_KEYWORDS, strict=True):
+        assert item.find("DicomAttribute[@keyword='FailureReason']/Value").text == str(CANNOT_UNDERSTAND)
+        assert keyword in item.find("DicomAttribute[@tag='00090097']/Value").text
+    assert not root.findall("DicomAttribute[@keyword='ReferencedSOPSequence']")
+    assert instance_count(store) == 0
+
+
+def test_single_part_with_a_300_character_sop_instance_uid_is_409(store: Store) -> None:
+    response = post(store, with_uid(CT, "SOPInstanceUID", BAD_UIDS["300 characters"]), "application/dicom")
+
+    assert response.status_code == 409, response.text
+    (failure,) = failures(response)
+    assert "300 characters" in values(failure, "00091097")[0]
+    assert values(failure, "00081155") == []
+    assert instance_count(store) == 0
+
+
+def test_uid_components_with_leading_zeros_are_stored_as_sent(store: Store) -> None:
+    sop = "1.2.826.0.1.3680043.8.498.0012.03"
+    data = with_uid(CT, "SOPInstanceUID", sop)
+    ds = pydicom.dcmread(io.BytesIO(data))
+
+    response = post(store, data, "application/dicom")
+
+    assert response.status_code == 200, response.text
+    assert [values(i, "00081155")[0] for i in referenced(response)] == [sop]
+    assert retrieve_as_stored(store, ds.StudyInstanceUID, ds.SeriesInstanceUID, sop).content == data
 
 
 def test_part_of_another_media_type_is_a_failure_entry(store: Store) -> None:

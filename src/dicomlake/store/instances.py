@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from dicomlake.dicom.flatten import DROPPED_AT_INGEST
 from dicomlake.dicom.parse import DicomParseError, ParsedInstance, parse
 from dicomlake.dicom.tags import SERIES_ATTRIBUTES, STUDY_ATTRIBUTES
+from dicomlake.dicom.uids import InvalidUid, normalize_uid
 from dicomlake.errors import NotFound
 from dicomlake.storage.blobs import BlobStore
 from dicomlake.storage.db import Database, instances, series, stream_events, studies
@@ -156,6 +157,17 @@ def _check(data: bytes, expected_study: str | None) -> ParsedInstance | Failed:
         parsed = parse(data)
     except DicomParseError as exc:
         return Failed(None, None, CANNOT_UNDERSTAND, str(exc))
+    # The UIDs name the instance in URLs and its blob key: refused unless each is a UI value.
+    try:
+        sop_uid = normalize_uid(parsed.sop_uid, "SOPInstanceUID")
+    except InvalidUid as exc:
+        return Failed(parsed.sop_class_uid, None, CANNOT_UNDERSTAND, str(exc))
+    try:
+        parsed.study_uid = normalize_uid(parsed.study_uid, "StudyInstanceUID")
+        parsed.series_uid = normalize_uid(parsed.series_uid, "SeriesInstanceUID")
+    except InvalidUid as exc:
+        return Failed(parsed.sop_class_uid, sop_uid, CANNOT_UNDERSTAND, str(exc))
+    parsed.sop_uid = sop_uid
     if expected_study is not None and parsed.study_uid != expected_study:
         return Failed(
             parsed.sop_class_uid,
