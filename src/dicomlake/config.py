@@ -7,6 +7,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 
 class ConfigError(ValueError):
@@ -31,6 +32,8 @@ class Settings:
     operation_threads: int = 2
     # A shard or planner whose worker sent no heartbeat for this long is taken over by another worker.
     operation_lease_seconds: float = 60.0
+    # The only folders `file://` URIs of imports and exports may name; none by default.
+    file_roots: tuple[Path, ...] = ()
 
     @property
     def resolved_database_url(self) -> str:
@@ -89,6 +92,12 @@ def _convert(name: str, raw: str) -> object:
         return Path(raw)
     if name == "insecure":
         return raw.strip().lower() in ("1", "true", "yes", "on")
+    if name == "file_roots":
+        roots = tuple(Path(p) for p in raw.split(":") if p)
+        relative = [str(p) for p in roots if not p.is_absolute()]
+        if relative:
+            raise ConfigError(f"DICOMLAKE_FILE_ROOTS takes absolute paths separated by ':', got {relative[0]!r}")
+        return roots
     if name == "auth_tokens":
         return frozenset(t.strip() for t in raw.split(",") if t.strip())
     return raw
@@ -109,4 +118,18 @@ def load(**overrides: object) -> Settings:
         raise ConfigError(f"port must be between 1 and 65535, got {settings.port}")
     if settings.workers < 1:
         raise ConfigError(f"workers must be at least 1, got {settings.workers}")
+    _check_file_roots(settings)
     return settings
+
+
+def _check_file_roots(settings: Settings) -> None:
+    """A file root must not overlap the data dir or the blob folder: imports and exports would reach them."""
+    own = {"the data dir": settings.data_dir.resolve()}
+    blob_url = urlparse(settings.resolved_blob_url)
+    if blob_url.scheme == "file":
+        own["the blob folder"] = Path(unquote(blob_url.path)).resolve()
+    for root in settings.file_roots:
+        resolved = root.resolve()
+        for what, path in own.items():
+            if resolved.is_relative_to(path) or path.is_relative_to(resolved):
+                raise ConfigError(f"DICOMLAKE_FILE_ROOTS: {root} overlaps {what} {path}; list folders outside it")

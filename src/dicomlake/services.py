@@ -77,7 +77,7 @@ def open_services(settings: Settings, create_schema: bool = True) -> Services:
     if create_schema:
         db.create_schema()
     blobs = BlobStore(settings.resolved_blob_url, Journal(settings.data_dir / "journal"))
-    return Services(settings=settings, db=db, blobs=blobs, buckets=Buckets(settings.data_dir), scratch_dir=scratch)
+    return Services(settings=settings, db=db, blobs=blobs, buckets=Buckets(settings.data_dir, file_roots=settings.file_roots), scratch_dir=scratch)
 
 
 _worker_services: Services | None = None

@@ -53,7 +53,7 @@ def test_listing_a_local_bucket_streams_the_matching_objects(tmp_path: Path) -> 
     for name in ["dir/a.dcm", "dir/b.txt", "dir/sub/c.dcm", "dir/sub/deeper/d.dcm", "other/e.dcm"]:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"x" * len(name))
-    buckets = Buckets(tmp_path)
+    buckets = Buckets(tmp_path, file_roots=[folder])
 
     def names(uri: str) -> list[str]:
         return sorted(o.name for o in buckets.list(parse_pattern(uri)))

@@ -7,7 +7,6 @@ before any instance is written (spec §2.6, §6.3)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,12 +15,13 @@ import obstore
 import sqlalchemy as sa
 
 from dicomlake.dicom import pixels
-from dicomlake.errors import InvalidArgument
+from dicomlake.dicom.uids import InvalidUid, normalize_uid
+from dicomlake.errors import DicomlakeError, InvalidArgument, NotFound
 from dicomlake.operations import logs, records
 from dicomlake.operations.model import Kind, Operation, ShardResult, map_in_pool
 from dicomlake.services import Services, in_worker
 from dicomlake.storage.blobs import NotFoundError
-from dicomlake.storage.buckets import split_uri
+from dicomlake.storage.buckets import parse_object, parse_prefix
 from dicomlake.storage.db import instances
 from dicomlake.store.catalog import StoreRef
 from dicomlake.store.instances import KEY_COLUMNS, Key, keys_of, select_by_keys
@@ -42,8 +42,7 @@ DICOM_SYNTAXES = frozenset(
     + ["1.2.840.10008.1.2.8.1"]
 )
 
-_UID = r"[0-9]+(?:\.[0-9]+)*"
-_FILTER_LINE = re.compile(rf"/studies/({_UID})(?:/series/({_UID})(?:/instances/({_UID}))?)?")
+_FILTER_LEVELS = (("studies", "StudyInstanceUID"), ("series", "SeriesInstanceUID"), ("instances", "SOPInstanceUID"))
 
 
 @dataclass(frozen=True)
@@ -98,27 +97,28 @@ def start(services: Services, store: StoreRef, body: dict[str, Any]) -> dict[str
     prefix = destination.get("uriPrefix")
     if not isinstance(prefix, str) or not prefix:
         raise InvalidArgument("gcsDestination.uriPrefix is required, e.g. gs://BUCKET/DIR")
-    scheme, bucket, _ = split_uri(prefix)
-    services.buckets.open(scheme, bucket)
+    services.buckets.check(*parse_prefix(prefix), prefix)
     mime_type = destination.get("mimeType") or ""
     if not isinstance(mime_type, str):
         raise InvalidArgument("gcsDestination.mimeType must be a string")
     parse_mime_type(mime_type)
     request: dict[str, Any] = {"gcsDestination": {"uriPrefix": prefix, "mimeType": mime_type}}
-    filter_uri = _filter_uri(body)
+    filter_uri = filter_config(services, body)
     if filter_uri:
-        split_uri(filter_uri)
         request["filterConfig"] = {"resourcePathsGcsUri": filter_uri}
     return records.create_pending(services.db, store, EXPORT, request)
 
 
-def _filter_uri(body: dict[str, Any]) -> str | None:
+def filter_config(services: Services, body: dict[str, Any]) -> str | None:
+    """The filter file an export request names (`filterConfig.resourcePathsGcsUri`), checked as an object name
+    in a bucket this server may read; None when there is none."""
     config = body.get("filterConfig")
     if config is None:
         return None
     uri = config.get("resourcePathsGcsUri") if isinstance(config, dict) else None
     if not isinstance(uri, str) or not uri:
         raise InvalidArgument("filterConfig.resourcePathsGcsUri must name the filter file, e.g. gs://BUCKET/filter.txt")
+    services.buckets.check(*parse_object(uri), uri)
     return uri
 
 
@@ -168,21 +168,32 @@ def _all(services: Services, store: StoreRef) -> Iterator[Unit]:
 
 
 def read_filter(services: Services, uri: str) -> Iterator[tuple[str, str | None, str | None]]:
-    """The (study, series, instance) of each line of a filter file; INVALID_ARGUMENT on the first bad line."""
+    """The (study, series, instance) of each line of a filter file; INVALID_ARGUMENT on the first bad line,
+    saying which line and what is wrong with it, never what it holds (the file may be anything)."""
     try:
         for number, line in enumerate(services.buckets.lines(uri), start=1):
-            text = line.strip()
-            if not text:
-                continue
-            match = _FILTER_LINE.fullmatch(text)
-            if match is None:
-                raise InvalidArgument(
-                    f"line {number} of filter file {uri} is not /studies/UID[/series/UID[/instances/UID]]: "
-                    f"{text[:200]!r}"
-                )
-            yield match.group(1), match.group(2), match.group(3)
-    except (FileNotFoundError, NotFoundError):
+            if line.strip():
+                yield filter_line(line.strip(), f"line {number} of filter file {uri}")
+    except (FileNotFoundError, NotFoundError, NotFound):
         raise InvalidArgument(f"filter file {uri} does not exist") from None
+
+
+def filter_line(text: str, where: str) -> tuple[str, str | None, str | None]:
+    """(study, series, instance) of one filter line `/studies/UID[/series/UID[/instances/UID]]`."""
+    parts = text.split("/")
+    levels = [level for level, _ in _FILTER_LEVELS]
+    if parts[0] or len(parts) not in (3, 5, 7) or parts[1::2] != levels[: len(parts) // 2]:
+        raise InvalidArgument(f"{where} is not a resource path /studies/UID[/series/UID[/instances/UID]]")
+    uids: list[str | None] = [None, None, None]
+    for level, value in enumerate(parts[2::2]):
+        keyword = _FILTER_LEVELS[level][1]
+        try:
+            uids[level] = normalize_uid(value, keyword)
+        except InvalidUid:
+            raise InvalidArgument(
+                f"{where}: its {keyword} is not a UID (digits separated by single dots, at most 64 characters)"
+            ) from None
+    return uids[0] or "", uids[1], uids[2]
 
 
 def _filtered(services: Services, operation: Operation, uri: str) -> Iterator[Unit]:
@@ -257,6 +268,9 @@ def write_objects(rows: list[tuple[str, str, str, str]], uri_prefix: str, mime_t
             continue  # deleted while the export ran
         except pixels.PixelError as exc:
             failures.append((path, 9, f"cannot export {path} as {fmt.kind}: {exc}"))
+        except DicomlakeError as exc:
+            # A link or a folder in the way of a local object, a name the bucket refuses: this instance only.
+            failures.append((path, exc.code, exc.message))
         except (OSError, obstore.exceptions.BaseError) as exc:
             failures.append((path, 14, f"cannot write {path} to {prefix}: {exc}"))
     return failures

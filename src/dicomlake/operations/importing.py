@@ -10,7 +10,7 @@ from typing import Any
 
 import obstore
 
-from dicomlake.errors import InvalidArgument
+from dicomlake.errors import DicomlakeError, InvalidArgument
 from dicomlake.operations import logs, records
 from dicomlake.operations.model import Kind, Operation, ShardResult, map_in_pool
 from dicomlake.services import Services, in_worker
@@ -39,7 +39,7 @@ def start(services: Services, store: StoreRef, body: dict[str, Any]) -> dict[str
     if storage_class not in STORAGE_CLASSES:
         raise InvalidArgument(f"invalid blobStorageClass {storage_class!r}: use one of {', '.join(STORAGE_CLASSES)}")
     pattern = parse_pattern(uri)
-    services.buckets.open(pattern.scheme, pattern.bucket)
+    services.buckets.check(pattern.scheme, pattern.bucket, pattern.prefix, uri)
     request = {"gcsSource": {"uri": uri}, "blobStorageSettings": {"blobStorageClass": storage_class}}
     return records.create_pending(services.db, store, IMPORT, request)
 
@@ -83,6 +83,10 @@ def store_files(store: StoreRef, uris: list[str], storage_class: str) -> list[tu
         except (FileNotFoundError, obstore.exceptions.NotFoundError):
             # Deleted between listing and reading.
             failures.append((uri, 5, f"object {uri} no longer exists"))
+            continue
+        except DicomlakeError as exc:
+            # A link, FIFO or device in a local bucket, a name no bucket allows: this file only.
+            failures.append((uri, exc.code, exc.message))
             continue
         sources.append(uri)
     outcomes = store_instances(services.db, services.blobs, store, datas, None, storage_class)

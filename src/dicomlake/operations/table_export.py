@@ -26,7 +26,6 @@ from dicomlake.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from dicomlake.operations import exporting, records
 from dicomlake.operations.model import Kind, Operation, ShardResult, map_in_pool
 from dicomlake.services import Services, in_worker
-from dicomlake.storage.buckets import split_uri
 from dicomlake.storage.db import instances, operation_shards
 from dicomlake.store.catalog import StoreRef
 from dicomlake.store.instances import Key, select_by_keys
@@ -61,12 +60,8 @@ def start(services: Services, store: StoreRef, body: dict[str, Any]) -> dict[str
     request: dict[str, Any] = {
         "bigqueryDestination": {"tableUri": uri, "writeDisposition": disposition, "force": force}
     }
-    config = body.get("filterConfig")
-    if config is not None:
-        filter_uri = config.get("resourcePathsGcsUri") if isinstance(config, dict) else None
-        if not isinstance(filter_uri, str) or not filter_uri:
-            raise InvalidArgument("filterConfig.resourcePathsGcsUri must name the filter file, e.g. gs://B/filter.txt")
-        split_uri(filter_uri)
+    filter_uri = exporting.filter_config(services, body)
+    if filter_uri:
         request["filterConfig"] = {"resourcePathsGcsUri": filter_uri}
     return records.create_pending(services.db, store, EXPORT_BQ, request)
 
