@@ -1,13 +1,16 @@
-"""Import source URIs: the wildcard rules of ImportDicomData, and listing a bucket folder with them."""
+"""Bucket URIs: the wildcard rules of ImportDicomData, the object-name rules, listing, reading and writing
+local bucket folders without following links, file:// roots."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
 
-from dicomlake.errors import InvalidArgument
-from dicomlake.storage.buckets import Buckets, parse_pattern
+from dicomlake.errors import FailedPrecondition, InvalidArgument
+from dicomlake.storage.buckets import MAX_LINE_BYTES, Buckets, parse_object, parse_pattern, parse_prefix
 
 
 @pytest.mark.parametrize(
@@ -78,3 +81,92 @@ def test_objects_are_written_and_read_back(tmp_path: Path) -> None:
     buckets.put("gs://out/study/series/instance.dcm", b"DICM")
     assert buckets.get("gs://out/study/series/instance.dcm") == b"DICM"
     assert (tmp_path / "buckets" / "out" / "study" / "series" / "instance.dcm").read_bytes() == b"DICM"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "gs://bkt/a b/Ünïcode.dcm",
+        "gs://bkt/" + "/".join(["s" * 255] * 4),  # 1,023 bytes
+        "gs://bkt/.hidden/a..b/...",
+        "s3://bkt/dir/x.dcm",
+    ],
+)
+def test_valid_object_names_pass(uri: str) -> None:
+    assert parse_object(uri)[2] == uri.split("/", 3)[3]
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("gs://bkt/" + "/".join(["s" * 255] * 4) + "/s", "1025 bytes long"),
+        ("gs://bkt/a/\x7f", "control character"),
+        ("gs://bkt/a/\u0085", "control character"),
+        ("gs://bkt/a/\ud800", "not valid UTF-8"),
+        ("gs://bkt/a/", "empty path segment"),
+        ("gs://bkt/a/x?.dcm", "'?'"),
+        ("gs://bkt/.well-known/acme-challenge", "reserved"),
+        ("file:///srv//x", "empty path segment"),
+        ("file:///srv/%2e%2e/etc/passwd", "'..'"),
+    ],
+)
+def test_invalid_object_names_say_what_is_wrong(uri: str, reason: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(reason)):
+        parse_object(uri)
+
+
+def test_an_export_prefix_may_end_in_a_slash_and_leaves_room(tmp_path: Path) -> None:
+    assert parse_prefix("gs://bkt/out/")[2] == "out/"
+    assert parse_prefix("gs://bkt")[2] == ""
+    assert parse_prefix("gs://bkt/" + "p" * 200 + "/" + "q" * 200)[2]
+    with pytest.raises(InvalidArgument, match="room"):
+        parse_prefix("gs://bkt/" + "/".join(["p" * 200] * 4) + "/" + "q" * 30)  # 834 bytes
+    with pytest.raises(InvalidArgument, match="empty path segment"):
+        parse_prefix("gs://bkt/out//")
+
+
+def test_file_uris_need_a_listed_root(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    write_bytes = b"DICM"
+    (tmp_path / "in" / "a.dcm").write_bytes(write_bytes)
+    with pytest.raises(InvalidArgument, match="DICOMLAKE_FILE_ROOTS lists none"):
+        Buckets(tmp_path).get(f"file://{tmp_path}/in/a.dcm")
+    allowed = Buckets(tmp_path, file_roots=[tmp_path / "in"])
+    assert allowed.get(f"file://{tmp_path}/in/a.dcm") == write_bytes
+    with pytest.raises(InvalidArgument, match="not under a folder listed in DICOMLAKE_FILE_ROOTS"):
+        allowed.get(f"file://{tmp_path}/inbox/a.dcm")
+
+
+def test_a_local_put_replaces_a_link_at_its_name_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    folder = tmp_path / "buckets" / "out"
+    folder.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (folder / "x.dcm").symlink_to(victim)
+    Buckets(tmp_path).put("gs://out/x.dcm", b"DICM")
+    assert not (folder / "x.dcm").is_symlink() and (folder / "x.dcm").read_bytes() == b"DICM"
+    assert victim.read_bytes() == b"keep"
+    assert [p.name for p in folder.iterdir()] == ["x.dcm"]
+
+
+def test_reading_a_fifo_or_a_folder_fails_at_once(tmp_path: Path) -> None:
+    folder = tmp_path / "buckets" / "inbox"
+    (folder / "sub").mkdir(parents=True)
+    os.mkfifo(folder / "pipe")
+    buckets = Buckets(tmp_path)
+    with pytest.raises(FailedPrecondition, match="a FIFO"):
+        buckets.get("gs://inbox/pipe")
+    with pytest.raises(FailedPrecondition, match="a folder"):
+        buckets.get("gs://inbox/sub")
+    assert [o.name for o in buckets.list(parse_pattern("gs://inbox/**"))] == ["pipe"]
+
+
+def test_lines_are_split_on_newlines_and_bounded(tmp_path: Path) -> None:
+    folder = tmp_path / "buckets" / "inbox"
+    folder.mkdir(parents=True)
+    (folder / "ok.txt").write_bytes(b"a\r\nb\n\nc")
+    (folder / "long.txt").write_bytes(b"a\n" + b"x" * (MAX_LINE_BYTES + 2) + b"\nc\n")
+    buckets = Buckets(tmp_path)
+    assert list(buckets.lines("gs://inbox/ok.txt")) == ["a", "b", "", "c"]
+    with pytest.raises(InvalidArgument, match=f"line 2 of gs://inbox/long.txt is longer than {MAX_LINE_BYTES} bytes"):
+        list(buckets.lines("gs://inbox/long.txt"))
