@@ -5,12 +5,18 @@ stays usable for the client's next request."""
 from __future__ import annotations
 
 import http.client
+import io
 import json
 from urllib.parse import urlsplit
 
+import pydicom
 import requests
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
 
 from conftest import Server, Store, dicom_file
+from dicomlake.dicom.parse import MAX_SEQUENCE_DEPTH
 
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
 CT_SERIES = "1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322"
@@ -63,9 +69,10 @@ def stow_ct(store: Store) -> None:
 
 def test_an_internal_error_answers_in_the_error_shape_and_keeps_the_connection(store: Store) -> None:
     stow_ct(store)
-    # A real broken condition: the index names a blob that someone removed from the object store.
+    # A real broken condition: where the index says the blob is, the object store holds a directory.
     (blob,) = store.server.data_dir.glob(f"blobs/**/{CT_SOP}.*.dcm")
     blob.unlink()
+    blob.mkdir()
     conn = Connection(store.server)
     try:
         url = f"{store.dicomweb}/studies/{CT_STUDY}/series/{CT_SERIES}/instances/{CT_SOP}"
@@ -78,3 +85,68 @@ def test_an_internal_error_answers_in_the_error_shape_and_keeps_the_connection(s
         assert conn.same_socket
     finally:
         conn.close()
+
+
+# ---- STOW ----------------------------------------------------------------------------------------
+
+BOUNDARY = "bad-input-boundary"
+
+
+def multipart(*payloads: bytes) -> bytes:
+    body = b"".join(
+        f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + payload + b"\r\n" for payload in payloads
+    )
+    return body + f"--{BOUNDARY}--\r\n".encode()
+
+
+def ct_with_nested_sequences(levels: int) -> tuple[bytes, str]:
+    """CT_small as a new instance whose ContentSequence nests `levels` deep; (bytes, SOPInstanceUID)."""
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    inner = Dataset()
+    inner.TextValue = "innermost"
+    for _ in range(levels - 1):
+        outer = Dataset()
+        outer.ContentSequence = Sequence([inner])
+        inner = outer
+    ds.ContentSequence = Sequence([inner])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue(), ds.SOPInstanceUID
+
+
+def test_stow_part_nested_too_deep_fails_alone_and_the_other_parts_are_stored(store: Store) -> None:
+    deep, deep_uid = ct_with_nested_sequences(150)
+    fine, fine_uid = ct_with_nested_sequences(MAX_SEQUENCE_DEPTH)
+    ct = dicom_file("CT_small.dcm").read_bytes()
+    response = requests.post(
+        f"{store.dicomweb}/studies",
+        data=multipart(ct, deep, fine),
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+            "Accept": "application/dicom+json",
+        },
+        timeout=60,
+    )
+    assert response.status_code == 409, response.text
+    answer = response.json()
+    (failed,) = answer["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xC000]
+    assert f"nested more than {MAX_SEQUENCE_DEPTH} levels deep" in failed["00091097"]["Value"][0]
+    stored = {item["00081155"]["Value"][0] for item in answer["00081199"]["Value"]}
+    assert stored == {CT_SOP, fine_uid}
+    found = requests.get(f"{store.dicomweb}/instances", headers={"Accept": "application/dicom+json"}, timeout=60)
+    assert {item["00080018"]["Value"][0] for item in found.json()} == {CT_SOP, fine_uid}
+    assert deep_uid not in found.text
+    metadata = requests.get(
+        f"{store.dicomweb}/studies/{CT_STUDY}/series/{CT_SERIES}/instances/{fine_uid}/metadata", timeout=60
+    )
+    assert metadata.status_code == 200
+    item = metadata.json()[0]
+    for _ in range(MAX_SEQUENCE_DEPTH - 1):
+        item = item["0040A730"]["Value"][0]
+    assert item["0040A730"]["Value"][0]["0040A160"]["Value"] == ["innermost"]
+    full = requests.get(
+        f"{store.dicomweb}/instances", params={"includefield": "all"}, headers={"Accept": "application/dicom+json"}
+    )
+    assert full.status_code == 200

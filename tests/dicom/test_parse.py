@@ -11,7 +11,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from conftest import dicom_file
-from dicomlake.dicom.parse import BULKDATA_PREFIX, DicomParseError, parse
+from dicomlake.dicom.parse import BULKDATA_PREFIX, MAX_SEQUENCE_DEPTH, DicomParseError, parse
 
 
 def _encode(ds: Dataset) -> bytes:
@@ -80,6 +80,54 @@ def test_sequences_over_one_mebibyte_are_left_out_of_the_metadata() -> None:
     metadata = parse(data).metadata
     assert "0040A730" not in metadata
     assert metadata["00100020"]["Value"] == ["kept"]
+
+
+def nested(levels: int) -> Dataset:
+    """A data set whose ContentSequence nests `levels` deep, a TextValue in the innermost item."""
+    inner = Dataset()
+    inner.TextValue = "innermost"
+    for _ in range(levels - 1):
+        outer = Dataset()
+        outer.ContentSequence = Sequence([inner])
+        inner = outer
+    return _minimal(ContentSequence=Sequence([inner]))
+
+
+def test_sequences_nested_to_the_depth_limit_are_read() -> None:
+    item = parse(_encode(nested(MAX_SEQUENCE_DEPTH))).metadata
+    for _ in range(MAX_SEQUENCE_DEPTH):
+        item = item["0040A730"]["Value"][0]
+    assert item["0040A160"]["Value"] == ["innermost"]
+
+
+def raw_nested(levels: int) -> bytes:
+    """A Part 10 file with a ContentSequence nested `levels` deep, written byte by byte (pydicom's writer takes
+    minutes past a few hundred levels): undefined-length sequences and items in Explicit VR Little Endian."""
+    opening = b"\x40\x00\x30\xa7SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    closing = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    return _encode(_minimal()) + opening * levels + closing * levels
+
+
+def test_sequences_nested_past_the_depth_limit_are_refused_with_a_reason() -> None:
+    for data in (_encode(nested(MAX_SEQUENCE_DEPTH + 1)), _encode(nested(150)), raw_nested(100_000)):
+        with pytest.raises(
+            DicomParseError, match=f"nested more than {MAX_SEQUENCE_DEPTH} levels deep in \\(0040,A730\\)"
+        ):
+            parse(data)
+
+
+def test_raw_sequences_nested_to_the_depth_limit_are_read() -> None:
+    item = parse(raw_nested(MAX_SEQUENCE_DEPTH)).metadata
+    for _ in range(MAX_SEQUENCE_DEPTH - 1):
+        item = item["0040A730"]["Value"][0]
+    assert item["0040A730"] == {"vr": "SQ", "Value": [{}]}
+
+
+def test_deep_sequences_in_implicit_vr_are_refused_too() -> None:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, nested(100), implicit_vr=True, little_endian=True)
+    with pytest.raises(DicomParseError, match="nested more than"):
+        parse(buffer.getvalue())
 
 
 @pytest.mark.parametrize(

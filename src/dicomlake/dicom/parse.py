@@ -5,7 +5,8 @@ builds pydicom DataElements; pydicom serves only as the data dictionary and for 
 Bulk data follows the Cloud Healthcare conformance statement: pixel data, every OB/OW/UN value,
 OD/OF/OL/OV values over 2 KiB and AT/FD/FL/SL/SS/SV/UL/US/UV values with more than 512 entries are
 replaced by a BulkDataURI; sequences over 1 MiB are left out of the metadata (and named in `dropped`, which
-tables show as DroppedTags)."""
+tables show as DroppedTags). Sequences nested deeper than MAX_SEQUENCE_DEPTH make the instance unreadable: the
+reader recurses once per level, and so does every reader of the stored DICOM JSON (QIDO, XML, tables)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 MAX_SEQUENCE_BYTES = 1 << 20
 MAX_INLINE_BINARY = 2048
 MAX_INLINE_NUMBERS = 512
+# Real archives nest sequences a few levels deep (SR content trees ten or so); 32 leaves room for them and keeps
+# the DICOM JSON (four JSON levels per sequence level) well under orjson's limit of 255.
+MAX_SEQUENCE_DEPTH = 32
 
 _VALID_VRS = frozenset(
     [
@@ -262,6 +266,11 @@ class _Reader:
                 return self.sequence(pos, path, depth, limit)
             finally:
                 self.implicit, self.little = saved
+        if depth >= MAX_SEQUENCE_DEPTH:
+            raise DicomParseError(
+                f"unsupported DICOM data: sequences nested more than {MAX_SEQUENCE_DEPTH} levels deep "
+                f"in ({path[:4]},{path[4:8]})"
+            )
         items: list[dict[str, Any]] = []
         end = self.end if limit is None else limit
         index = 0
