@@ -34,6 +34,9 @@ class Settings:
     operation_lease_seconds: float = 60.0
     # The only folders `file://` URIs of imports and exports may name; none by default.
     file_roots: tuple[Path, ...] = ()
+    # "full": a success (STOW 200, an imported file) means the blob and the index commit are on stable
+    # storage. "relaxed" skips the syncs: faster, but a power cut or kernel crash can lose acknowledged data.
+    durability: str = "full"
 
     @property
     def resolved_database_url(self) -> str:
@@ -118,6 +121,8 @@ def load(**overrides: object) -> Settings:
         raise ConfigError(f"port must be between 1 and 65535, got {settings.port}")
     if settings.workers < 1:
         raise ConfigError(f"workers must be at least 1, got {settings.workers}")
+    if settings.durability not in ("full", "relaxed"):
+        raise ConfigError(f"durability must be full or relaxed, got {settings.durability!r}")
     _check_file_roots(settings)
     return settings
 

@@ -73,11 +73,18 @@ def open_services(settings: Settings, create_schema: bool = True) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     scratch = settings.data_dir / "tmp"
     scratch.mkdir(exist_ok=True)
-    db = Database(settings.resolved_database_url)
+    durable = settings.durability == "full"
+    db = Database(settings.resolved_database_url, durable)
     if create_schema:
         db.create_schema()
-    blobs = BlobStore(settings.resolved_blob_url, Journal(settings.data_dir / "journal"))
-    return Services(settings=settings, db=db, blobs=blobs, buckets=Buckets(settings.data_dir, file_roots=settings.file_roots), scratch_dir=scratch)
+    blobs = BlobStore(settings.resolved_blob_url, Journal(settings.data_dir / "journal"), durable)
+    return Services(
+        settings=settings,
+        db=db,
+        blobs=blobs,
+        buckets=Buckets(settings.data_dir, file_roots=settings.file_roots),
+        scratch_dir=scratch,
+    )
 
 
 _worker_services: Services | None = None

@@ -1,77 +1,180 @@
 """Object storage behind one narrow interface (obstore): a local directory by default, or S3, GCS, Azure
-and memory by URL. Writes are atomic: a reader sees a whole object or none."""
+and memory by URL. Every key passes `check_key`, so none can name a place outside the store's root.
+
+Durable by default: when `put_many` returns, its objects survive a power cut. An object store's PUT is
+durable once it completes; a local file is written, then every file of the batch and every directory
+that gained an entry is synced, so a batch pays its syncs together, before the one index commit that
+makes its instances visible."""
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
+import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlparse
 
 import obstore
-from obstore.exceptions import NotFoundError
+from obstore.exceptions import NotFoundError as _ObjectMissing
 from obstore.store import LocalStore, from_url
 
+from dicomlake.errors import NotFound
 from dicomlake.storage.journal import Journal
 
-__all__ = ["BlobStore", "NotFoundError"]
+__all__ = ["BlobStore", "NotFoundError", "UnsafeKey", "check_key"]
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 
+# A bytes-like value: bytes, or a part of a request body mapped from its scratch file.
+Buffer = bytes | memoryview | mmap.mmap
+
+_UNSAFE_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+class UnsafeKey(ValueError):
+    """A key that could leave the blob root or mean different things to different backends."""
+
+
+class NotFoundError(NotFound):
+    """No object under the key: an instance whose blob is gone answers 404, not 500."""
+
+
+def check_key(key: str) -> str:
+    """`key` if it is a plain relative path of non-empty segments; UnsafeKey otherwise."""
+    if not key:
+        raise UnsafeKey("a blob key is empty")
+    if key.startswith("/"):
+        raise UnsafeKey(f"blob key {key[:80]!r} is absolute")
+    if _UNSAFE_CHARACTERS.search(key):
+        raise UnsafeKey(f"blob key {key[:80]!r} holds a backslash or a control character")
+    if any(segment in ("", ".", "..") for segment in key.split("/")):
+        raise UnsafeKey(f"blob key {key[:80]!r} has an empty, '.' or '..' segment")
+    return key
+
 
 class BlobStore:
-    def __init__(self, url: str, journal: Journal) -> None:
+    def __init__(self, url: str, journal: Journal, durable: bool = True) -> None:
         self.url = url
         self.journal = journal
+        self.durable = durable
         parsed = urlparse(url)
         self._root: Path | None = None
         if parsed.scheme == "file":
             self._root = Path(unquote(parsed.path))
-            self._root.mkdir(parents=True, exist_ok=True)
+            created = _make_directories(self._root, Path(self._root.anchor))
+            if durable:
+                _sync_directories({d.parent for d in created})
             self._store = LocalStore(self._root)
         else:
             self._store = from_url(url)
 
-    def put(self, key: str, data: bytes | IO[bytes] | Path) -> None:
-        if self._root is not None and isinstance(data, bytes | memoryview):
-            # Written in place, not staged and renamed: no index row names this fresh key before the
-            # write is complete, and the journal lists it for recovery should the process die mid-write.
-            write_local(self._root / key, data, staged=False)
+    def put(self, key: str, data: Buffer) -> None:
+        self.put_many([(key, data)])
+
+    def put_many(self, items: Sequence[tuple[str, Buffer]]) -> None:
+        """Write objects under fresh keys; once this returns they are all durable (unless `durable` is off).
+        Local files are written in place, not staged and renamed: no index row names a fresh key before
+        the write is over, and the journal lists the keys for recovery should the process die mid-write."""
+        for key, _ in items:
+            check_key(key)
+        if self._root is None:
+            for key, data in items:
+                # A single request is three times cheaper than a multipart upload for the small objects
+                # that make up most of a DICOM archive; multipart is for what single requests cannot carry.
+                obstore.put(self._store, key, data, use_multipart=len(data) > MULTIPART_THRESHOLD)
             return
-        # A single request is three times cheaper than a multipart upload for the small objects that
-        # make up most of a DICOM archive; multipart is for what single requests cannot carry.
-        multipart = not isinstance(data, bytes | memoryview) or len(data) > MULTIPART_THRESHOLD
-        obstore.put(self._store, key, data, use_multipart=multipart)
+        created: list[Path] = []
+        files: list[IO[bytes]] = []
+        try:
+            for key, data in items:
+                path = self._root / key
+                try:
+                    f = open(path, "xb")  # noqa: SIM115 - closed below, after the batch's syncs
+                except FileNotFoundError:
+                    created += _make_directories(path.parent, self._root)
+                    f = open(path, "xb")  # noqa: SIM115
+                files.append(f)
+                f.write(data)
+            for f in files:
+                f.flush()
+            if self.durable:
+                for f in files:
+                    os.fsync(f.fileno())
+                # A directory created by a concurrent writer and not yet synced by it is covered too on
+                # journaling file systems (ext4, XFS): syncing any entry commits every earlier metadata change.
+                _sync_directories({Path(f.name).parent for f in files} | {d.parent for d in created})
+        finally:
+            for f in files:
+                f.close()
 
     def get(self, key: str) -> bytes:
+        check_key(key)
         if self._root is not None:
             # A plain read is ten times faster than going through obstore for a local file.
             try:
                 return (self._root / key).read_bytes()
             except FileNotFoundError:
-                raise NotFoundError(f"no object {key}") from None
-        return obstore.get(self._store, key).bytes().to_bytes()
+                raise _missing(key) from None
+        try:
+            return obstore.get(self._store, key).bytes().to_bytes()
+        except (_ObjectMissing, FileNotFoundError):
+            raise _missing(key) from None
 
     def stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        for chunk in obstore.get(self._store, key).stream(min_chunk_size=chunk_size):
-            yield bytes(chunk)
+        """The object in chunks; a missing object raises here, before the first chunk is asked for."""
+        check_key(key)
+        try:
+            result = obstore.get(self._store, key)
+        except (_ObjectMissing, FileNotFoundError):
+            raise _missing(key) from None
+        return (bytes(chunk) for chunk in result.stream(min_chunk_size=chunk_size))
 
     def delete(self, key: str) -> None:
+        check_key(key)
         # obstore reports a missing local file as FileNotFoundError, a missing remote object as NotFoundError.
-        with contextlib.suppress(NotFoundError, FileNotFoundError):
+        with contextlib.suppress(_ObjectMissing, FileNotFoundError):
             obstore.delete(self._store, key)
 
     def discard(self, key: str) -> None:
         """Delete an object and whatever a write of it interrupted by a crash left behind."""
         self.delete(key)
         if self._root is not None:
-            # A local put stages into "<key>#<n>" before its atomic rename.
+            # obstore's LocalStore (and versions of this module before in-place writes) staged a put as
+            # "<key>#<n>" before its atomic rename.
             path = self._root / key
             for partial in path.parent.glob(path.name + "#*"):
                 partial.unlink(missing_ok=True)
+
+
+def _missing(key: str) -> NotFoundError:
+    return NotFoundError(f"the stored data {key} is missing from the blob store")
+
+
+def _make_directories(directory: Path, stop: Path) -> list[Path]:
+    """Create `directory` and its missing parents below `stop`; the ones this call created, outermost first
+    (one that appears meanwhile is counted too: its creator may not have synced it yet)."""
+    missing = []
+    while directory != stop and not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir()
+    return missing[::-1]
+
+
+def _sync_directories(directories: set[Path]) -> None:
+    """Make the entries of these directories durable: a new file's name is in its directory, not in it."""
+    for directory in sorted(directories):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_local(path: Path, data: bytes | memoryview, staged: bool = True) -> None:

@@ -210,7 +210,9 @@ def _normalise_url(url: str) -> str:
 class Database:
     """An engine plus the two ways the code uses it: short read snapshots and short write transactions."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, durable: bool = True) -> None:
+        """`durable`: a commit is on stable storage when it returns (SQLite synchronous=FULL, PostgreSQL's
+        default synchronous_commit); off, a power cut may lose the last commits (NORMAL; synchronous_commit=off)."""
         url = _normalise_url(url)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
@@ -222,9 +224,11 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self._lock_path = Path(path + ".writelock")
             self.engine = sa.create_engine(url, pool_size=16, max_overflow=16, connect_args={"timeout": 60})
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, durable)
         else:
             self.engine = sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
+            if not durable:
+                _relax_postgresql(self.engine)
 
     def create_schema(self) -> None:
         with self.engine.begin() as conn:
@@ -275,14 +279,24 @@ def _add_missing_columns(conn: Connection) -> None:
                 conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {spec}")
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _relax_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET synchronous_commit = off")
+        dbapi_conn.commit()
+
+
+def _configure_sqlite(engine: Engine, durable: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         # Transactions are started by the "begin" hook below, not by the driver.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        # In WAL mode FULL syncs the log at every commit; NORMAL only at checkpoints, so a power cut can
+        # undo the last commits (never corrupt the file).
+        cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         cur.execute("PRAGMA busy_timeout=60000")
         cur.execute("PRAGMA foreign_keys=ON")
         # DICOM matching is case-sensitive except where we lower-case on purpose (person names).

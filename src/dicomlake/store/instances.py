@@ -1,7 +1,8 @@
 """Instances: store (parse, blob, one index transaction), look up, read back and delete.
 
-An instance exists from the moment its index row commits. Its blob is written first, under a key
-no other upload uses, after the key is recorded in the blob store's journal; a crash in between
+An instance exists from the moment its index row commits. Its blob is written and made durable first,
+under a key no other upload uses (built from its validated UIDs and 128 random bits), after the key is
+recorded in the blob store's journal; a crash in between
 leaves a journal line that `recover()` follows to remove the orphan, never a row without a blob
 or a half-written blob."""
 
@@ -24,7 +25,7 @@ from dicomlake.dicom.parse import DicomParseError, ParsedInstance, parse
 from dicomlake.dicom.tags import SERIES_ATTRIBUTES, STUDY_ATTRIBUTES
 from dicomlake.dicom.uids import InvalidUid, normalize_uid
 from dicomlake.errors import NotFound
-from dicomlake.storage.blobs import BlobStore
+from dicomlake.storage.blobs import BlobStore, UnsafeKey, check_key
 from dicomlake.storage.db import Database, instances, series, stream_events, studies
 from dicomlake.store.catalog import StoreRef
 
@@ -125,8 +126,8 @@ def store_instances(
             accepted.append(item)
     with blobs.journal.recording([item.key for item in accepted]):
         try:
-            for item in accepted:
-                blobs.put(item.key, item.data)
+            # Every blob of the batch is durable before the one commit that makes the batch visible.
+            blobs.put_many([(item.key, item.data) for item in accepted])
             with db.write() as conn:
                 _insert(conn, db, store, accepted, storage_class)
         except IntegrityError:
@@ -576,6 +577,10 @@ def recover(db: Database, blobs: BlobStore) -> int:
     removed = 0
     for journal_file, keys in blobs.journal.leftovers():
         for key in keys:
+            try:
+                check_key(key)
+            except UnsafeKey:
+                continue  # recorded by a version that let UIDs into keys: never followed outside the blob root
             if not _committed(db, key):
                 blobs.discard(key)
                 removed += 1
