@@ -276,6 +276,27 @@ def test_modalities_in_study_matches_any_series_modality(corpus: Corpus) -> None
     assert study_uids(corpus.store, {"ModalitiesInStudy": "OT"}) == corpus.uid("D")
 
 
+def test_modalities_in_study_filters_series_and_instances_by_their_study(corpus: Corpus) -> None:
+    store, a, b = corpus.store, corpus.studies["A"], corpus.studies["B"]
+    with_ct = [a, b]  # A holds a CT and an MR series, B a CT series; C and E are MR only, D is OT
+    every_series = {s.uid for st in with_ct for s in st.series}
+    assert uids(found(store, "series", {"ModalitiesInStudy": "CT"}), "SeriesInstanceUID") == every_series
+    assert uids(found(store, f"studies/{a.uid}/series", {"ModalitiesInStudy": "CT"}), "SeriesInstanceUID") == {
+        s.uid for s in a.series
+    }
+    assert found(store, f"studies/{corpus.studies['C'].uid}/series", {"ModalitiesInStudy": "CT"}) == []
+    assert uids(found(store, "instances", {"ModalitiesInStudy": "CT"}), "SOPInstanceUID") == set(a.sops + b.sops)
+    assert uids(found(store, f"studies/{a.uid}/instances", {"ModalitiesInStudy": "CT"}), "SOPInstanceUID") == set(
+        a.sops
+    )
+    # With a series attribute too, the instance query joins series: the study's other series still count.
+    mr_of_ct_studies = found(store, "instances", {"ModalitiesInStudy": "CT", "Modality": "MR"})
+    assert uids(mr_of_ct_studies, "SOPInstanceUID") == set(a.series[1].sops)
+    assert uids(found(store, "series", {"ModalitiesInStudy": "CT", "Modality": "MR"}), "SeriesInstanceUID") == {
+        a.series[1].uid
+    }
+
+
 def test_referring_physician_name_matches(corpus: Corpus) -> None:
     assert study_uids(corpus.store, {"ReferringPhysicianName": "Smith^Anna"}) == corpus.uid("A")
     assert study_uids(corpus.store, {"ReferringPhysicianName": "jones*"}) == corpus.uid("B", "C", "D", "E")

@@ -238,10 +238,17 @@ def _condition(query: Query, key: str, value: str) -> sa.ColumnElement[bool] | N
         modalities = [m for m in re.split(r"[\\,]", value) if m]
         if not modalities:
             return None
-        return sa.exists().where(
-            series.c.store_pk == studies.c.store_pk,
-            series.c.study_uid == studies.c.study_uid,
-            series.c.modality.in_(modalities),
+        # Any series of the study: an alias correlated to the outer study row only, so that at the series and
+        # instance levels (whose queries hold `series` too) it is not bound to the outer series row.
+        study_series = series.alias("study_series")
+        return (
+            sa.exists()
+            .where(
+                study_series.c.store_pk == studies.c.store_pk,
+                study_series.c.study_uid == studies.c.study_uid,
+                study_series.c.modality.in_(modalities),
+            )
+            .correlate(studies)
         )
     if key == "0020000E" and query.level == "instance":
         # Answered from the instance row itself, without joining series.
