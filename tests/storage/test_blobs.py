@@ -151,6 +151,9 @@ def test_an_instance_whose_blob_is_gone_answers_404_not_500(store: Store) -> Non
         (instance, "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"),
         (f"{instance}/frames/1", "application/octet-stream; transfer-syntax=*"),
         (f"{instance}/rendered", "image/png"),
+        (study, 'multipart/related; type="application/dicom"; transfer-syntax=*'),
+        (f"{study}/series/{ds.SeriesInstanceUID}", 'multipart/related; type="application/dicom"; transfer-syntax=*'),
+        (instance, 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'),
     ]:
         response = requests.get(url, headers={"Accept": accept}, timeout=30)
         assert response.status_code == 404, (url, accept, response.status_code, response.text[:200])

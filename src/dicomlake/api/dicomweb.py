@@ -390,6 +390,7 @@ def _retrieve(request: Request, single_part_allowed: bool) -> Response:
         return StreamingResponse(
             svc.blobs.stream(row.blob_key), headers={"Content-Length": str(row.blob_size)}, media_type=media_type
         )
+    svc.blobs.require(row.blob_key for row in rows)  # a lost blob: 404 now, not a body cut short
     # Every conversion runs before the answer starts, so an instance that cannot be converted is a clean 406
     # instead of a body cut short; the converted copies wait in a scratch file, the rest stream from storage.
     # Closed by bodies() once sent, so it outlives this function: no with block.

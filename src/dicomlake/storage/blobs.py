@@ -13,7 +13,7 @@ import mmap
 import os
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlparse
@@ -132,6 +132,16 @@ class BlobStore:
         except (_ObjectMissing, FileNotFoundError):
             raise _missing(key) from None
         return (bytes(chunk) for chunk in result.stream(min_chunk_size=chunk_size))
+
+    def require(self, keys: Iterable[str]) -> None:
+        """NotFoundError for the first of `keys` without an object, so that a response built from several
+        objects can answer 404 before it starts. Local files only: an object store does not lose what it
+        acknowledged, and one request per object would cost more than the answer."""
+        if self._root is None:
+            return
+        for key in keys:
+            if not (self._root / check_key(key)).is_file():
+                raise _missing(key)
 
     def delete(self, key: str) -> None:
         check_key(key)
