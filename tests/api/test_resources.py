@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from conftest import Server, Store, dicom_file, wait_done
+from dicomlake.store import catalog
 
 VERSIONS = ["v1", "v1beta1"]
 STANDARD_PARAMS = {"alt": "json", "prettyPrint": "false", "fields": "name", "key": "x", "$.xgafv": "2"}
@@ -255,6 +256,43 @@ def test_store_list_filter_pages_over_matching_stores_only(dataset_url: str) -> 
 def test_unsupported_store_list_filter_is_invalid_argument(dataset_url: str, filter_: str) -> None:
     response = requests.get(f"{dataset_url}/dicomStores", params={"filter": filter_}, timeout=30)
     assert_error(response, 400, "INVALID_ARGUMENT")
+
+
+DEEP_FILTERS = {
+    "200 nested parentheses": "(" * 200 + "labels.a=b" + ")" * 200,
+    "1,000 NOTs": "NOT " * 1000 + "labels.a=b",
+    "6,300 characters": " OR ".join(["labels.a=b"] * 450),
+}
+
+
+@pytest.mark.parametrize("filter_", DEEP_FILTERS.values(), ids=DEEP_FILTERS.keys())
+def test_store_list_filter_too_deep_or_long_is_invalid_argument(dataset_url: str, filter_: str) -> None:
+    response = requests.get(f"{dataset_url}/dicomStores", params={"filter": filter_}, timeout=30)
+    assert_error(response, 400, "INVALID_ARGUMENT")
+    assert (
+        "levels deep" in response.json()["error"]["message"] or "characters long" in response.json()["error"]["message"]
+    )
+
+
+def test_store_list_filter_nested_to_the_limit_is_read(dataset_url: str) -> None:
+    create_store(dataset_url, "a", {"labels": {"env": "prod"}})
+    create_store(dataset_url, "b")
+    depth = catalog.MAX_FILTER_DEPTH
+    response = requests.get(
+        f"{dataset_url}/dicomStores",
+        params={"filter": "(" * (depth - 2) + "NOT NOT labels.env=prod" + ")" * (depth - 2)},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert [s["name"].rsplit("/", 1)[1] for s in response.json()["dicomStores"]] == ["a"]
+
+
+@pytest.mark.parametrize("filter_", DEEP_FILTERS.values(), ids=DEEP_FILTERS.keys())
+def test_operation_and_log_filters_too_deep_are_invalid_argument(store: Store, filter_: str) -> None:
+    operations = store.server.api(f"{store.dataset_name}/operations")
+    assert_error(requests.get(operations, params={"filter": filter_}, timeout=30), 400, "INVALID_ARGUMENT")
+    logs = store.server.api(f"projects/{store.project}/logs")
+    assert requests.get(logs, params={"filter": filter_}, timeout=30).status_code == 400
 
 
 @pytest.mark.parametrize("path", ["datasets", "datasets/{ds}/dicomStores", "datasets/{ds}/operations"])
@@ -523,6 +561,34 @@ ODD_REQUESTS = [
     ("GET", "datasets/{ds}/operations/99999999999999999999999999"),
     ("POST", "datasets/{ds}/operations/1:cancel"),
     ("GET", "datasets/{ds}/dicomStores/s:getDICOMStoreMetrics?alt=proto"),
+    ("GET", "datasets?pageSize=18446744073709551616"),
+    ("GET", "datasets/{ds}/dicomStores?pageSize=18446744073709551616"),
+    ("GET", "datasets/{ds}/operations?pageSize=18446744073709551616"),
+    ("GET", "datasets/{ds}/dicomStores?pageSize=-1"),
+    ("GET", "datasets/{ds}/dicomStores?pageSize=abc"),
+    ("GET", "datasets/" + "d" * 300),
+    ("DELETE", "datasets/" + "d" * 300),
+    ("GET", "datasets/{ds}/dicomStores/" + "s" * 300),
+    ("GET", "datasets/{ds}/operations/" + "o" * 300),
+    ("GET", "datasets/%00%01%1f"),
+    ("GET", "datasets/{ds}/dicomStores/%00"),
+    ("DELETE", "datasets/{ds}/dicomStores/%00%7f"),
+    ("GET", "datasets/{ds}/operations/%00"),
+    ("GET", "datasets/{ds}/dicomStores/s/dicomWeb/studies/%00"),
+    ("GET", "datasets/{ds}/dicomStores/s/dicomWeb/studies/" + "1" * 300 + "/series"),
+    ("GET", "datasets/{ds}/dicomStores/s/dicomWeb/studies/1.2/series/%00%0a/instances/" + "9" * 300),
+    ("GET", "datasets/{ds}/dicomStores/s/dicomWeb/studies/1.2/series/3.4/instances/%00/metadata"),
+    ("DELETE", "datasets/{ds}/dicomStores/s/dicomWeb/studies/%00"),
+    ("GET", "datasets/{ds}/dicomStores/s/dicomWeb/studies?limit=18446744073709551616"),
+    ("GET", "datasets/{ds}/dicomStores/s/dicomWeb/instances?offset=18446744073709551616"),
+    ("GET", "datasets/{ds}/dicomStores/s/dicomWeb/series?PatientID=%00"),
+    ("GET", "datasets/{ds}/dicomStores/s/dicomWeb/studies?StudyInstanceUID=%00"),
+    ("POST", "datasets/{ds}/dicomStores/s/dicomWeb/studies/%00"),
+    ("GET", "datasets/{ds}/operations?filter=%00"),
+    ("GET", "datasets/{ds}/operations?filter=done=%00"),
+    ("GET", "/v1/projects/%00/locations/l/datasets"),
+    ("GET", "/v1/projects/%00/logs"),
+    ("GET", "/v1/projects/p/logs?filter=%00"),
 ]
 
 
@@ -531,9 +597,12 @@ def test_odd_requests_are_answered_without_a_server_error(server: Server, method
     project, dataset = unique("proj"), unique("ds")
     dataset_url = create_dataset(server, "v1", project, dataset)
     create_store(dataset_url, "s")
-    response = requests.request(
-        method, f"{location_url(server, 'v1', project)}/{path.format(ds=dataset)}", json={}, timeout=30
+    url = (
+        server.url + path
+        if path.startswith("/")
+        else f"{location_url(server, 'v1', project)}/{path.format(ds=dataset)}"
     )
+    response = requests.request(method, url, json={}, timeout=30)
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert response.json()["error"]["code"] == response.status_code

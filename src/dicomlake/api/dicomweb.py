@@ -26,6 +26,7 @@ from dicomlake.api.multipart import (
 from dicomlake.api.resources import VERSIONS, json, services, store_of
 from dicomlake.dicom import bulkdata, pixels
 from dicomlake.dicom.parse import BULKDATA_PREFIX, EXPLICIT_LE
+from dicomlake.dicom.uids import InvalidUid, normalize_uid
 from dicomlake.dicom.xml import to_xml
 from dicomlake.errors import InvalidArgument, NotAcceptable, NotFound, UnsupportedMediaType
 from dicomlake.operations import deleting
@@ -158,8 +159,20 @@ def _store(request: Request) -> StoreRef:
 
 
 def _uids(request: Request) -> tuple[str, str | None, str | None]:
-    p = request.path_params
-    return p["study"], p.get("series"), p.get("instance")
+    study = _path_uid(request, "study", "StudyInstanceUID")
+    assert study is not None  # every route that reads UIDs has a study in its path
+    return study, _path_uid(request, "series", "SeriesInstanceUID"), _path_uid(request, "instance", "SOPInstanceUID")
+
+
+def _path_uid(request: Request, name: str, keyword: str) -> str | None:
+    """The UID in the path segment `name`, if the route has one; InvalidArgument when it is not a UID."""
+    value = request.path_params.get(name)
+    if value is None:
+        return None
+    try:
+        return normalize_uid(value, keyword)
+    except InvalidUid as exc:
+        raise InvalidArgument(f"invalid URL: {exc}") from None
 
 
 def _convert(row: InstanceRow, data: bytes, wanted: str) -> bytes:
@@ -175,7 +188,7 @@ def _convert(row: InstanceRow, data: bytes, wanted: str) -> bytes:
 async def store_instances(request: Request) -> Response:
     svc = services(request)
     store = await run_in_threadpool(_store, request)
-    expected = request.path_params.get("study")
+    expected = _path_uid(request, "study", "StudyInstanceUID")
     media_type, params = parse_content_type(request.headers.get("content-type", ""))
     results: list[Stored | Failed] = []
     if media_type == "application/dicom":
@@ -337,8 +350,9 @@ def _search(level: str):  # type: ignore[no-untyped-def]
     def endpoint(request: Request) -> Response:
         store = _store(request)
         query = search.parse_query(level, request.query_params.multi_items())
+        study = _path_uid(request, "study", "StudyInstanceUID")
         results = search.search(
-            services(request).db, store, query, request.path_params.get("study"), request.path_params.get("series")
+            services(request).db, store, query, study, _path_uid(request, "series", "SeriesInstanceUID")
         )
         if not results:
             return Response(status_code=204)

@@ -180,7 +180,9 @@ def operation_item(request: Request) -> Response:
 
 def logs_collection(request: Request) -> Response:
     """Cloud Logging's entries.list, reduced: GET with `filter` (the query an operation's logsUrl carries)."""
-    entries = logs.query(services(request).db, request.path_params["project"], request.query_params.get("filter", ""))
+    project = request.path_params["project"]
+    catalog.check_id("project", project)
+    entries = logs.query(services(request).db, project, request.query_params.get("filter", ""))
     return json({"entries": entries} if entries else {})
 
 

@@ -67,6 +67,13 @@ def check_id(kind: str, value: str) -> None:
         raise InvalidArgument(f"invalid {kind} ID {value!r}: use 1-256 letters, digits, '_', '-' or '.'")
 
 
+def _not_found_unless_ids(what: str, *ids: str) -> None:
+    """A name with an ID no create accepts names nothing: NotFound at once, before any query (PostgreSQL would
+    refuse a NUL in it with an error of its own)."""
+    if not all(_ID.fullmatch(i) for i in ids):
+        raise NotFound(f"{what} not found: its name holds an ID that is not 1-256 letters, digits, '_', '-' or '.'")
+
+
 # ---- datasets ---------------------------------------------------------------------------------
 
 
@@ -88,6 +95,7 @@ def create_dataset(db: Database, project: str, location: str, dataset_id: str) -
 
 
 def get_dataset(db: Database, project: str, location: str, dataset_id: str) -> DatasetRef:
+    _not_found_unless_ids("dataset", project, location, dataset_id)
     with db.read() as conn:
         row = conn.execute(
             sa.select(datasets.c.pk).where(
@@ -103,6 +111,8 @@ def list_datasets(
     db: Database, project: str, location: str, page_size: int | None, page_token: str | None
 ) -> tuple[list[DatasetRef], str | None]:
     size, after = paging(page_size, page_token, "datasets")
+    if not (_ID.fullmatch(project) and _ID.fullmatch(location)):
+        return [], None
     query = (
         sa.select(datasets.c.pk, datasets.c.dataset_id)
         .where(datasets.c.project == project, datasets.c.location == location, datasets.c.dataset_id > after)
@@ -165,6 +175,7 @@ _FIND_STORE = (
 
 def find_store(db: Database, project: str, location: str, dataset_id: str, store_id: str) -> StoreRef:
     """A store by its full name in one query (every DICOMweb request starts here)."""
+    _not_found_unless_ids("DICOM store", project, location, dataset_id, store_id)
     params = {"project": project, "location": location, "dataset_id": dataset_id, "store_id": store_id}
     with db.read() as conn:
         row = conn.execute(_FIND_STORE, params).first()
@@ -376,12 +387,17 @@ _FILTER_TOKEN = re.compile(
 )
 _FILTER_TERM = re.compile(r'labels\.(?P<key>[^\s=:()"]+)\s*(?P<op>[=:])\s*(?P<value>"[^"]*"|[^\s()"]+)')
 LabelFilter = Callable[[dict[str, str]], bool]
+# Bounds that keep the recursive-descent parser far from Python's recursion limit (about 1,000 frames).
+MAX_FILTER_LENGTH = 4096
+MAX_FILTER_DEPTH = 32
 
 
 def _parse_label_filter(filter_: str | None) -> LabelFilter:
     """A predicate on a store's labels; InvalidArgument for anything but a label filter."""
     if not filter_ or not filter_.strip():
         return lambda _labels: True
+    if len(filter_) > MAX_FILTER_LENGTH:
+        raise InvalidArgument(f"filter is {len(filter_)} characters long; at most {MAX_FILTER_LENGTH} are allowed")
     tokens: list[tuple[str, str]] = []
     pos = 0
     text = filter_.strip()
@@ -392,7 +408,7 @@ def _parse_label_filter(filter_: str | None) -> LabelFilter:
         kind = match.lastgroup or ""
         tokens.append((kind, match.group(kind)))
         pos = match.end()
-    predicate, rest = _filter_or(tokens, filter_)
+    predicate, rest = _filter_or(tokens, filter_, 0)
     if rest:
         raise _bad_filter(filter_)
     return predicate
@@ -405,33 +421,36 @@ def _bad_filter(filter_: str) -> InvalidArgument:
     )
 
 
-def _filter_or(tokens: list[tuple[str, str]], text: str) -> tuple[LabelFilter, list[tuple[str, str]]]:
-    first, tokens = _filter_and(tokens, text)
+def _filter_or(tokens: list[tuple[str, str]], text: str, depth: int) -> tuple[LabelFilter, list[tuple[str, str]]]:
+    first, tokens = _filter_and(tokens, text, depth)
     alternatives = [first]
     while tokens and tokens[0] == ("word", "OR"):
-        alternative, tokens = _filter_and(tokens[1:], text)
+        alternative, tokens = _filter_and(tokens[1:], text, depth)
         alternatives.append(alternative)
     return (lambda labels: any(a(labels) for a in alternatives)), tokens
 
 
-def _filter_and(tokens: list[tuple[str, str]], text: str) -> tuple[LabelFilter, list[tuple[str, str]]]:
-    first, tokens = _filter_unary(tokens, text)
+def _filter_and(tokens: list[tuple[str, str]], text: str, depth: int) -> tuple[LabelFilter, list[tuple[str, str]]]:
+    first, tokens = _filter_unary(tokens, text, depth)
     required = [first]
     while tokens and tokens[0] == ("word", "AND"):
-        condition, tokens = _filter_unary(tokens[1:], text)
+        condition, tokens = _filter_unary(tokens[1:], text, depth)
         required.append(condition)
     return (lambda labels: all(c(labels) for c in required)), tokens
 
 
-def _filter_unary(tokens: list[tuple[str, str]], text: str) -> tuple[LabelFilter, list[tuple[str, str]]]:
+def _filter_unary(tokens: list[tuple[str, str]], text: str, depth: int) -> tuple[LabelFilter, list[tuple[str, str]]]:
+    """One term, or NOT / parentheses around one; `depth` counts the NOTs and parentheses around it."""
     if not tokens:
         raise _bad_filter(text)
     kind, value = tokens[0]
+    if (kind, value) in (("word", "NOT"), ("paren", "(")) and depth >= MAX_FILTER_DEPTH:
+        raise InvalidArgument(f"filter nests NOT and parentheses more than {MAX_FILTER_DEPTH} levels deep")
     if (kind, value) == ("word", "NOT"):
-        inner, rest = _filter_unary(tokens[1:], text)
+        inner, rest = _filter_unary(tokens[1:], text, depth + 1)
         return (lambda labels: not inner(labels)), rest
     if (kind, value) == ("paren", "("):
-        inner, rest = _filter_or(tokens[1:], text)
+        inner, rest = _filter_or(tokens[1:], text, depth + 1)
         if not rest or rest[0] != ("paren", ")"):
             raise _bad_filter(text)
         return inner, rest[1:]

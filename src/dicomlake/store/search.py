@@ -74,6 +74,9 @@ def parse_query(level: str, params: list[tuple[str, str]]) -> Query:
     for name, value in params:
         if name in IGNORED_PARAMETERS:
             continue
+        if "\x00" in value:
+            # No stored value holds a NUL (the parser strips it as padding), and PostgreSQL refuses one in text.
+            raise InvalidArgument(f"search parameter {name!r} holds a NUL character")
         if name == "includefield":
             for item in value.split(","):
                 item = item.strip()
