@@ -170,3 +170,20 @@ def test_lines_are_split_on_newlines_and_bounded(tmp_path: Path) -> None:
     assert list(buckets.lines("gs://inbox/ok.txt")) == ["a", "b", "", "c"]
     with pytest.raises(InvalidArgument, match=f"line 2 of gs://inbox/long.txt is longer than {MAX_LINE_BYTES} bytes"):
         list(buckets.lines("gs://inbox/long.txt"))
+
+
+def test_listing_under_a_file_finds_nothing_and_under_a_link_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "buckets" / "inbox"
+    (folder / "real").mkdir(parents=True)
+    (folder / "a.dcm").write_bytes(b"DICM")
+    (folder / "link").symlink_to(folder / "real", target_is_directory=True)
+    buckets = Buckets(tmp_path)
+    assert list(buckets.list(parse_pattern("gs://inbox/a.dcm/**"))) == []
+    assert list(buckets.list(parse_pattern("gs://inbox/a.dcm/x.dcm"))) == []
+    with pytest.raises(FailedPrecondition, match="symbolic link"):
+        list(buckets.list(parse_pattern("gs://inbox/link/**")))
+    with pytest.raises(FailedPrecondition, match="symbolic link"):
+        buckets.put("gs://inbox/link/x.dcm", b"DICM")
+    with pytest.raises(FailedPrecondition, match="a file where a folder should be"):
+        buckets.put("gs://inbox/a.dcm/x.dcm", b"DICM")
+    assert list((folder / "real").iterdir()) == []

@@ -300,19 +300,19 @@ def _line(raw: bytearray, number: int, uri: str) -> str:
 @contextmanager
 def _directory(root: Path, segments: list[str], create: bool = False) -> Iterator[int]:
     """An open descriptor of the folder `segments` below `root`, reached one segment at a time without
-    following a symbolic link (ELOOP or ENOTDIR otherwise); missing folders are made when `create`. The
-    root itself is the operator's and may be reached through links."""
+    following a symbolic link (ELOOP at a link, ENOTDIR at anything else that is not a folder); missing
+    folders are made when `create`. The root itself is the operator's and may be reached through links."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for segment in segments:
             try:
-                child = os.open(segment, _DIRECTORY, dir_fd=fd)
+                child = _enter(fd, segment)
             except FileNotFoundError:
                 if not create:
                     raise
                 with suppress(FileExistsError):
                     os.mkdir(segment, 0o755, dir_fd=fd)
-                child = os.open(segment, _DIRECTORY, dir_fd=fd)
+                child = _enter(fd, segment)
             os.close(fd)
             fd = child
         yield fd
@@ -320,12 +320,24 @@ def _directory(root: Path, segments: list[str], create: bool = False) -> Iterato
         os.close(fd)
 
 
+def _enter(parent: int, segment: str) -> int:
+    try:
+        return os.open(segment, _DIRECTORY, dir_fd=parent)
+    except NotADirectoryError:
+        # Linux answers ENOTDIR for a link too when O_DIRECTORY is set: tell the two apart.
+        if stat.S_ISLNK(os.stat(segment, dir_fd=parent, follow_symlinks=False).st_mode):
+            raise OSError(errno.ELOOP, "a symbolic link", segment) from None
+        raise
+
+
 def _refused(exc: OSError, uri: str) -> DicomlakeError:
     """A local path that leads through something other than folders, as the error its object gets."""
     if isinstance(exc, FileNotFoundError):
         return NotFound(f"object {uri} does not exist")
-    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a link, or a file, where a folder should be
-        return FailedPrecondition(f"{uri} is reached through a symbolic link or a file, which buckets do not follow")
+    if exc.errno == errno.ELOOP:
+        return FailedPrecondition(f"{uri} is reached through a symbolic link, which buckets do not follow")
+    if exc.errno == errno.ENOTDIR:
+        return FailedPrecondition(f"{uri} is reached through a file where a folder should be")
     if exc.errno == errno.EISDIR:
         return FailedPrecondition(f"{uri} is a folder: no object can be written in its place")
     return Unavailable(f"cannot use {uri}: {exc.strerror}")
@@ -374,8 +386,8 @@ def _walk(root: Path, start: str, single: bool, uri: str) -> Iterator[tuple[str,
                 if not stat.S_ISDIR(info.st_mode):
                     yield start, info.st_size if stat.S_ISREG(info.st_mode) else 0
                 return
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # nothing of that name, as in a bucket where the folder is an object
     except OSError as exc:
         if single:
             yield start, 0  # reading it says why it is refused
