@@ -48,3 +48,9 @@ class Unauthenticated(DicomlakeError):
 
 class UnsupportedMediaType(DicomlakeError):
     status, http, code = "INVALID_ARGUMENT", 415, 3
+
+
+class PayloadTooLarge(DicomlakeError):
+    """A request body over what its route accepts (HTTP 413)."""
+
+    status, http, code = "OUT_OF_RANGE", 413, 11

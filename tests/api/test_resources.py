@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import http.client
+import io
+import sqlite3
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import pydicom
 import pytest
 import requests
+from pydicom.uid import generate_uid
 
 from conftest import Server, Store, dicom_file, wait_done
 from dicomlake.store import catalog
@@ -495,6 +500,45 @@ def test_store_metrics_count_studies_series_and_instances(store: Store) -> None:
     sizes = dicom_file("CT_small.dcm").stat().st_size + dicom_file("MR_small.dcm").stat().st_size
     assert metrics["blobStorageSizeBytes"] == str(sizes)
     assert int(metrics["structuredStorageSizeBytes"]) > 0
+
+
+def test_other_requests_are_answered_while_a_store_delete_waits_for_the_index(store: Store) -> None:
+    """DELETE of a store runs in the thread pool, not on the event loop: while it waits for the index's write
+    lock (held here, the way a long import would hold it), another connection is still served."""
+    if store.server.database_url:
+        pytest.skip("holds SQLite's write lock; the PostgreSQL server has no such file")
+    boundary = "delete-boundary"
+    parts = []
+    for _ in range(50):
+        ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        parts.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + buffer.getvalue() + b"\r\n")
+    stowed = requests.post(
+        f"{store.dicomweb}/studies",
+        data=b"".join(parts) + f"--{boundary}--\r\n".encode(),
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+        timeout=60,
+    )
+    assert stowed.status_code == 200, stowed.text
+    address = urlsplit(store.server.url)
+    deleting = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+    lock = sqlite3.connect(store.server.data_dir / "index.sqlite", isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        deleting.request("DELETE", urlsplit(store.url).path)
+        # Blocked on the loop, the server would answer nothing until the delete gave up on the lock.
+        dataset = requests.get(store.server.api(store.dataset_name), timeout=30)
+        assert dataset.status_code == 200, dataset.text
+        assert requests.get(store.url, timeout=30).status_code == 200  # the delete is still waiting
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    response = deleting.getresponse()
+    assert (response.status, response.read()) == (200, b"{}")
+    deleting.close()
+    assert_error(requests.get(store.url, timeout=30), 404, "NOT_FOUND")
 
 
 def test_delete_study_operation_is_listed_and_readable(store: Store) -> None:

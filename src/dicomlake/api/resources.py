@@ -3,14 +3,16 @@ the log entries of operations under /v1/projects/{project}/logs."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from dicomlake.errors import InvalidArgument, NotFound
+from dicomlake.errors import InvalidArgument, NotFound, PayloadTooLarge
 from dicomlake.operations import exporting, importing, logs, records, table_export
 from dicomlake.services import Services
 from dicomlake.store import catalog
@@ -27,6 +29,12 @@ def json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
+# A resource's JSON (a DicomStore, an import or export request) is small and shallow; these bounds keep a body
+# from taking the server's memory, and keep what is stored from it within orjson's 255 levels of nesting.
+MAX_BODY_BYTES = 1 << 20
+MAX_BODY_DEPTH = 32
+
+
 def body_json(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
@@ -36,7 +44,39 @@ def body_json(raw: bytes) -> dict[str, Any]:
         raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
+    if _depth(body) > MAX_BODY_DEPTH:
+        raise InvalidArgument(f"the request body nests objects and arrays more than {MAX_BODY_DEPTH} levels deep")
     return body
+
+
+def _depth(value: Any) -> int:
+    """How deep objects and arrays nest in a parsed JSON value (a scalar is 0); without recursion."""
+    deepest, level = 0, [value]
+    while level:
+        deepest += 1
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())
+            if isinstance(child, dict | list)
+        ]
+    return deepest
+
+
+def with_body(handler: Callable[[Request, bytes], Response]) -> Callable[[Request], Awaitable[Response]]:
+    """A route whose handler needs the request body: the body is read on the event loop (at most
+    MAX_BODY_BYTES), and the handler, which writes the index and deletes blobs, runs in the thread pool."""
+
+    async def endpoint(request: Request) -> Response:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise PayloadTooLarge(f"the request body is over {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+        return await run_in_threadpool(handler, request, b"".join(chunks))
+
+    return endpoint
 
 
 def list_response(field: str, items: list[dict[str, Any]], token: str | None) -> dict[str, Any]:
@@ -81,12 +121,12 @@ def store_of(request: Request, store_id: str) -> catalog.StoreRef:
 # ---- datasets ---------------------------------------------------------------------------------
 
 
-async def datasets_collection(request: Request) -> Response:
+def datasets_collection(request: Request, raw: bytes) -> Response:
     p = request.path_params
     db = services(request).db
     if request.method == "POST":
         dataset_id = request.query_params.get("datasetId", "")
-        body_json(await request.body())
+        body_json(raw)
         dataset = catalog.create_dataset(db, p["project"], p["location"], dataset_id)
         return json(
             records.record_finished(db, dataset, records.CREATE_DATASET, {"@type": DATASET_TYPE, "name": dataset.name})
@@ -110,12 +150,12 @@ def dataset_item(request: Request) -> Response:
 # ---- DICOM stores -----------------------------------------------------------------------------
 
 
-async def stores_collection(request: Request) -> Response:
+def stores_collection(request: Request, raw: bytes) -> Response:
     db = services(request).db
     dataset = dataset_of(request)
     if request.method == "POST":
         store_id = request.query_params.get("dicomStoreId", "")
-        store = catalog.create_store(db, dataset, store_id, body_json(await request.body()))
+        store = catalog.create_store(db, dataset, store_id, body_json(raw))
         return json(store.resource())
     refs, token = catalog.list_stores(
         db, dataset, page_size(request), request.query_params.get("pageToken"), request.query_params.get("filter")
@@ -123,17 +163,17 @@ async def stores_collection(request: Request) -> Response:
     return json(list_response("dicomStores", [r.resource() for r in refs], token))
 
 
-async def store_item(request: Request) -> Response:
+def store_item(request: Request, raw: bytes) -> Response:
     store_id, verb = split_verb(request.path_params["store"])
     svc = services(request)
     if verb is not None:
         if verb == "getDICOMStoreMetrics" and request.method == "GET":
             return json(catalog.store_metrics(svc.db, store_of(request, store_id)))
         if verb == "import" and request.method == "POST":
-            body = body_json(await request.body())
+            body = body_json(raw)
             return json(importing.start(svc, store_of(request, store_id), body))
         if verb == "export" and request.method == "POST":
-            body = body_json(await request.body())
+            body = body_json(raw)
             if ("gcsDestination" in body) == ("bigqueryDestination" in body):
                 raise InvalidArgument("set exactly one of gcsDestination and bigqueryDestination")
             kind = table_export if "bigqueryDestination" in body else exporting
@@ -143,7 +183,7 @@ async def store_item(request: Request) -> Response:
         raise NotFound("POST on a DICOM store needs a custom verb: .../dicomStores/STORE_ID:VERB")
     store = store_of(request, store_id)
     if request.method == "PATCH":
-        body = body_json(await request.body())
+        body = body_json(raw)
         return json(catalog.patch_store(svc.db, store, body, request.query_params.get("updateMask")).resource())
     if request.method == "DELETE":
         for key in catalog.delete_store(svc.db, store):
@@ -191,10 +231,14 @@ def routes() -> list[BaseRoute]:
     for version in VERSIONS:
         base = f"/{version}/projects/{{project}}/locations/{{location}}/datasets"
         out += [
-            Route(base, datasets_collection, methods=["GET", "POST"]),
+            Route(base, with_body(datasets_collection), methods=["GET", "POST"]),
             Route(base + "/{dataset}", dataset_item, methods=["GET", "DELETE"]),
-            Route(base + "/{dataset}/dicomStores", stores_collection, methods=["GET", "POST"]),
-            Route(base + "/{dataset}/dicomStores/{store}", store_item, methods=["GET", "PATCH", "DELETE", "POST"]),
+            Route(base + "/{dataset}/dicomStores", with_body(stores_collection), methods=["GET", "POST"]),
+            Route(
+                base + "/{dataset}/dicomStores/{store}",
+                with_body(store_item),
+                methods=["GET", "PATCH", "DELETE", "POST"],
+            ),
             Route(base + "/{dataset}/operations", operations_collection, methods=["GET"]),
             Route(base + "/{dataset}/operations/{operation}", operation_item, methods=["GET", "POST"]),
             Route(f"/{version}/projects/{{project}}/logs", logs_collection, methods=["GET"]),
