@@ -19,14 +19,16 @@ def _stow(result: dict) -> list[str]:
         f"### {result['benchmark']}: STOW-RS of {result['instance_bytes'] / 1024:.1f} KB instances "
         f"({result['instances_per_run']} per run, median of {result['repeats']})",
         "",
-        "| server | clients | batch | instances/s | MB/s | p50 ms | p99 ms | spread (instances/s) "
+        "| server | durability | clients | batch | instances/s | MB/s | p50 ms | p99 ms | spread (instances/s) "
         "| dicomlake / Orthanc |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    durability = result.get("durability", {})
     for key, run in result["runs"].items():
         server, clients, batch = key.split(" ")
         lines.append(
-            f"| {server} | {clients.split('=')[1]} | {batch.split('=')[1]} | {run['instances_per_s']} | "
+            f"| {server} | {durability.get(server, 'not recorded')} | {clients.split('=')[1]} | "
+            f"{batch.split('=')[1]} | {run['instances_per_s']} | "
             f"{run['mb_per_s']} | {run['p50_ms']} | {run['p99_ms']} | "
             f"{run['spread_instances_per_s'][0]}–{run['spread_instances_per_s'][1]} | "
             f"{run.get('ratio_to_orthanc', '')} |"
