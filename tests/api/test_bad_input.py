@@ -7,15 +7,17 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import uuid
 from urllib.parse import urlsplit
 
 import pydicom
+import pytest
 import requests
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from conftest import Server, Store, dicom_file
+from conftest import Server, Store, dicom_file, make_store
 from dicomlake.dicom.parse import MAX_SEQUENCE_DEPTH
 
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
@@ -150,3 +152,119 @@ def test_stow_part_nested_too_deep_fails_alone_and_the_other_parts_are_stored(st
         f"{store.dicomweb}/instances", params={"includefield": "all"}, headers={"Accept": "application/dicom+json"}
     )
     assert full.status_code == 200
+
+
+# ---- JSON bodies --------------------------------------------------------------------------------
+
+# (method, path under projects/P/locations/L/, with {ds} and {store} naming ones that exist, {new} a fresh ID)
+BODY_ROUTES = {
+    "datasets.create": ("POST", "datasets?datasetId={new}"),
+    "dicomStores.create": ("POST", "datasets/{ds}/dicomStores?dicomStoreId={new}"),
+    "dicomStores.patch": (
+        "PATCH",
+        "datasets/{ds}/dicomStores/{store}?updateMask=labels,streamConfigs,notificationConfig",
+    ),
+    "dicomStores.import": ("POST", "datasets/{ds}/dicomStores/{store}:import"),
+    "dicomStores.export": ("POST", "datasets/{ds}/dicomStores/{store}:export"),
+}
+
+
+def nested_json(levels: int) -> bytes:
+    """Within orjson's own limit of 1,024 levels but past what it can write back (255): was a 500 when stored."""
+    return b'{"notificationConfig": ' + b'{"a": ' * levels + b"1" + b"}" * levels + b"}"
+
+
+NOT_AN_OBJECT = {
+    "not JSON": b"nope",
+    "cut short": b'{"labels": ',
+    "not UTF-8": b'{"labels": "\xff"}',
+    "number": b"5",
+    "array": b"[]",
+    "string": b'"x"',
+    "null": b"null",
+    "10,000 nested [": b"[" * 10_000,
+    "10,000 nested {": b'{"a":' * 10_000,
+    "objects 100 deep": nested_json(100),
+    "objects 600 deep": nested_json(600),
+    "2 MiB": b'{"labels": {"a": "' + b"x" * (2 << 20) + b'"}}',
+}
+
+WRONG_FIELDS = {
+    "dicomStores.create": [
+        {"labels": 5},
+        {"labels": []},
+        {"labels": {"a": 5}},
+        {"labels": {"a": None}},
+        {"labels": {"A": "b"}},
+        {"streamConfigs": {}},
+        {"streamConfigs": [5]},
+        {"streamConfigs": [{"bigqueryDestination": 5}]},
+        {"streamConfigs": [{"bigqueryDestination": {"tableUri": 5}}]},
+        {"streamConfigs": [{"bigqueryDestination": {"tableUri": "bq://p.d.t", "writeDisposition": 5}}]},
+        {"notificationConfig": 5},
+        {"notificationConfigs": 5},
+        {"unknownField": 1},
+    ],
+    "dicomStores.import": [
+        {},
+        {"gcsSource": None},
+        {"gcsSource": 5},
+        {"gcsSource": {}},
+        {"gcsSource": {"uri": 5}},
+        {"gcsSource": {"uri": ["gs://b/*"]}},
+        {"gcsSource": {"uri": None}},
+        {"gcsSource": {"uri": "not-a-uri"}},
+    ],
+    "dicomStores.export": [
+        {},
+        {"gcsDestination": 5},
+        {"gcsDestination": {"uriPrefix": 5}},
+        {"gcsDestination": {"uriPrefix": None}},
+        {"gcsDestination": {"uriPrefix": "gs://b/x", "mimeType": 5}},
+        {"bigqueryDestination": 5},
+        {"bigqueryDestination": {"tableUri": 5}},
+        {"bigqueryDestination": {"tableUri": "bq://p.d.t", "force": "yes"}},
+        {"gcsDestination": {"uriPrefix": "gs://b/x"}, "bigqueryDestination": {"tableUri": "bq://p.d.t"}},
+    ],
+}
+WRONG_FIELDS["dicomStores.patch"] = [b for b in WRONG_FIELDS["dicomStores.create"] if "notificationConfigs" not in b]
+
+JSON_BODY = {"Content-Type": "application/json"}
+BODY_CASES = [
+    pytest.param(route, body, id=f"{route}-{name}") for route in BODY_ROUTES for name, body in NOT_AN_OBJECT.items()
+] + [
+    pytest.param(route, json.dumps(body).encode(), id=f"{route}-{json.dumps(body)}")
+    for route, bodies in WRONG_FIELDS.items()
+    for body in bodies
+]
+
+
+@pytest.fixture(scope="module")
+def body_target(server: Server) -> Store:
+    return make_store(server)
+
+
+@pytest.mark.parametrize(("route", "body"), BODY_CASES)
+def test_a_bad_json_body_is_400_and_the_connection_stays(body_target: Store, route: str, body: bytes) -> None:
+    method, path = BODY_ROUTES[route]
+    target = body_target
+    fresh = f"x{uuid.uuid4().hex[:12]}"
+    base = target.server.api(f"projects/{target.project}/locations/{target.location}/")
+    conn = Connection(target.server)
+    try:
+        status, answer = conn.request(
+            method, base + path.format(ds=target.dataset, store=target.store, new=fresh), body, JSON_BODY
+        )
+        assert status in (400, 413), answer[:300]
+        error_of(status, answer)
+        status, answer = conn.request("GET", target.url)
+        assert status == 200
+        assert conn.same_socket
+    finally:
+        conn.close()
+    # Nothing was created or changed by the refused request, and no operation started.
+    assert requests.get(f"{base}datasets/{fresh}", timeout=30).status_code == 404
+    assert requests.get(f"{base}datasets/{target.dataset}/dicomStores/{fresh}", timeout=30).status_code == 404
+    assert requests.get(target.url, timeout=30).json() == {"name": target.name}
+    operations = requests.get(target.server.api(f"{target.dataset_name}/operations"), timeout=30).json()
+    assert [o["metadata"]["apiMethodName"].rsplit(".", 1)[1] for o in operations["operations"]] == ["CreateDataset"]
