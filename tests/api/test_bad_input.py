@@ -23,6 +23,7 @@ from dicomlake.dicom.parse import MAX_SEQUENCE_DEPTH
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
 CT_SERIES = "1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322"
 CT_SOP = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
+JSON_ACCEPT = {"Accept": "application/dicom+json"}
 
 
 class Connection:
@@ -268,3 +269,58 @@ def test_a_bad_json_body_is_400_and_the_connection_stays(body_target: Store, rou
     assert requests.get(target.url, timeout=30).json() == {"name": target.name}
     operations = requests.get(target.server.api(f"{target.dataset_name}/operations"), timeout=30).json()
     assert [o["metadata"]["apiMethodName"].rsplit(".", 1)[1] for o in operations["operations"]] == ["CreateDataset"]
+
+
+# ---- paths and parameters -----------------------------------------------------------------------
+
+LONG = "1" * 300
+# (method, path under the store's dicomWeb root or, starting with "~", under its dataset), each answered 4xx
+BAD_REQUESTS = [
+    ("GET", f"/studies/{LONG}/series"),
+    ("GET", f"/studies/{CT_STUDY}/series/{LONG}/instances"),
+    ("GET", f"/studies/{CT_STUDY}/series/{CT_SERIES}/instances/{LONG}"),
+    ("GET", f"/studies/{CT_STUDY}/series/{CT_SERIES}/instances/{LONG}/metadata"),
+    ("GET", "/studies/1.2.%00/metadata"),
+    ("GET", "/studies/..%2F..%2Fetc/series"),
+    ("DELETE", "/studies/%01%02"),
+    ("POST", f"/studies/{LONG}"),
+    ("GET", "/studies?PatientID=%00"),
+    ("GET", "/studies?limit=abc"),
+    ("GET", "/instances?offset=-1"),
+    ("GET", "/instances?offset=18446744073709551616"),
+    ("GET", "/studies?StudyDate=2020"),
+    ("GET", "/studies?NotAKeyword=1"),
+    ("GET", "~/dicomStores?filter=" + "(" * 200 + "labels.a=b" + ")" * 200),
+    ("GET", "~/dicomStores?filter=" + "NOT%20" * 1000 + "labels.a=b"),
+    ("GET", "~/dicomStores?pageSize=-1"),
+    ("GET", "~/dicomStores?pageSize=abc"),
+    ("GET", "~/operations?pageSize=abc"),
+    ("GET", "~/dicomStores/" + "s" * 300),
+    ("GET", "~/dicomStores/%00"),
+    ("GET", "~/operations/" + "o" * 300),
+    ("GET", "~/operations/%00%1f"),
+]
+
+
+def test_bad_paths_and_parameters_are_4xx_on_one_kept_connection(store: Store) -> None:
+    stow_ct(store)
+    dataset = store.server.api(store.dataset_name)
+    conn = Connection(store.server)
+    try:
+        for method, path in BAD_REQUESTS:
+            url = dataset + path[1:] if path.startswith("~") else store.dicomweb + path
+            status, body = conn.request(method, url, headers={"Accept": "application/dicom+json"})
+            assert 400 <= status < 500, (method, path, status, body[:200])
+            error_of(status, body)
+        # The 500s, now answered: huge page sizes are capped, ModalitiesInStudy matches at every level.
+        status, body = conn.request("GET", dataset + "/dicomStores?pageSize=18446744073709551616")
+        assert status == 200 and [s["name"] for s in json.loads(body)["dicomStores"]] == [store.name]
+        for path in ("/series", f"/studies/{CT_STUDY}/series", f"/studies/{CT_STUDY}/instances", "/instances"):
+            status, body = conn.request("GET", f"{store.dicomweb}{path}?ModalitiesInStudy=CT", headers=JSON_ACCEPT)
+            assert status == 200, body[:200]
+            assert [r["0020000D"]["Value"] for r in json.loads(body)] == [[CT_STUDY]]
+            status, body = conn.request("GET", f"{store.dicomweb}{path}?ModalitiesInStudy=MR", headers=JSON_ACCEPT)
+            assert (status, body) == (204, b"")
+        assert conn.same_socket
+    finally:
+        conn.close()
