@@ -62,8 +62,8 @@ def run(
             results["runs"][f"{target.name} clients={clients_} batch={batch}"] = median
     for clients_, batch in configs:
         theirs = results["runs"].get(f"orthanc clients={clients_} batch={batch}")
-        for name in ("dicomlake", "dicomlake-relaxed"):
-            ours = results["runs"].get(f"{name} clients={clients_} batch={batch}")
+        for server in ("dicomlake", "dicomlake-relaxed"):
+            ours = results["runs"].get(f"{server} clients={clients_} batch={batch}")
             if ours and theirs:
                 ours["ratio_to_orthanc"] = round(ours["instances_per_s"] / theirs["instances_per_s"], 2)
     save(name, results)

@@ -111,37 +111,35 @@ def test_plain_relative_keys_are_safe(key: str) -> None:
 # ---- what a STOW writes ------------------------------------------------------------------------
 
 
-def _stow(store: Store, data: bytes) -> requests.Response:
-    return requests.post(
+def stow_and_find_blob(store: Store, name: str) -> tuple[pydicom.Dataset, Path]:
+    """STOW a test file to the server's local blob directory (the same for either index, so SQLite only);
+    its data set and the one blob file the STOW added."""
+    if store.server.database_url:
+        pytest.skip("the local blob directory is the same whichever index the server uses")
+    blobs = store.server.data_dir / "blobs"
+    before = set(blobs.rglob("*.dcm"))
+    response = requests.post(
         f"{store.dicomweb}/studies",
-        data=data,
+        data=dicom_file(name).read_bytes(),
         headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json"},
         timeout=60,
     )
+    assert response.status_code == 200, response.text
+    (blob,) = set(blobs.rglob("*.dcm")) - before
+    return pydicom.dcmread(dicom_file(name)), blob
 
 
 def test_a_stored_instance_is_kept_under_its_uids_and_a_random_128_bit_suffix(store: Store) -> None:
-    if store.server.database_url:
-        pytest.skip("the layout of the local blob directory is the same for either index")
-    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
-    before = set((store.server.data_dir / "blobs").rglob("*.dcm"))
+    ds, blob = stow_and_find_blob(store, "CT_small.dcm")
 
-    assert _stow(store, dicom_file("CT_small.dcm").read_bytes()).status_code == 200
-
-    (new,) = set((store.server.data_dir / "blobs").rglob("*.dcm")) - before
-    pk, study, series, name = new.relative_to(store.server.data_dir / "blobs").parts
+    pk, study, series, name = blob.relative_to(store.server.data_dir / "blobs").parts
     assert pk.isdigit() and (study, series) == (ds.StudyInstanceUID, ds.SeriesInstanceUID)
     assert re.fullmatch(re.escape(ds.SOPInstanceUID) + r"\.[0-9a-f]{32}\.dcm", name)
     assert not list((store.server.data_dir / "tmp").glob(f"*{ds.SOPInstanceUID}*"))
 
 
 def test_an_instance_whose_blob_is_gone_answers_404_not_500(store: Store) -> None:
-    if store.server.database_url:
-        pytest.skip("the blob directory is the same for either index")
-    ds = pydicom.dcmread(dicom_file("MR_small.dcm"))
-    before = set((store.server.data_dir / "blobs").rglob("*.dcm"))
-    assert _stow(store, dicom_file("MR_small.dcm").read_bytes()).status_code == 200
-    (blob,) = set((store.server.data_dir / "blobs").rglob("*.dcm")) - before
+    ds, blob = stow_and_find_blob(store, "MR_small.dcm")
     blob.unlink()
     study = f"{store.dicomweb}/studies/{ds.StudyInstanceUID}"
     instance = f"{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"

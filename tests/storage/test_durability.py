@@ -1,6 +1,7 @@
 """Acknowledged means durable, read from the system calls of a real server: under `strace`, a STOW of
-several instances syncs every blob file and the directory that holds it, then commits the index with
-one sync of SQLite's write-ahead log, and only then sends its answer. Relaxed durability syncs nothing."""
+several instances syncs every blob file and the directories that gained an entry (side by side, in any
+order), then commits the index with one sync of SQLite's write-ahead log, and only then sends its
+answer. Relaxed durability syncs nothing."""
 
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ def test_stow_syncs_every_blob_and_its_directory_then_commits_once_then_answers(
         resolved = blob.resolve()
         (blob_sync,) = syncs_of(calls, resolved)
         (directory_sync,) = syncs_of(calls, resolved.parent)
-        assert blob_sync.returned < directory_sync.entered and directory_sync.returned < commit.entered, blob
+        assert blob_sync.returned < commit.entered and directory_sync.returned < commit.entered, blob
     # Each new series directory went into its study's directory: that entry is synced before the commit too.
     (study_sync,) = syncs_of(calls, blobs[0].resolve().parent.parent)
     assert study_sync.returned < commit.entered

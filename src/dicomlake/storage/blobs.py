@@ -12,8 +12,8 @@ import contextlib
 import mmap
 import os
 import re
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlparse
@@ -28,6 +28,8 @@ from dicomlake.storage.journal import Journal
 __all__ = ["BlobStore", "NotFoundError", "UnsafeKey", "check_key"]
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
+# Threads per local blob store that sync the files and directories of batches side by side.
+SYNC_THREADS = 16
 
 # A bytes-like value: bytes, or a part of a request body mapped from its scratch file.
 Buffer = bytes | memoryview | mmap.mmap
@@ -63,12 +65,18 @@ class BlobStore:
         self.durable = durable
         parsed = urlparse(url)
         self._root: Path | None = None
+        self._syncs: ThreadPoolExecutor | None = None
         if parsed.scheme == "file":
             self._root = Path(unquote(parsed.path))
             created = _make_directories(self._root, Path(self._root.anchor))
             if durable:
-                _sync_directories({d.parent for d in created})
+                for directory in {d.parent for d in created}:
+                    _sync_directory(directory)
             self._store = LocalStore(self._root)
+            # The syncs of a batch run side by side: a journaling file system commits concurrent syncs
+            # together, so a batch-of-one STOW's four syncs (file, series, study and store directories) cost
+            # 0.4-0.6 ms instead of 1.2-3.9 ms one after the other on this machine's ext4.
+            self._syncs = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="blob-sync") if durable else None
         else:
             self._store = from_url(url)
 
@@ -101,12 +109,15 @@ class BlobStore:
                 f.write(data)
             for f in files:
                 f.flush()
-            if self.durable:
-                for f in files:
-                    os.fsync(f.fileno())
+            if self._syncs is not None:
                 # A directory created by a concurrent writer and not yet synced by it is covered too on
                 # journaling file systems (ext4, XFS): syncing any entry commits every earlier metadata change.
-                _sync_directories({Path(f.name).parent for f in files} | {d.parent for d in created})
+                directories = {Path(f.name).parent for f in files} | {d.parent for d in created}
+                jobs = [self._syncs.submit(os.fsync, f.fileno()) for f in files]
+                jobs += [self._syncs.submit(_sync_directory, d) for d in directories]
+                wait(jobs)  # all of them, before a failure closes a descriptor another sync still uses
+                for job in jobs:
+                    job.result()
         finally:
             for f in files:
                 f.close()
@@ -177,31 +188,10 @@ def _make_directories(directory: Path, stop: Path) -> list[Path]:
     return missing[::-1]
 
 
-def _sync_directories(directories: set[Path]) -> None:
-    """Make the entries of these directories durable: a new file's name is in its directory, not in it."""
-    for directory in sorted(directories):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_local(path: Path, data: bytes | memoryview, staged: bool = True) -> None:
-    """Write a local object atomically: stage it as "<name>#<n>" beside its place, then rename, as obstore's
-    LocalStore does (so `discard` cleans up after either), at a tenth of the cost for small objects.
-    `staged=False` writes the new file in place, for names nobody reads before the write is over."""
-    staging = path.with_name(f"{path.name}#{uuid.uuid4().hex[:12]}") if staged else path
+def _sync_directory(directory: Path) -> None:
+    """Make a directory's entries durable: a new file's name is in its directory, not in the file."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        f = open(staging, "wb")  # noqa: SIM115 - the directory is created only when this fails
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(staging, "wb")  # noqa: SIM115
-    try:
-        with f:
-            f.write(data)
-        if staged:
-            os.replace(staging, path)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
+        os.fsync(fd)
+    finally:
+        os.close(fd)
