@@ -68,7 +68,8 @@ def with_body(handler: Callable[[Request, bytes], Response]) -> Callable[[Reques
     MAX_BODY_BYTES), and the handler, which writes the index and deletes blobs, runs in the thread pool."""
 
     async def endpoint(request: Request) -> Response:
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > MAX_BODY_BYTES:
