@@ -13,7 +13,7 @@ from typing import Any
 from bench.measure import RESULTS
 
 IMAGES = Path(__file__).resolve().parents[1] / "docs" / "img"
-COLOURS = {"dicomlake": "#1f77b4", "orthanc": "#ff7f0e"}
+COLOURS = {"dicomlake": "#1f77b4", "dicomlake-relaxed": "#aec7e8", "orthanc": "#ff7f0e"}
 
 
 def _results(prefix: str) -> list[dict[str, Any]]:

@@ -134,7 +134,8 @@ def _ingest_scaling(result: dict) -> list[str]:
     ratio = result.get("ratio_to_orthanc_first_last")
     note = f"dicomlake / Orthanc: {ratio[0]} on the first chunk, {ratio[1]} on the last. " if ratio else ""
     versions = ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items())
-    return [*lines, "", f"{note}Versions: {versions}. Run {result['date']}.", ""]
+    durability = "; ".join(f"{k}: {v}" for k, v in result.get("durability", {}).items()) or "not recorded"
+    return [*lines, "", f"{note}Durability: {durability}. Versions: {versions}. Run {result['date']}.", ""]
 
 
 def _flatten(result: dict) -> list[str]:
