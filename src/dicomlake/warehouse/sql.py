@@ -1,6 +1,12 @@
 """BigQuery Standard SQL to DuckDB SQL (sqlglot does the dialect; this module finds the tables a statement reads,
 resolves `project.dataset.table`, `dataset.table` and, with a default dataset, `table`, and names result columns
-the way BigQuery does: `f0_`, `f1_`, ... for expressions without an alias)."""
+the way BigQuery does: `f0_`, `f1_`, ... for expressions without an alias).
+
+It is also the first wall of the query sandbox (see docs/security.md): a statement is one of the kinds on an
+allow-list, reads tables and UNNEST only (no table functions), calls only functions the engine's catalogue offers
+minus the ones that reach outside the tables, and builds arrays of at most MAX_ARRAY_ELEMENTS. The second wall is
+the engine itself, whose file, network and extension access is switched off (`embedded.CONFIG`), and the third a
+check of the engine's own parse of what is run (`query.check_engine_parse`)."""
 
 from __future__ import annotations
 
@@ -53,6 +59,7 @@ class Statement:
             node.set("catalog", exp.to_identifier(catalog, quoted=True) if catalog is not None else None)
             node.set("db", exp.to_identifier(name.dataset, quoted=True))
             node.set("this", exp.to_identifier(name.table, quoted=True))
+        tree = _bounded_arrays(tree)
         try:
             return tree.sql(dialect="duckdb", unsupported_level=ErrorLevel.RAISE)
         except SqlglotError as exc:
@@ -73,20 +80,59 @@ _TOKEN = re.compile(
 )
 
 
+# The longest statement and the deepest nesting a query may have: the parser recurses per level.
+MAX_QUERY_CHARS = 1_000_000
+MAX_NESTING = 200
+# GENERATE_ARRAY and its date and timestamp kin build the whole array in memory, outside the engine's memory limit.
+MAX_ARRAY_ELEMENTS = 10_000_000
+_STATEMENTS = (exp.Query, exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create, exp.Drop, exp.Alter)
+_OBJECT_KINDS = {"TABLE", "VIEW", "SCHEMA"}
+# Functions of the engine a query may not call although the catalogue has them: what reads settings, variables or
+# the text of the running query, what only waits, and the raw series builders (GENERATE_ARRAY is bounded instead).
+DENIED_FUNCTIONS = frozenset(
+    {
+        "current_setting",
+        "getvariable",
+        "current_query",
+        "current_query_id",
+        "sleep_ms",
+        "pg_sleep",
+        "range",
+        "generate_series",
+        "json_serialize_sql",
+        "json_deserialize_sql",
+        "json_serialize_plan",
+        "in_search_path",
+        "current_schemas",
+        "current_database",
+        "current_catalog",
+        "sql_auto_complete",
+    }
+)
+
+
 def parse(sql: str, project: str, default_dataset: tuple[str, str] | None = None) -> Statement:
     """Parse one BigQuery Standard SQL statement issued in `project`; `default_dataset` (project, dataset)
     qualifies bare table names."""
+    if len(sql) > MAX_QUERY_CHARS:
+        raise InvalidQuery(f"The query is too large: {len(sql):,} characters, at most {MAX_QUERY_CHARS:,}")
+    depth = _nesting(sql)
+    if depth > MAX_NESTING:
+        raise InvalidQuery(f"The query nests parentheses or brackets {depth} levels deep, at most {MAX_NESTING}")
     try:
         trees = [t for t in sqlglot.parse(sql, read="bigquery") if t is not None]
     except ParseError as exc:
         raise InvalidQuery(_syntax_error(exc)) from None
     except SqlglotError as exc:
         raise InvalidQuery(f"Syntax error: {_first_line(exc)}") from None
+    except RecursionError:
+        raise InvalidQuery("The query nests too deeply to be parsed") from None
     if not trees:
         raise InvalidQuery("Syntax error: the query is empty")
     if len(trees) > 1:
         raise InvalidQuery("Multi-statement queries (scripts) are not supported here: send one statement")
     tree = trees[0]
+    _check_sandbox(tree, sql)
     tables = []
     for node in _table_nodes(tree):
         name = _resolve(node, project, default_dataset)
@@ -94,6 +140,88 @@ def parse(sql: str, project: str, default_dataset: tuple[str, str] | None = None
         tables.append(name)
     _name_anonymous_columns(tree)
     return Statement(tree, tuple(dict.fromkeys(tables)), _statement_type(tree), _target(tree))
+
+
+def _nesting(sql: str) -> int:
+    """The deepest nesting of ( and [ in `sql`, quoted text included (an upper bound is enough)."""
+    depth = deepest = 0
+    for char in sql:
+        if char in "([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]":
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def _check_sandbox(tree: exp.Expression, sql: str) -> None:
+    """Refuse what reaches beyond the project's tables: statement kinds off the allow-list, table functions,
+    functions the engine must not run."""
+    if not isinstance(tree, _STATEMENTS):
+        kind = re.sub(r"[^A-Za-z_].*", "", sql.split(None, 1)[0]).upper() or tree.key.upper()
+        raise InvalidQuery(f"{kind} statements are not supported: a query reads, changes, creates or drops tables")
+    if isinstance(tree, exp.Create | exp.Drop | exp.Alter):
+        kind = str(tree.args.get("kind") or "TABLE").upper()
+        if kind not in _OBJECT_KINDS:
+            raise InvalidQuery(f"{tree.key.upper()} {kind} is not supported: only tables, views and datasets")
+    for node in tree.find_all(exp.Table):
+        if node.this is not None and not isinstance(node.this, exp.Identifier):
+            name = node.this.name if isinstance(node.this, exp.Anonymous) else node.this.sql_name()
+            raise InvalidQuery(f"Table-valued function not found: {name}. A query reads tables and UNNEST only")
+    allowed = engine_functions()
+    for node in tree.find_all(exp.Anonymous):
+        name = str(node.this).casefold()
+        if name in DENIED_FUNCTIONS or name not in allowed:
+            raise InvalidQuery(f"Function not found: {node.this}")
+    for node in tree.find_all(exp.Func):
+        if type(node).__name__.startswith(("Read", "Glob")):
+            raise InvalidQuery(f"Function not found: {node.sql_name()}")
+
+
+_catalogue: frozenset[str] | None = None
+
+
+def engine_functions() -> frozenset[str]:
+    """The scalar, aggregate, window and macro functions of the engine's own catalogue (lower case)."""
+    global _catalogue
+    if _catalogue is None:
+        import duckdb
+
+        with duckdb.connect(config={"enable_external_access": False, "autoload_known_extensions": False}) as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT lower(function_name) FROM duckdb_functions() "
+                "WHERE function_type IN ('scalar', 'aggregate', 'window', 'macro')"
+            ).fetchall()
+        _catalogue = frozenset(name for (name,) in rows)
+    return _catalogue
+
+
+def _bounded_arrays(tree: exp.Expression) -> exp.Expression:
+    """GENERATE_ARRAY, GENERATE_DATE_ARRAY and GENERATE_TIMESTAMP_ARRAY fail, rather than build, an array of more
+    than MAX_ARRAY_ELEMENTS."""
+
+    def guard(node: exp.Expression) -> exp.Expression:
+        if not isinstance(node, exp.GenerateSeries | exp.GenerateDateArray | exp.GenerateTimestampArray):
+            return node
+        start, end, step = (node.args.get(k) for k in ("start", "end", "step"))
+        if start is None or end is None:
+            return node
+        if isinstance(node, exp.GenerateSeries):
+            step_sql = step.sql("duckdb") if step is not None else "1"
+            count = f"abs(({end.sql('duckdb')}) - ({start.sql('duckdb')})) / abs({step_sql})"
+        else:
+            step_sql = step.sql("duckdb") if step is not None else "INTERVAL 1 DAY"
+            count = (
+                f"abs(epoch(CAST(({end.sql('duckdb')}) AS TIMESTAMP)) - epoch(CAST(({start.sql('duckdb')}) "
+                f"AS TIMESTAMP))) / abs(epoch({step_sql}))"
+            )
+        name = {"GENERATE_SERIES": "GENERATE_ARRAY"}.get(node.sql_name(), node.sql_name())
+        message = f"{name}: the array would have more than {MAX_ARRAY_ELEMENTS:,} elements"
+        check = sqlglot.parse_one(f"({count}) > {MAX_ARRAY_ELEMENTS}", read="duckdb")
+        failure = exp.Anonymous(this="error", expressions=[exp.Literal.string(message)])
+        return exp.If(this=check, true=failure, false=node)
+
+    return tree.transform(guard, copy=False)
 
 
 def _table_nodes(tree: exp.Expression) -> list[exp.Table]:
