@@ -19,10 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicomlake.api import bigquery, dicomweb, resources
 from dicomlake.config import Settings
 from dicomlake.errors import DicomlakeError
-from dicomlake.operations.runner import Runner
 from dicomlake.services import Services, open_services
-from dicomlake.store import instances
-from dicomlake.warehouse.streaming import Streamer
+from dicomlake.startup import working
 
 log = logging.getLogger("dicomlake")
 
@@ -122,21 +120,13 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
         if services is None:
             services = open_services(settings)
         app.state.services = services
-        removed = instances.recover(services.db, services.blobs)
-        if removed:
-            log.warning("removed %d blobs of instances that were never committed", removed)
-        runner = Runner(services, settings.operation_threads, settings.operation_lease_seconds)
-        runner.start()
-        streamer = Streamer(services)
-        streamer.start()
-        # Everything loaded so far (pydicom's dictionaries above all) lives as long as the process: moved out
-        # of the collector's sight, a full collection no longer walks it (QIDO p99 27 ms -> 3 ms in-process).
-        gc.collect()
-        gc.freeze()
-        yield
-        streamer.stop()
-        runner.stop()
-        services.close()
+        with working(services):
+            # Everything loaded so far (pydicom's dictionaries above all) lives as long as the process: moved
+            # out of the collector's sight, a full collection no longer walks it (QIDO p99 27 ms -> 3 ms
+            # in-process).
+            gc.collect()
+            gc.freeze()
+            yield
 
     app = Starlette(
         routes=resources.routes() + dicomweb.routes() + bigquery.routes(),

@@ -56,9 +56,8 @@ def serve(**flags: object) -> None:
 def worker(**flags: object) -> None:
     """Run long-running operations and stream delivery until stopped, sharing them with every other worker and
     server."""
-    from dicomlake.operations.runner import Runner
     from dicomlake.services import open_services
-    from dicomlake.warehouse.streaming import Streamer
+    from dicomlake.startup import working
 
     try:
         settings = load(**flags)
@@ -67,19 +66,12 @@ def worker(**flags: object) -> None:
         return
     if settings.operation_threads < 1:
         _fail(f"operation threads must be at least 1, got {settings.operation_threads}")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    services = open_services(settings)
-    runner = Runner(services, settings.operation_threads, settings.operation_lease_seconds)
+    _log_to_stderr(settings)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
-    streamer = Streamer(services)
-    runner.start()
-    streamer.start()
-    stopping.wait()
-    streamer.stop()
-    runner.stop()
-    services.close()
+    with working(open_services(settings)):
+        stopping.wait()
 
 
 def _run(settings: Settings) -> None:
@@ -87,7 +79,7 @@ def _run(settings: Settings) -> None:
 
     from dicomlake.services import open_services
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr(settings)
     # Create the schema once here, so that worker processes never race to create it.
     open_services(settings).close()
     _export(settings)
@@ -101,6 +93,10 @@ def _run(settings: Settings) -> None:
         access_log=settings.log_level == "debug",
         timeout_keep_alive=30,
     )
+
+
+def _log_to_stderr(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _export(settings: Settings) -> None:
