@@ -1,13 +1,14 @@
 """`python -m bench quick|full|stow|qido|metadata|wado|scaling|buckets|tables|plots|report`: run benchmarks,
 write bench/results/*.json, draw docs/img/*.png and regenerate the result tables of docs/benchmarks.md.
 `python -m bench corpus --size small|medium|large|N --out DIR`: write a synthetic corpus folder.
-`python -m bench flatten`: the BigQuery flattener against pydicom's to_json_dict (bench/results/flatten.json)."""
+`python -m bench flatten`: the BigQuery flattener against pydicom's to_json_dict (bench/results/flatten.json).
+`python -m bench fuzz --requests N --seed S | --replay SEED:INDEX`: the seeded fuzzer (bench/results/fuzz.json)."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import bucket_io, corpus, flatten, plots, qido, report, stow, tables, wado
+from bench import bucket_io, corpus, flatten, fuzz, plots, qido, report, stow, tables, wado
 
 COMMANDS = ("quick", "full", "stow", "qido", "metadata", "wado", "scaling", "buckets", "tables", "plots", "report")
 
@@ -16,6 +17,9 @@ def main(argv: list[str]) -> None:
     what = argv[0] if argv else "quick"
     if what == "corpus":
         corpus.main(argv[1:])
+        return
+    if what == "fuzz":
+        fuzz.main(argv[1:])
         return
     if what in ("flatten", "quick", "full"):
         flatten.main()
@@ -47,7 +51,7 @@ def main(argv: list[str]) -> None:
         tables.run_export(instances=100_000, name="tables_export_100k")
         tables.run_streaming(instances=5000, repeats=5, delays=500)
     if what not in COMMANDS:
-        sys.exit(f"usage: python -m bench [{'|'.join(COMMANDS)}|corpus|flatten], not {what!r}")
+        sys.exit(f"usage: python -m bench [{'|'.join(COMMANDS)}|corpus|flatten|fuzz], not {what!r}")
     if what in ("quick", "full", "plots"):
         plots.main()
     report.main()
