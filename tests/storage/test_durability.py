@@ -19,8 +19,9 @@ import pytest
 import requests
 
 from conftest import Server, dicom_file, free_port, make_store
+from dicomlake.storage.db import Database
 
-pytestmark = pytest.mark.skipif(
+needs_strace = pytest.mark.skipif(
     shutil.which("strace") is None,
     reason="strace is not installed (scripts/install-debian-tools.sh installs it: apt-get install strace)",
 )
@@ -137,6 +138,7 @@ def syncs_of(calls: list[Call], path: Path) -> list[Call]:
     return [c for c in calls if c.name in ("fsync", "fdatasync") and c.target.endswith(f"<{path}>")]
 
 
+@needs_strace
 def test_stow_syncs_every_blob_and_its_directory_then_commits_once_then_answers(tmp_path: Path) -> None:
     server, calls, blobs = traced_stow(tmp_path, "full")
     answer = calls[-1]
@@ -155,7 +157,31 @@ def test_stow_syncs_every_blob_and_its_directory_then_commits_once_then_answers(
     assert study_sync.returned < commit.entered
 
 
+@needs_strace
 def test_relaxed_durability_syncs_nothing(tmp_path: Path) -> None:
     server, calls, blobs = traced_stow(tmp_path, "relaxed")
     synced = [c for c in calls if c.name in ("fsync", "fdatasync")]
     assert not synced, [c.target for c in synced]
+
+
+@pytest.mark.parametrize(("durable", "expected"), [(True, "on"), (False, "off")])
+def test_postgresql_commits_are_synchronous_unless_relaxed(
+    postgres_database: str, durable: bool, expected: str
+) -> None:
+    db = Database(postgres_database, durable)
+    try:
+        with db.read() as conn:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == expected
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize(("durable", "expected"), [(True, 2), (False, 1)])  # FULL, NORMAL
+def test_sqlite_syncs_its_log_at_every_commit_unless_relaxed(tmp_path: Path, durable: bool, expected: int) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'index.sqlite'}", durable)
+    try:
+        with db.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == expected
+    finally:
+        db.dispose()
