@@ -792,6 +792,7 @@ class Answer:
     status: int  # 0: no answer (the connection was reset, or the server did not answer in time)
     body: bytes
     reset: bool
+    timed_out: bool = False
 
 
 class Client:
@@ -813,13 +814,17 @@ class Client:
                 if response.will_close:  # the server said so: not a reset
                     self.connection.close()
                 return Answer(response.status, data, reset)
-            except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine, TimeoutError) as exc:
+            except TimeoutError:  # no answer in time: a hang, told apart from a reset
+                self.reconnect()
+                return Answer(0, b"", reset, timed_out=True)
+            except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine):
                 reset = True
-                self.connection.close()
-                self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-                if isinstance(exc, TimeoutError):
-                    break
+                self.reconnect()
         return Answer(0, b"", reset)
+
+    def reconnect(self) -> None:
+        self.connection.close()
+        self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
 
     def json(self, method: str, path: str, body: object = None) -> object:
         answer = self.send(
@@ -844,6 +849,7 @@ class Run:
     failures: list[dict] = field(default_factory=list)
     server_errors: int = 0
     resets: int = 0
+    timeouts: int = 0
     outside_files: list[str] = field(default_factory=list)
     canary_leaks: int = 0
     healthy_at_end: bool = False
@@ -868,6 +874,7 @@ class Run:
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "server_errors": self.server_errors,
             "resets": self.resets,
+            "timeouts": self.timeouts,
             "outside_files": self.outside_files,
             "canary_leaks": self.canary_leaks,
             "healthy_at_end": self.healthy_at_end,
@@ -1014,6 +1021,9 @@ def run(requests: int, seed: int, progress: bool = False) -> Run:
             if answer.reset:
                 result.resets += 1
                 result.fail(seed, index, case, "connection reset", answer)
+            if answer.timed_out:
+                result.timeouts += 1
+                result.fail(seed, index, case, f"no answer within {client.timeout:.0f} s", answer)
             if answer.status >= 500:
                 result.server_errors += 1
                 result.fail(seed, index, case, "5xx", answer)

@@ -4,7 +4,6 @@ kept-alive connection; any failure names its SEED:INDEX for `python -m bench fuz
 from __future__ import annotations
 
 import pytest
-
 from bench import fuzz
 
 pytestmark = pytest.mark.fuzz
@@ -16,6 +15,7 @@ def test_quick_fuzz_run_finds_no_5xx_reset_outside_file_or_leak() -> None:
     assert set(result.per_family) == set(fuzz.FAMILIES)
     assert result.server_errors == 0, result.failures
     assert result.resets == 0, result.failures
+    assert result.timeouts == 0, result.failures
     assert result.outside_files == [], result.failures
     assert result.canary_leaks == 0, result.failures
     assert result.healthy_at_end
