@@ -37,6 +37,11 @@ class Settings:
     # "full": a success (STOW 200, an imported file) means the blob and the index commit are on stable
     # storage. "relaxed" skips the syncs: faster, but a power cut or kernel crash can lose acknowledged data.
     durability: str = "full"
+    # BigQuery query jobs: wall-clock limit per query, memory limit per DuckDB instance (each project's file and
+    # each query on no file or several), and queries a process runs at once (see docs/security.md).
+    query_timeout_seconds: float = 300.0
+    query_memory_mb: int = 256
+    query_concurrency: int = 2
 
     @property
     def resolved_database_url(self) -> str:
@@ -81,12 +86,12 @@ def _is_loopback(host: str) -> bool:
 
 
 def _convert(name: str, raw: str) -> object:
-    if name == "operation_lease_seconds":
+    if name in ("operation_lease_seconds", "query_timeout_seconds"):
         try:
             return float(raw)
         except ValueError:
             raise ConfigError(f"DICOMLAKE_{name.upper()} must be a number, got {raw!r}") from None
-    if name in ("port", "workers", "operation_threads"):
+    if name in ("port", "workers", "operation_threads", "query_memory_mb", "query_concurrency"):
         try:
             return int(raw)
         except ValueError:
@@ -121,6 +126,12 @@ def load(**overrides: object) -> Settings:
         raise ConfigError(f"port must be between 1 and 65535, got {settings.port}")
     if settings.workers < 1:
         raise ConfigError(f"workers must be at least 1, got {settings.workers}")
+    if not settings.query_timeout_seconds > 0:
+        raise ConfigError(f"query timeout must be more than 0 seconds, got {settings.query_timeout_seconds}")
+    if settings.query_memory_mb < 64:
+        raise ConfigError(f"query memory must be at least 64 MB, got {settings.query_memory_mb}")
+    if settings.query_concurrency < 1:
+        raise ConfigError(f"query concurrency must be at least 1, got {settings.query_concurrency}")
     if settings.durability not in ("full", "relaxed"):
         raise ConfigError(f"durability must be full or relaxed, got {settings.durability!r}")
     _check_file_roots(settings)

@@ -18,6 +18,7 @@ from dicomlake.storage.blobs import BlobStore
 from dicomlake.storage.buckets import Buckets
 from dicomlake.storage.db import Database
 from dicomlake.storage.journal import Journal
+from dicomlake.warehouse import jobs
 
 # One process per core, and one more: storing a file waits on the disk about as long as parsing it takes,
 # and the extra process parses while another waits.
@@ -78,6 +79,7 @@ def open_services(settings: Settings, create_schema: bool = True) -> Services:
     if create_schema:
         db.create_schema()
     blobs = BlobStore(settings.resolved_blob_url, Journal(settings.data_dir / "journal"), durable)
+    jobs.configure(jobs.Limits(settings.query_timeout_seconds, settings.query_memory_mb, settings.query_concurrency))
     return Services(
         settings=settings,
         db=db,

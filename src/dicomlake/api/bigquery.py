@@ -22,7 +22,11 @@ from dicomlake.warehouse.embedded import DatasetInfo, TableInfo, TableRef, Wareh
 PREFIX = "/bigquery/v2/projects/{project}"
 # jobs.query and jobs.getQueryResults wait this long for a job when the request does not say (BigQuery's default).
 DEFAULT_TIMEOUT_MS = 10_000
+# timeoutMs only bounds how long a request waits for a job (the job runs on, under its own limits): at most this.
+MAX_WAIT_MS = 600_000
 MAX_LIST_RESULTS = 1000
+# Numbers beyond this (row counts, offsets) are taken as this.
+MAX_NUMBER = 2**62
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -57,23 +61,47 @@ def _int_param(request: Request, name: str, default: int | None = None) -> int |
     try:
         number = int(value)
     except ValueError:
-        raise InvalidArgument(f"{name} must be an integer, got {value!r}") from None
+        raise InvalidArgument(f"{name} must be an integer, got {value[:40]!r}") from None
     if number < 0:
-        raise InvalidArgument(f"{name} must not be negative, got {number}")
-    return number
+        raise InvalidArgument(f"{name} must not be negative, got {value[:40]}")
+    return min(number, MAX_NUMBER)
 
 
 def _body_int(body: dict[str, Any], name: str, default: int | None = None) -> int | None:
     value = body.get(name)
     if value is None:
         return default
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidArgument(f"{name} must be an integer")
     try:
         number = int(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{name} must be an integer, got {value!r}") from None
+    except ValueError:
+        raise InvalidArgument(f"{name} must be an integer, got {str(value)[:40]!r}") from None
     if number < 0:
-        raise InvalidArgument(f"{name} must not be negative, got {number}")
-    return number
+        raise InvalidArgument(f"{name} must not be negative")
+    return min(number, MAX_NUMBER)
+
+
+def _object(body: dict[str, Any], name: str) -> dict[str, Any]:
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{name} must be an object")
+    return value
+
+
+def _text(body: dict[str, Any], name: str, default: str = "") -> str:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a string")
+    return value
+
+
+def _wait_seconds(timeout_ms: int | None) -> float:
+    return min(timeout_ms or 0, MAX_WAIT_MS) / 1000
 
 
 def _bool_param(request: Request, name: str) -> bool:
@@ -265,7 +293,7 @@ async def table_data(request: Request) -> Response:
 def _default_dataset(value: Any, project: str) -> tuple[str, str] | None:
     if not value:
         return None
-    if not isinstance(value, dict) or not value.get("datasetId"):
+    if not isinstance(value, dict) or not isinstance(value.get("datasetId"), str) or not value["datasetId"]:
         raise InvalidArgument("defaultDataset must be {projectId, datasetId}")
     return str(value.get("projectId") or project), str(value["datasetId"])
 
@@ -286,9 +314,10 @@ async def queries_collection(request: Request) -> Response:
     body = body_json(await request.body())
     _check_standard_sql(body)
     default_dataset = _default_dataset(body.get("defaultDataset"), project)
-    location = body.get("location") or embedded.DEFAULT_LOCATION
+    location = _text(body, "location") or embedded.DEFAULT_LOCATION
+    sql = _text(body, "query")
     if body.get("dryRun"):
-        fields = await run_in_threadpool(jobs.dry_run, wh, project, str(body.get("query", "")), default_dataset)
+        fields = await run_in_threadpool(jobs.dry_run, wh, project, sql, default_dataset)
         return json(
             {
                 "kind": "bigquery#queryResponse",
@@ -300,16 +329,24 @@ async def queries_collection(request: Request) -> Response:
             }
         )
     timeout_ms, max_rows = _body_int(body, "timeoutMs", DEFAULT_TIMEOUT_MS), _body_int(body, "maxResults")
+    formats = _object(body, "formatOptions")
     job = await run_in_threadpool(
-        lambda: jobs.start(wh, project, body.get("query", ""), location=location, default_dataset=default_dataset)
+        lambda: jobs.start(
+            wh,
+            project,
+            sql,
+            location=location,
+            default_dataset=default_dataset,
+            timeout_ms=_body_int(body, "jobTimeoutMs"),
+        )
     )
-    job = await run_in_threadpool(jobs.wait, wh, job, (timeout_ms or 0) / 1000)
+    job = await run_in_threadpool(jobs.wait, wh, job, _wait_seconds(timeout_ms))
     response = await run_in_threadpool(
         lambda: jobs.query_results(
             wh,
             job,
             max_rows=max_rows,
-            timestamps=_timestamps(body.get("formatOptions") or {}),
+            timestamps=_timestamps(formats),
             kind="bigquery#queryResponse",
         )
     )
@@ -322,7 +359,7 @@ async def query_results(request: Request) -> Response:
     wh, p = _warehouse(request), request.path_params
     job = await run_in_threadpool(jobs.get, wh, p["project"], p["job"])
     timeout_ms = _int_param(request, "timeoutMs", DEFAULT_TIMEOUT_MS)
-    job = await run_in_threadpool(jobs.wait, wh, job, (timeout_ms or 0) / 1000)
+    job = await run_in_threadpool(jobs.wait, wh, job, _wait_seconds(timeout_ms))
     start, max_rows = _start(request), _int_param(request, "maxResults")
     timestamps = _timestamps(request.query_params)
     response = await run_in_threadpool(
@@ -336,18 +373,20 @@ async def jobs_collection(request: Request) -> Response:
     """jobs.insert, for query jobs: accepted at once, run in the background."""
     wh, project = _warehouse(request), request.path_params["project"]
     body = body_json(await request.body())
-    configuration = body.get("configuration") or {}
+    configuration = _object(body, "configuration")
     config = configuration.get("query")
     if not isinstance(config, dict):
         raise InvalidArgument("only query jobs are supported: configuration.query is required")
     _check_standard_sql(config)
     if config.get("destinationTable"):
         raise InvalidArgument("query jobs with a destinationTable are not supported: use CREATE TABLE ... AS SELECT")
-    reference = body.get("jobReference") or {}
+    reference = _object(body, "jobReference")
     default_dataset = _default_dataset(config.get("defaultDataset"), project)
-    location = reference.get("location") or embedded.DEFAULT_LOCATION
+    location = _text(reference, "location") or embedded.DEFAULT_LOCATION
+    sql, job_id = _text(config, "query"), _text(reference, "jobId") or None
+    job_timeout_ms = _body_int(configuration, "jobTimeoutMs")
     if configuration.get("dryRun"):
-        fields = await run_in_threadpool(jobs.dry_run, wh, project, str(config.get("query", "")), default_dataset)
+        fields = await run_in_threadpool(jobs.dry_run, wh, project, sql, default_dataset)
         statistics = {"totalBytesProcessed": "0", "query": {"totalBytesProcessed": "0", "schema": {"fields": fields}}}
         return json(
             {
@@ -362,10 +401,11 @@ async def jobs_collection(request: Request) -> Response:
         lambda: jobs.start(
             wh,
             project,
-            config.get("query", ""),
-            job_id=reference.get("jobId"),
+            sql,
+            job_id=job_id,
             location=location,
             default_dataset=default_dataset,
+            timeout_ms=job_timeout_ms,
         )
     )
     return json(job.resource())
@@ -380,9 +420,10 @@ async def job_item(request: Request) -> Response:
 
 @_bigquery_errors
 async def job_cancel(request: Request) -> Response:
-    """jobs.cancel: queries here end on their own; the answer is the job as it is."""
+    """jobs.cancel: the job is asked to stop (it does within a fraction of a second); the answer is the job as it
+    is now, as BigQuery's."""
     wh, p = _warehouse(request), request.path_params
-    job = await run_in_threadpool(jobs.get, wh, p["project"], p["job"])
+    job = await run_in_threadpool(jobs.cancel, wh, p["project"], p["job"])
     return json({"kind": "bigquery#jobCancelResponse", "job": job.resource()})
 
 

@@ -31,7 +31,27 @@ LOCK_TIMEOUT = 30.0
 # Every server, worker and pool process may open the files: each keeps its buffers small (DuckDB's default
 # is 80% of the machine's memory per process).
 MEMORY_LIMIT_MB = 256
-CONFIG = {"memory_limit": f"{MEMORY_LIMIT_MB}MB"}
+# The engine reaches nothing but its own files: no file functions, COPY, ATTACH, extensions or URLs, whatever a
+# statement says (the query sandbox's second wall, see `sql`). It cannot be switched back on while a file is open,
+# and every connection of a process to one file must pass the same settings.
+SANDBOX = {
+    "enable_external_access": False,
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+    "allow_community_extensions": False,
+    "allow_unsigned_extensions": False,
+}
+CONFIG: dict[str, Any] = {"memory_limit": f"{MEMORY_LIMIT_MB}MB", **SANDBOX}
+
+
+def set_memory_limit(megabytes: int) -> None:
+    """The memory limit of each DuckDB instance this process opens (one per project file, one per query that reads
+    no file or several): set at start-up, before any file is open."""
+    global MEMORY_LIMIT_MB
+    MEMORY_LIMIT_MB = megabytes
+    CONFIG["memory_limit"] = f"{megabytes}MB"
+
+
 # A checkpoint holds a block of about 256 KiB per column it writes at once, and DuckDB stops for good (a fatal
 # error, the rows of the transaction lost) when they do not fit: wide tables get a larger limit (see
 # `allow_columns`).

@@ -1,7 +1,12 @@
 """Query jobs as BigQuery runs them (jobs.insert, jobs.query, jobs.get, jobs.getQueryResults) on the embedded
 warehouse. A job is a JSON file and, once done, an Arrow file with its result under `<warehouse>/jobs/<project>/`,
 so that any server process can answer for a job another one ran, and later pages read the very rows the first
-one did. A thread of the process that accepted the job runs it; files older than a day are removed."""
+one did. A thread of the process that accepted the job runs it; files older than a day are removed.
+
+Each job runs under limits (`Limits`, set from the process's settings by `configure`): a wall-clock limit (the
+job's own `jobTimeoutMs` when shorter), a memory limit per DuckDB instance, and a number of jobs run at once (the
+others wait their turn). jobs.cancel leaves a `<job>.cancel` file that the running job's process sees within
+`query.WATCH_INTERVAL`, whichever process that is."""
 
 from __future__ import annotations
 
@@ -20,17 +25,37 @@ import orjson
 
 from dicomlake.errors import AlreadyExists, DicomlakeError, InvalidArgument, NotFound
 from dicomlake.storage.journal import process_alive
-from dicomlake.warehouse import query, results
+from dicomlake.warehouse import embedded, query, results
 from dicomlake.warehouse.embedded import DEFAULT_LOCATION, Warehouse, check_project
 from dicomlake.warehouse.schema import Field
 
 log = logging.getLogger("dicomlake.warehouse")
 
 JOB_TTL_SECONDS = 24 * 3600
-# Queries a process runs at once; each one uses every core DuckDB is given.
-CONCURRENT_JOBS = 4
-_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,1024}")
-_running = threading.BoundedSemaphore(CONCURRENT_JOBS)
+# BigQuery allows 1,024 characters; a file name allows 255 bytes.
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_seconds: float = 300.0
+    memory_mb: int = 256
+    # Queries a process runs at once; each one uses every core DuckDB is given.
+    concurrency: int = 2
+
+
+_limits = Limits()
+_running = threading.BoundedSemaphore(_limits.concurrency)
+
+
+def configure(limits: Limits) -> None:
+    """The limits of this process's query jobs (at start-up, before any job runs)."""
+    global _limits, _running
+    _limits = limits
+    _running = threading.BoundedSemaphore(limits.concurrency)
+    embedded.set_memory_limit(limits.memory_mb)
+
+
 _finished: dict[Path, threading.Event] = {}
 _finished_guard = threading.Lock()
 
@@ -62,6 +87,7 @@ class Job:
     statement_type: str | None = None
     affected_rows: int | None = None
     pid: int = 0
+    timeout_ms: int | None = None
 
     @property
     def done(self) -> bool:
@@ -73,6 +99,9 @@ class Job:
     def resource(self) -> dict[str, Any]:
         """The Job resource of jobs.get and jobs.insert."""
         config: dict[str, Any] = {"query": self.query, "useLegacySql": False, "priority": "INTERACTIVE"}
+        jobconfig: dict[str, Any] = {"jobType": "QUERY", "query": config}
+        if self.timeout_ms is not None:
+            jobconfig["jobTimeoutMs"] = str(self.timeout_ms)
         if self.default_dataset:
             config["defaultDataset"] = {"projectId": self.default_dataset[0], "datasetId": self.default_dataset[1]}
         statistics: dict[str, Any] = {"creationTime": str(self.created_ms), "startTime": str(self.started_ms)}
@@ -93,7 +122,7 @@ class Job:
             "etag": f'"{self.job_id}-{self.state}"',
             "id": f"{self.project}:{self.location}.{self.job_id}",
             "jobReference": self.reference(),
-            "configuration": {"jobType": "QUERY", "query": config},
+            "configuration": jobconfig,
             "statistics": statistics,
             "status": status,
         }
@@ -107,14 +136,18 @@ def start(
     job_id: str | None = None,
     location: str | None = None,
     default_dataset: tuple[str, str] | None = None,
+    timeout_ms: int | None = None,
 ) -> Job:
-    """Accept a query job and start it on a thread of this process."""
+    """Accept a query job and start it on a thread of this process; `timeout_ms` (jobTimeoutMs) shortens the
+    process's time limit for it."""
     check_project(project)
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidArgument("a query job needs a query")
     job_id = job_id or f"job_{secrets.token_urlsafe(18).replace('-', '_')}"
-    if not _JOB_ID.fullmatch(job_id):
-        raise InvalidArgument(f"invalid job id {job_id!r}: letters, numbers, dashes and underscores only")
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise InvalidArgument(
+            f"invalid job id {str(job_id)[:80]!r}: at most 200 letters, numbers, dashes and underscores"
+        )
     folder = _folder(wh, project)
     folder.mkdir(parents=True, exist_ok=True)
     _remove_expired(folder)
@@ -128,6 +161,7 @@ def start(
         created_ms=now,
         started_ms=now,
         pid=os.getpid(),
+        timeout_ms=timeout_ms,
     )
     path = _job_file(wh, project, job_id)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -154,7 +188,7 @@ def dry_run(wh: Warehouse, project: str, sql: str, default_dataset: tuple[str, s
 def get(wh: Warehouse, project: str, job_id: str) -> Job:
     check_project(project)
     if not _JOB_ID.fullmatch(job_id):
-        raise NotFound(f"Not found: Job {project}:{job_id}")
+        raise NotFound(f"Not found: Job {project}:{job_id[:200]}")
     try:
         data = orjson.loads(_job_file(wh, project, job_id).read_bytes())
     except FileNotFoundError:
@@ -169,6 +203,15 @@ def get(wh: Warehouse, project: str, job_id: str) -> Job:
             "http": 503,
             "status": "UNAVAILABLE",
         }
+    return job
+
+
+def cancel(wh: Warehouse, project: str, job_id: str) -> Job:
+    """jobs.cancel: ask the job to stop (its process interrupts it within query.WATCH_INTERVAL); the job as it is
+    now."""
+    job = get(wh, project, job_id)
+    if not job.done:
+        _cancel_file(wh, project, job_id).touch()
     return job
 
 
@@ -227,16 +270,38 @@ def query_results(
     return response
 
 
+def _stop_check(wh: Warehouse, job: Job) -> query.StopCheck:
+    seconds = _limits.timeout_seconds
+    if job.timeout_ms is not None:
+        seconds = min(seconds, job.timeout_ms / 1000)
+    deadline = job.created_ms / 1000 + seconds
+    cancel_file = _cancel_file(wh, job.project, job.job_id)
+
+    def check() -> query.Stopped | None:
+        if cancel_file.exists():
+            return query.Stopped("Job execution was cancelled: User requested cancellation", "stopped")
+        if time.time() >= deadline:
+            return query.Stopped(f"Query exceeded the time limit of {seconds:g} seconds", "timeout")
+        return None
+
+    return check
+
+
 def _run(wh: Warehouse, job: Job) -> None:
     path = _job_file(wh, job.project, job.job_id)
+    stop = _stop_check(wh, job)
     with _running:
         try:
+            stopped = stop()  # cancelled or out of time while it waited its turn
+            if stopped is not None:
+                raise stopped
             summary = query.run(
                 wh,
                 job.project,
                 job.query,
                 default_dataset=job.default_dataset,
                 results_path=_results_file(wh, job.project, job.job_id),
+                stop=stop,
             )
             job.fields = summary.fields
             job.total_rows = summary.total_rows
@@ -253,6 +318,9 @@ def _run(wh: Warehouse, job: Job) -> None:
                 "http": 400,
                 "status": "INVALID_ARGUMENT",
             }
+    if job.error:
+        _results_file(wh, job.project, job.job_id).unlink(missing_ok=True)
+    _cancel_file(wh, job.project, job.job_id).unlink(missing_ok=True)
     job.state = "DONE"
     job.ended_ms = time.time_ns() // 1_000_000
     tmp = path.with_name(path.name + ".tmp")
@@ -298,6 +366,10 @@ def _job_file(wh: Warehouse, project: str, job_id: str) -> Path:
 
 def _results_file(wh: Warehouse, project: str, job_id: str) -> Path:
     return _folder(wh, project) / f"{job_id}.arrow"
+
+
+def _cancel_file(wh: Warehouse, project: str, job_id: str) -> Path:
+    return _folder(wh, project) / f"{job_id}.cancel"
 
 
 def _remove_expired(folder: Path) -> None:

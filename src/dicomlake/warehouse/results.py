@@ -147,11 +147,15 @@ def write(path: Path, fields: list[Field], schema: pa.Schema, batches: Iterator[
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     rows = 0
     schema = schema.with_metadata({_SCHEMA_KEY: orjson.dumps(fields)})
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for batch in batches:
-            writer.write_batch(batch.replace_schema_metadata(schema.metadata))
-            rows += batch.num_rows
-    os.replace(tmp, path)
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+                rows += batch.num_rows
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return rows
 
 
