@@ -100,6 +100,18 @@ def _text(body: dict[str, Any], name: str, default: str = "") -> str:
     return value
 
 
+def _labels(body: dict[str, Any]) -> dict[str, str]:
+    """A resource's labels, as BigQuery allows them: at most 64, keys and values strings of at most 63
+    characters."""
+    labels = _object(body, "labels")
+    if len(labels) > 64:
+        raise InvalidArgument("at most 64 labels are allowed")
+    for key, value in labels.items():
+        if not isinstance(value, str) or len(key) > 63 or len(value) > 63 or not key:
+            raise InvalidArgument(f"label {key[:63]!r}: keys and values are strings of 1 to 63 characters")
+    return labels
+
+
 def _wait_seconds(timeout_ms: int | None) -> float:
     return min(timeout_ms or 0, MAX_WAIT_MS) / 1000
 
@@ -190,17 +202,17 @@ async def datasets_collection(request: Request) -> Response:
     wh, project = _warehouse(request), request.path_params["project"]
     if request.method == "POST":
         body = body_json(await request.body())
-        reference = body.get("datasetReference") or {}
+        reference = _object(body, "datasetReference")
         if reference.get("projectId", project) != project:
             raise InvalidArgument("datasetReference.projectId must be the project of the request path")
         info = await run_in_threadpool(
             embedded.create_dataset,
             wh,
             project,
-            str(reference.get("datasetId", "")),
-            location=body.get("location"),
-            description=body.get("description"),
-            labels=body.get("labels"),
+            _text(reference, "datasetId"),
+            location=_text(body, "location") or None,
+            description=_text(body, "description") or None,
+            labels=_labels(body),
         )
         return json(_dataset_resource(info))
     infos = await run_in_threadpool(embedded.list_datasets, wh, project, include_hidden=_bool_param(request, "all"))
@@ -237,16 +249,16 @@ async def tables_collection(request: Request) -> Response:
     dataset = await run_in_threadpool(embedded.get_dataset, wh, p["project"], p["dataset"])
     if request.method == "POST":
         body = body_json(await request.body())
-        reference = body.get("tableReference") or {}
-        ref = TableRef(p["project"], p["dataset"], str(reference.get("tableId", "")))
-        view = body.get("view")
+        ref = TableRef(p["project"], p["dataset"], _text(_object(body, "tableReference"), "tableId"))
+        view = _object(body, "view")
         if view:
             if view.get("useLegacySql"):
                 raise InvalidArgument("legacy SQL views are not supported: set view.useLegacySql to false")
-            info = await run_in_threadpool(embedded.create_or_replace_view, wh, ref, str(view.get("query", "")))
+            info = await run_in_threadpool(embedded.create_or_replace_view, wh, ref, _text(view, "query"))
         else:
-            fields = (body.get("schema") or {}).get("fields") or []
-            info = await run_in_threadpool(embedded.create_table, wh, ref, fields, description=body.get("description"))
+            fields = _object(body, "schema").get("fields") or []
+            description = _text(body, "description") or None
+            info = await run_in_threadpool(embedded.create_table, wh, ref, fields, description=description)
         return json(_table_resource(info, dataset.location))
     infos = await run_in_threadpool(embedded.list_tables, wh, p["project"], p["dataset"])
     page, token = _page(request, infos)

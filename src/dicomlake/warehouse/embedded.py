@@ -41,7 +41,10 @@ SANDBOX = {
     "allow_community_extensions": False,
     "allow_unsigned_extensions": False,
 }
-CONFIG: dict[str, Any] = {"memory_limit": f"{MEMORY_LIMIT_MB}MB", **SANDBOX}
+# What a query past its memory limit may spill to disk, per DuckDB instance, before it fails (DuckDB's default is
+# 90% of the free disk).
+MAX_SPILL = "4GiB"
+CONFIG: dict[str, Any] = {"memory_limit": f"{MEMORY_LIMIT_MB}MB", "max_temp_directory_size": MAX_SPILL, **SANDBOX}
 
 
 def set_memory_limit(megabytes: int) -> None:

@@ -107,7 +107,7 @@ def normalize(fields: Any, _path: str = "", _depth: int = 1) -> list[Field]:
     seen: set[str] = set()
     for raw in fields:
         if not isinstance(raw, dict):
-            raise InvalidArgument(f"every schema field must be an object, got {raw!r}")
+            raise InvalidArgument(f"every schema field must be an object, got {str(raw)[:80]!r}")
         name = raw.get("name")
         path = f"{_path}.{name}" if _path else str(name)
         if not isinstance(name, str) or not _NAME.fullmatch(name):

@@ -166,7 +166,10 @@ def _check_sandbox(tree: exp.Expression, sql: str) -> None:
             raise InvalidQuery(f"{tree.key.upper()} {kind} is not supported: only tables, views and datasets")
     for node in tree.find_all(exp.Table):
         if node.this is not None and not isinstance(node.this, exp.Identifier):
-            name = node.this.name if isinstance(node.this, exp.Anonymous) else node.this.sql_name()
+            this = node.this
+            if not isinstance(this, exp.Func):
+                raise InvalidQuery(f"Invalid table name: {node.sql()[:200]}")
+            name = this.name if isinstance(this, exp.Anonymous) else this.sql_name()
             raise InvalidQuery(f"Table-valued function not found: {name}. A query reads tables and UNNEST only")
     allowed = engine_functions()
     for node in tree.find_all(exp.Anonymous):
