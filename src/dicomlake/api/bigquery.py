@@ -4,6 +4,8 @@ under /bigquery/v2/projects/{project}/. Errors come in BigQuery's envelope, with
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
@@ -22,8 +24,9 @@ from dicomlake.warehouse.embedded import DatasetInfo, TableInfo, TableRef, Wareh
 PREFIX = "/bigquery/v2/projects/{project}"
 # jobs.query and jobs.getQueryResults wait this long for a job when the request does not say (BigQuery's default).
 DEFAULT_TIMEOUT_MS = 10_000
-# timeoutMs only bounds how long a request waits for a job (the job runs on, under its own limits): at most this.
-MAX_WAIT_MS = 600_000
+# timeoutMs only bounds how long a request waits for a job (the job runs on, under its own limits): at most this,
+# after which the answer says jobComplete false and clients ask again (BigQuery too returns before a long timeoutMs).
+MAX_WAIT_MS = 30_000
 MAX_LIST_RESULTS = 1000
 # Numbers beyond this (row counts, offsets) are taken as this.
 MAX_NUMBER = 2**62
@@ -112,8 +115,16 @@ def _labels(body: dict[str, Any]) -> dict[str, str]:
     return labels
 
 
-def _wait_seconds(timeout_ms: int | None) -> float:
-    return min(timeout_ms or 0, MAX_WAIT_MS) / 1000
+async def _wait(wh: Warehouse, job: jobs.Job, timeout_ms: int | None) -> jobs.Job:
+    """The job once done, or as it is after timeoutMs (at most MAX_WAIT_MS): the request waits on the event loop,
+    holding none of the threads that every other request needs."""
+    deadline = time.monotonic() + min(timeout_ms or 0, MAX_WAIT_MS) / 1000
+    delay = 0.002
+    while not job.done and (remaining := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.1)
+        job = await run_in_threadpool(jobs.get, wh, job.project, job.job_id)
+    return job
 
 
 def _bool_param(request: Request, name: str) -> bool:
@@ -352,7 +363,7 @@ async def queries_collection(request: Request) -> Response:
             timeout_ms=_body_int(body, "jobTimeoutMs"),
         )
     )
-    job = await run_in_threadpool(jobs.wait, wh, job, _wait_seconds(timeout_ms))
+    job = await _wait(wh, job, timeout_ms)
     response = await run_in_threadpool(
         lambda: jobs.query_results(
             wh,
@@ -371,7 +382,7 @@ async def query_results(request: Request) -> Response:
     wh, p = _warehouse(request), request.path_params
     job = await run_in_threadpool(jobs.get, wh, p["project"], p["job"])
     timeout_ms = _int_param(request, "timeoutMs", DEFAULT_TIMEOUT_MS)
-    job = await run_in_threadpool(jobs.wait, wh, job, _wait_seconds(timeout_ms))
+    job = await _wait(wh, job, timeout_ms)
     start, max_rows = _start(request), _int_param(request, "maxResults")
     timestamps = _timestamps(request.query_params)
     response = await run_in_threadpool(

@@ -44,6 +44,10 @@ class Limits:
     concurrency: int = 2
 
 
+# Jobs a process holds at once, running or waiting their turn: past this, jobs.insert and jobs.query answer
+# BigQuery's "rateLimitExceeded" (403; clients retry with backoff) rather than queue without end.
+MAX_JOBS = 100
+
 _limits = Limits()
 _running = threading.BoundedSemaphore(_limits.concurrency)
 
@@ -56,8 +60,14 @@ def configure(limits: Limits) -> None:
     embedded.set_memory_limit(limits.memory_mb)
 
 
-_finished: dict[Path, threading.Event] = {}
-_finished_guard = threading.Lock()
+# The job files of this process's jobs that are not done.
+_in_flight: set[Path] = set()
+_in_flight_guard = threading.Lock()
+
+
+class TooManyJobs(DicomlakeError):
+    status, http, code = "RESOURCE_EXHAUSTED", 403, 8
+    reason = "rateLimitExceeded"
 
 
 class JobFailed(DicomlakeError):
@@ -164,18 +174,29 @@ def start(
         timeout_ms=timeout_ms,
     )
     path = _job_file(wh, project, job_id)
+    duplicate = AlreadyExists(f"Already Exists: Job {project}:{job.location}.{job_id}")
+    with _in_flight_guard:
+        if path in _in_flight:
+            raise duplicate
+        if len(_in_flight) >= MAX_JOBS:
+            raise TooManyJobs(
+                f"Exceeded rate limits: {MAX_JOBS} query jobs are running or waiting in this server; retry later"
+            )
+        _in_flight.add(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(orjson.dumps(asdict(job)))
     try:
         # A hard link appears whole and fails if the name exists: the same job id twice is an error, even from
         # two processes at once, and no reader sees half a file.
         os.link(tmp, path)
-    except FileExistsError:
-        raise AlreadyExists(f"Already Exists: Job {project}:{job.location}.{job_id}") from None
+    except BaseException as exc:
+        with _in_flight_guard:
+            _in_flight.discard(path)
+        if isinstance(exc, FileExistsError):
+            raise duplicate from None
+        raise
     finally:
         tmp.unlink()
-    with _finished_guard:
-        _finished[path] = threading.Event()
     threading.Thread(target=_run, args=(wh, job), name=f"bigquery-job-{job_id}", daemon=True).start()
     return job
 
@@ -212,26 +233,6 @@ def cancel(wh: Warehouse, project: str, job_id: str) -> Job:
     job = get(wh, project, job_id)
     if not job.done:
         _cancel_file(wh, project, job_id).touch()
-    return job
-
-
-def wait(wh: Warehouse, job: Job, timeout: float) -> Job:
-    """The job once done, or as it is after `timeout` seconds."""
-    deadline = time.monotonic() + max(0.0, timeout)
-    path = _job_file(wh, job.project, job.job_id)
-    delay = 0.005
-    while not job.done:
-        event = _finished.get(path)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        if event is not None:
-            event.wait(remaining)
-        else:
-            # Another process runs it: watch its file.
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.2)
-        job = get(wh, job.project, job.job_id)
     return job
 
 
@@ -326,10 +327,8 @@ def _run(wh: Warehouse, job: Job) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(orjson.dumps(asdict(job)))
     os.replace(tmp, path)
-    with _finished_guard:
-        event = _finished.pop(path, None)
-    if event is not None:
-        event.set()
+    with _in_flight_guard:
+        _in_flight.discard(path)
 
 
 def _error(exc: DicomlakeError) -> dict[str, Any]:

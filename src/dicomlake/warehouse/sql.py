@@ -210,19 +210,22 @@ def _bounded_arrays(tree: exp.Expression) -> exp.Expression:
         if start is None or end is None:
             return node
         if isinstance(node, exp.GenerateSeries):
-            step_sql = step.sql("duckdb") if step is not None else "1"
-            count = f"abs(({end.sql('duckdb')}) - ({start.sql('duckdb')})) / abs({step_sql})"
+            step = step or exp.Literal.number(1)
+            count = f"abs(({end.sql('duckdb')}) - ({start.sql('duckdb')})) / abs({step.sql('duckdb')})"
         else:
-            step_sql = step.sql("duckdb") if step is not None else "INTERVAL 1 DAY"
+            step = step or sqlglot.parse_one("INTERVAL 1 DAY", read="duckdb")
             count = (
                 f"abs(epoch(CAST(({end.sql('duckdb')}) AS TIMESTAMP)) - epoch(CAST(({start.sql('duckdb')}) "
-                f"AS TIMESTAMP))) / abs(epoch({step_sql}))"
+                f"AS TIMESTAMP))) / abs(epoch({step.sql('duckdb')}))"
             )
         name = {"GENERATE_SERIES": "GENERATE_ARRAY"}.get(node.sql_name(), node.sql_name())
         message = f"{name}: the array would have more than {MAX_ARRAY_ELEMENTS:,} elements"
         check = sqlglot.parse_one(f"({count}) > {MAX_ARRAY_ELEMENTS}", read="duckdb")
         failure = exp.Anonymous(this="error", expressions=[exp.Literal.string(message)])
-        return exp.If(this=check, true=failure, false=node)
+        # The guard wraps the step, not the call: the engine folds constant calls while it plans, whichever branch
+        # of a CASE they are in. (The step, being typed, keeps its type; a bare string as the end would not.)
+        node.set("step", exp.If(this=check, true=failure, false=step.copy()))
+        return node
 
     return tree.transform(guard, copy=False)
 
