@@ -23,6 +23,18 @@ def test_keys_of_a_dead_process_are_left_over(tmp_path: Path) -> None:
     ]
 
 
+def test_a_journal_another_process_recovers_meanwhile_is_skipped(tmp_path: Path) -> None:
+    dead = [2**22 + 12345, 2**22 + 12346]
+    for pid in dead:
+        (tmp_path / f"{socket.gethostname()}-{pid}-0.keys").write_text(f"1/a/b/{pid}.x.dcm\n")
+    leftovers = Journal(tmp_path).leftovers()
+    first_path, _ = next(leftovers)
+    # Both files were listed; the second is removed (by another process's recovery) before it is read.
+    (tmp_path / f"{socket.gethostname()}-{dead[1]}-0.keys").unlink()
+    assert first_path.name.startswith(f"{socket.gethostname()}-{dead[0]}-")
+    assert list(leftovers) == []
+
+
 def test_own_keys_are_not_left_over_and_closing_removes_the_file(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     with journal.recording(["1/s/se/i.u.dcm"]):

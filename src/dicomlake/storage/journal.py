@@ -72,8 +72,11 @@ class Journal:
             pid = int(path.name[len(self.host) + 1 :].split("-")[0])
             if pid == os.getpid() or process_alive(pid):
                 continue
-            keys = [line for line in path.read_text(errors="replace").splitlines() if line.endswith(".dcm")]
-            yield path, keys
+            try:
+                text = path.read_text(errors="replace")
+            except FileNotFoundError:
+                continue  # another process starting at the same time recovered it first
+            yield path, [line for line in text.splitlines() if line.endswith(".dcm")]
 
 
 def process_alive(pid: int) -> bool:
