@@ -4,6 +4,7 @@ limits that stop a query (time, cancel, memory, result size) without leaving any
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -217,3 +218,23 @@ def test_a_process_holds_a_bounded_number_of_jobs(wh: Warehouse, monkeypatch: py
         time.sleep(0.01)
         job = jobs.get(wh, "p", job.job_id)
     assert job.error is None and job.total_rows == 1
+
+
+def test_a_statement_that_cannot_run_fails_without_waiting_its_turn(
+    wh: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs, "_running", threading.BoundedSemaphore(1))
+    runaway = jobs.start(wh, "p", RUNAWAY, timeout_ms=20_000)
+    try:
+        refused = jobs.start(wh, "p", "INSTALL httpfs")
+        deadline = time.monotonic() + 2
+        while not refused.done:
+            assert time.monotonic() < deadline, "the refused statement waited behind the running query"
+            time.sleep(0.02)
+            refused = jobs.get(wh, "p", refused.job_id)
+        assert refused.error is not None and refused.error["reason"] == "invalidQuery"
+        assert not jobs.get(wh, "p", runaway.job_id).done
+    finally:
+        jobs.cancel(wh, "p", runaway.job_id)
+        while not jobs.get(wh, "p", runaway.job_id).done:
+            time.sleep(0.05)

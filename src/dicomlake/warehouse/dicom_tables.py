@@ -181,14 +181,13 @@ def open_table(wh: Warehouse, ref: TableRef, *, bulk: bool = False, hold: float 
 
     `bulk`: for appends of thousands of rows, while other processes flatten the next ones. DuckDB's checkpoint
     would merge each append with the row groups written before (vacuum), rewriting them again and again; the
-    file's next ordinary writer merges them once. And one DuckDB thread does the insert and the checkpoint with
-    a third less CPU than two, which the processes flattening need more. Both hold for the file until the
-    process closes it (queries of this process meanwhile run on one thread too). `hold`: see `connect`."""
+    file's next ordinary writer merges them once; this holds for the file until the process closes it. (The
+    number of DuckDB threads is not changed here: DuckDB's thread pool is shared by the whole process, and
+    changing it waits for every running query's current task, a long query's included.) `hold`: see `connect`."""
     missing = _dataset_missing(ref.project, ref.dataset)
     with connect(wh, ref.project, missing=missing, write=True, hold=hold) as db:
         if bulk:
             db.conn.execute("SET max_vacuum_tasks = 0")
-            db.conn.execute("SET threads = 1")
         require_dataset(db, ref)
         table = Table(db, ref)
         yield table

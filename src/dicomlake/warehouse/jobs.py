@@ -26,6 +26,7 @@ import orjson
 from dicomlake.errors import AlreadyExists, DicomlakeError, InvalidArgument, NotFound
 from dicomlake.storage.journal import process_alive
 from dicomlake.warehouse import embedded, query, results
+from dicomlake.warehouse import sql as bigquery_sql
 from dicomlake.warehouse.embedded import DEFAULT_LOCATION, Warehouse, check_project
 from dicomlake.warehouse.schema import Field
 
@@ -291,8 +292,10 @@ def _stop_check(wh: Warehouse, job: Job) -> query.StopCheck:
 def _run(wh: Warehouse, job: Job) -> None:
     path = _job_file(wh, job.project, job.job_id)
     stop = _stop_check(wh, job)
-    with _running:
-        try:
+    try:
+        # A statement that cannot run fails at once, not after its turn behind long queries.
+        bigquery_sql.parse(job.query, job.project, job.default_dataset)
+        with _running:
             stopped = stop()  # cancelled or out of time while it waited its turn
             if stopped is not None:
                 raise stopped
@@ -304,21 +307,21 @@ def _run(wh: Warehouse, job: Job) -> None:
                 results_path=_results_file(wh, job.project, job.job_id),
                 stop=stop,
             )
-            job.fields = summary.fields
-            job.total_rows = summary.total_rows
-            job.statement_type = summary.statement_type
-            job.affected_rows = summary.affected_rows
-        except DicomlakeError as exc:
-            job.error = _error(exc)
-        except Exception as exc:
-            # Still the end of the job, with a message; and not a 500, which clients would retry for minutes.
-            log.exception("query job %s failed", job.job_id)
-            job.error = {
-                "message": f"the query failed: {type(exc).__name__}: {exc}",
-                "reason": "invalidQuery",
-                "http": 400,
-                "status": "INVALID_ARGUMENT",
-            }
+        job.fields = summary.fields
+        job.total_rows = summary.total_rows
+        job.statement_type = summary.statement_type
+        job.affected_rows = summary.affected_rows
+    except DicomlakeError as exc:
+        job.error = _error(exc)
+    except Exception as exc:
+        # Still the end of the job, with a message; and not a 500, which clients would retry for minutes.
+        log.exception("query job %s failed", job.job_id)
+        job.error = {
+            "message": f"the query failed: {type(exc).__name__}: {exc}",
+            "reason": "invalidQuery",
+            "http": 400,
+            "status": "INVALID_ARGUMENT",
+        }
     if job.error:
         _results_file(wh, job.project, job.job_id).unlink(missing_ok=True)
     _cancel_file(wh, job.project, job.job_id).unlink(missing_ok=True)
