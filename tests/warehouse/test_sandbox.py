@@ -238,3 +238,12 @@ def test_a_statement_that_cannot_run_fails_without_waiting_its_turn(
         jobs.cancel(wh, "p", runaway.job_id)
         while not jobs.get(wh, "p", runaway.job_id).done:
             time.sleep(0.05)
+
+
+def test_a_query_told_to_stop_while_it_is_planned_still_stops(wh: Warehouse) -> None:
+    """Planning this one (two arrays of 10,000,000 elements) takes seconds: the stop comes before it runs."""
+    sql = "SELECT COUNT(*) AS n FROM UNNEST(GENERATE_ARRAY(1, 10000000)) AS a, UNNEST(GENERATE_ARRAY(1, 10000000)) AS b"
+    start = time.monotonic()
+    with pytest.raises(query.Stopped):
+        run(wh, sql, stop=lambda: query.Stopped("out of time", "timeout"))
+    assert time.monotonic() - start < 20

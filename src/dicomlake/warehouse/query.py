@@ -115,11 +115,14 @@ def _watched(conn: duckdb.DuckDBPyConnection, stop: StopCheck | None) -> Iterato
 
     def watch() -> None:
         while not done.wait(WATCH_INTERVAL):
-            reason = stop()
-            if reason is not None:
+            if not stopped:
+                reason = stop()
+                if reason is None:
+                    continue
                 stopped.append(reason)
-                conn.interrupt()
-                return
+            # Again and again until the statement ends: an interrupt that comes while the statement is still being
+            # planned is spent there, and the engine then starts to run it.
+            conn.interrupt()
 
     watcher = threading.Thread(target=watch, name="query-watchdog", daemon=True)
     watcher.start()
