@@ -26,7 +26,8 @@ from dicomlake.dicom.pixels import (
     transcode,
 )
 
-HIGHDICOM = Path("/work/shared/testdata/highdicom")
+# ../shared beside the checkout (see TESTDATA.md).
+HIGHDICOM = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "highdicom"
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
