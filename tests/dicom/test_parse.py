@@ -155,3 +155,18 @@ def test_instance_without_uids_is_refused() -> None:
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
     with pytest.raises(DicomParseError, match="missing StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID"):
         parse(_encode(ds))
+
+
+@pytest.mark.parametrize(
+    "charset",
+    [b"ISO_IR 192\x08\x00\x08\x00CS\x18\x00DERIVED", b"ISO_IR\x00100", b"\x00\x00", b"NOT A CHARSET", b"\\\\"],
+)
+def test_a_specific_character_set_naming_no_character_set_falls_back_to_the_default(charset: bytes) -> None:
+    # The element's value replaced in place: pydicom would not write these.
+    good = _encode(_minimal(SpecificCharacterSet="ISO_IR 100", PatientName="Doe^Jane"))
+    at = good.index(b"\x08\x00\x05\x00CS")
+    length = int.from_bytes(good[at + 6 : at + 8], "little")
+    value = charset + b" " * (len(charset) % 2)
+    broken = good[: at + 6] + len(value).to_bytes(2, "little") + value + good[at + 8 + length :]
+    parsed = parse(broken)
+    assert parsed.metadata["00100010"]["Value"] == [{"Alphabetic": "Doe^Jane"}]

@@ -344,7 +344,7 @@ class _Reader:
             return {"vr": vr, "Value": [text]} if text else {"vr": vr}
         parts = text.split("\\")
         if tag == 0x00080005:
-            self.encodings = convert_encodings([p.strip() for p in parts if p.strip()] or ["ISO_IR 6"])
+            self.encodings = _encodings([p.strip(" \x00") for p in parts])
         values: list[Any]
         if vr == "PN":
             values = [_person_name(p.rstrip(" \x00")) for p in parts]
@@ -518,3 +518,17 @@ def _as_int(value: Any) -> int | None:
         except ValueError:
             return None
     return None
+
+
+def _encodings(terms: list[str]) -> list[str]:
+    """Python codecs for the terms of Specific Character Set; a term that names no character set (garbage, a NUL,
+    a broken file) is left out, and none at all is the default repertoire."""
+    known = []
+    for term in terms:
+        if not term:
+            continue
+        try:
+            known.extend(convert_encodings([term]))
+        except (KeyError, ValueError, LookupError):
+            continue
+    return known or convert_encodings(["ISO_IR 6"])
