@@ -5,6 +5,7 @@ paged results, jobs, and errors in BigQuery's shape."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -245,3 +246,38 @@ def test_errors_come_in_bigquerys_envelope(server: Server, project: str) -> None
         "errors": [{"message": f"Not found: Dataset {project}:nope", "domain": "global", "reason": "notFound"}],
         "status": "NOT_FOUND",
     }
+
+
+def test_requests_waiting_for_a_long_job_leave_the_server_free(server: Server, project: str) -> None:
+    """jobs.getQueryResults waits on the event loop: sixty clients waiting for a long query (more than the
+    server's threads) do not hold up any other request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runaway = "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r) SELECT COUNT(*) AS c FROM r"
+    job_id = f"long_{uuid.uuid4().hex}"
+    body = {
+        "jobReference": {"jobId": job_id},
+        "configuration": {"query": {"query": runaway, "useLegacySql": False}, "jobTimeoutMs": "60000"},
+    }
+    assert requests.post(api(server, project, "jobs"), json=body, timeout=30).status_code == 200
+    results = api(server, project, f"queries/{job_id}?timeoutMs=20000&maxResults=0")
+
+    def wait_for_results(_: int) -> int:
+        with requests.Session() as session:
+            return session.get(results, timeout=60).status_code
+
+    with ThreadPoolExecutor(60) as pool:
+        waiting = [pool.submit(wait_for_results, i) for i in range(60)]
+        try:
+            time.sleep(1.0)
+            started = time.monotonic()
+            listed = requests.get(api(server, project, "datasets"), timeout=30)
+            assert listed.status_code == 200
+            assert time.monotonic() - started < 2.0
+        finally:
+            cancelled = requests.post(api(server, project, f"jobs/{job_id}/cancel"), timeout=30)
+            assert cancelled.status_code == 200
+        # Each waited until the cancel, and then got the job's error.
+        assert {w.result() for w in waiting} == {400}
+    job = requests.get(api(server, project, f"jobs/{job_id}"), timeout=30).json()
+    assert job["status"]["state"] == "DONE" and job["status"]["errorResult"]["reason"] == "stopped"
