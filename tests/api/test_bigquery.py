@@ -8,6 +8,7 @@ import datetime as dt
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -251,8 +252,6 @@ def test_errors_come_in_bigquerys_envelope(server: Server, project: str) -> None
 def test_requests_waiting_for_a_long_job_leave_the_server_free(server: Server, project: str) -> None:
     """jobs.getQueryResults waits on the event loop: sixty clients waiting for a long query (more than the
     server's threads) do not hold up any other request."""
-    from concurrent.futures import ThreadPoolExecutor
-
     runaway = "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r) SELECT COUNT(*) AS c FROM r"
     job_id = f"long_{uuid.uuid4().hex}"
     body = {
