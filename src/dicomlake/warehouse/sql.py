@@ -84,7 +84,7 @@ _TOKEN = re.compile(
 MAX_QUERY_CHARS = 1_000_000
 MAX_NESTING = 200
 # GENERATE_ARRAY and its date and timestamp kin build the whole array in memory, outside the engine's memory limit.
-MAX_ARRAY_ELEMENTS = 10_000_000
+MAX_ARRAY_ELEMENTS = 1_000_000
 _STATEMENTS = (exp.Query, exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create, exp.Drop, exp.Alter)
 _OBJECT_KINDS = {"TABLE", "VIEW", "SCHEMA"}
 # Functions of the engine a query may not call although the catalogue has them: what reads settings, variables or
