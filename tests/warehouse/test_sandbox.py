@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from dicomlake.errors import InvalidArgument
+from dicomlake.errors import InvalidArgument, NotFound
 from dicomlake.warehouse import embedded, jobs, query
 from dicomlake.warehouse.embedded import TableRef, Warehouse
 from dicomlake.warehouse.sql import DENIED_FUNCTIONS, InvalidQuery
@@ -250,3 +250,28 @@ def test_a_query_told_to_stop_while_it_is_planned_still_stops(wh: Warehouse) -> 
     with pytest.raises(query.Stopped):
         run(wh, sql, stop=lambda: query.Stopped("out of time", "timeout"))
     assert time.monotonic() - start < 20
+
+
+def _keywords() -> list[str]:
+    with duckdb.connect() as conn:
+        return [name for (name,) in conn.execute("SELECT keyword_name FROM duckdb_keywords() ORDER BY 1").fetchall()]
+
+
+def test_every_keyword_of_the_engine_starting_a_statement_is_refused_or_only_reads(
+    wh: Warehouse, tmp_path: Path
+) -> None:
+    """Statements made from the engine's own keyword list, so that a new release's statement kind is covered: none
+    runs but a SELECT, and none touches a file."""
+    target = tmp_path / "touched"
+    keywords = _keywords()
+    assert {"copy", "attach", "load", "install", "pragma", "export"} <= set(keywords)
+    ran = []
+    for keyword in keywords:
+        for sql in (f"{keyword} '{target}'", f"{keyword} DATABASE '{target}'", f"{keyword} x"):
+            try:
+                summary = run(wh, sql)
+            except (InvalidArgument, NotFound):
+                continue
+            ran.append((sql, summary.statement_type))
+    assert {kind for _, kind in ran} <= {"SELECT"}, ran
+    assert not target.exists()
