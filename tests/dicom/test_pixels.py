@@ -165,6 +165,16 @@ def test_transcode_big_endian_matches_pydicom_reference_and_round_trips() -> Non
     assert read(back).PixelData == read(little).PixelData
 
 
+def test_transcode_big_endian_with_an_unknown_vr_is_a_pixel_error() -> None:
+    # Found by the fuzzer: a big-endian instance whose Series Number carries the VR bytes "I." is stored (the
+    # header parser tolerates it), but swapping its byte order must refuse it, not raise pydicom's own error.
+    big = pydicom_file("MR_small_bigendian.dcm")
+    tag = b"\x00\x20\x00\x11IS"
+    assert big.count(tag) == 1
+    with pytest.raises(PixelError, match="not a readable DICOM instance"):
+        transcode(big.replace(tag, b"\x00\x20\x00\x11I."), EXPLICIT_LE)
+
+
 def test_transcode_palette_lut_survives_big_endian_round_trip() -> None:
     data = pydicom_file("OT-PAL-8-face.dcm")  # implicit VR, no file meta transfer syntax
     back = transcode(transcode(data, EXPLICIT_BE), IMPLICIT_LE)

@@ -241,7 +241,11 @@ def _load(data: bytes) -> tuple[Dataset, str]:
     if not UID(stored).is_transfer_syntax:
         raise PixelError(f"stored transfer syntax {stored} is not one this server can read")
     if stored == _EXPLICIT_BE:
-        _swap_byte_order(ds, little_endian=False)
+        try:
+            _swap_byte_order(ds, little_endian=False)
+        except (NotImplementedError, ValueError, TypeError) as exc:
+            # Swapping reads every element: one whose bytes pydicom cannot convert (an unknown VR) stops it.
+            raise PixelError(f"not a readable DICOM instance: {exc}") from exc
         meta.TransferSyntaxUID = UID(_EXPLICIT_LE)
     return ds, stored
 
