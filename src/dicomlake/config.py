@@ -42,6 +42,9 @@ class Settings:
     query_timeout_seconds: float = 300.0
     query_memory_mb: int = 256
     query_concurrency: int = 2
+    # DIMSE listener of `dicomlake serve` (off when 0) and the file of peers (`AE_TITLE host port` per line).
+    dimse_port: int = 0
+    dimse_peers: Path | None = None
 
     @property
     def resolved_database_url(self) -> str:
@@ -91,12 +94,12 @@ def _convert(name: str, raw: str) -> object:
             return float(raw)
         except ValueError:
             raise ConfigError(f"DICOMLAKE_{name.upper()} must be a number, got {raw!r}") from None
-    if name in ("port", "workers", "operation_threads", "query_memory_mb", "query_concurrency"):
+    if name in ("port", "workers", "operation_threads", "query_memory_mb", "query_concurrency", "dimse_port"):
         try:
             return int(raw)
         except ValueError:
             raise ConfigError(f"DICOMLAKE_{name.upper()} must be an integer, got {raw!r}") from None
-    if name in ("data_dir", "auth_tokens_file"):
+    if name in ("data_dir", "auth_tokens_file", "dimse_peers"):
         return Path(raw)
     if name == "insecure":
         return raw.strip().lower() in ("1", "true", "yes", "on")
@@ -124,6 +127,10 @@ def load(**overrides: object) -> Settings:
     settings = replace(Settings(), **values)
     if not 0 < settings.port < 65536:
         raise ConfigError(f"port must be between 1 and 65535, got {settings.port}")
+    if not 0 <= settings.dimse_port < 65536:
+        raise ConfigError(f"DIMSE port must be between 1 and 65535 (or 0 for none), got {settings.dimse_port}")
+    if settings.dimse_port and settings.dimse_port == settings.port:
+        raise ConfigError(f"the DIMSE port and the HTTP port must differ, both are {settings.port}")
     if settings.workers < 1:
         raise ConfigError(f"workers must be at least 1, got {settings.workers}")
     if not settings.query_timeout_seconds > 0:

@@ -9,11 +9,17 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from dicomlake.cli.common import fail as _fail
 from dicomlake.config import ConfigError, Settings, load
+from dicomlake.dimse.peers import Peers
+
+if TYPE_CHECKING:
+    from dicomlake.dimse.listener import Listener
+    from dicomlake.services import Services
 
 
 @click.command()
@@ -35,6 +41,14 @@ from dicomlake.config import ConfigError, Settings, load
     "--insecure", is_flag=True, default=None, help="Allow listening on a non-loopback address without access tokens."
 )
 @click.option("--workers", type=int, help="Server processes (default 1; env DICOMLAKE_WORKERS).")
+@click.option(
+    "--dimse-port", type=int, help="Also listen for DIMSE on this port (default: none; env DICOMLAKE_DIMSE_PORT)."
+)
+@click.option(
+    "--dimse-peers",
+    type=click.Path(path_type=Path),
+    help="File of the DIMSE peers, 'AE_TITLE host port' per line (env DICOMLAKE_DIMSE_PEERS).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
 def serve(**flags: object) -> None:
     """Run the DICOMweb and Healthcare API server."""
@@ -42,7 +56,8 @@ def serve(**flags: object) -> None:
         settings = load(**flags)
         settings.check_bind()
         settings.tokens  # noqa: B018 - read the tokens file now, so a bad path fails before binding
-        _run(settings)
+        peers = Peers.read(settings.dimse_peers)
+        _run(settings, peers)
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -74,25 +89,46 @@ def worker(**flags: object) -> None:
         stopping.wait()
 
 
-def _run(settings: Settings) -> None:
+def _run(settings: Settings, peers: Peers) -> None:
     import uvicorn
 
     from dicomlake.services import open_services
 
     _log_to_stderr(settings)
-    # Create the schema once here, so that worker processes never race to create it.
-    open_services(settings).close()
+    # Opening the services creates the schema, here once, so that worker processes never race to create it.
+    services = open_services(settings)
+    listener = _start_dimse(settings, peers, services) if settings.dimse_port else None
+    if listener is None:
+        services.close()
     _export(settings)
-    uvicorn.run(
-        "dicomlake.api.app:app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
-        timeout_keep_alive=30,
-    )
+    try:
+        uvicorn.run(
+            "dicomlake.api.app:app_from_environment",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            access_log=settings.log_level == "debug",
+            timeout_keep_alive=30,
+        )
+    finally:
+        if listener is not None:
+            listener.stop()
+            services.close()
+
+
+def _start_dimse(settings: Settings, peers: Peers, services: Services) -> Listener:
+    """The DIMSE listener, in this process (not in the HTTP worker processes, which share one port)."""
+    from dicomlake.dimse.listener import Listener
+
+    listener = Listener(services, settings.host, settings.dimse_port, peers, listed_only=bool(settings.tokens))
+    try:
+        listener.start()
+    except OSError as exc:
+        services.close()
+        raise ConfigError(f"cannot listen for DIMSE on {settings.host}:{settings.dimse_port}: {exc.strerror}") from exc
+    return listener
 
 
 def _log_to_stderr(settings: Settings) -> None:

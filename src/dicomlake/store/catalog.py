@@ -157,6 +157,12 @@ def create_store(db: Database, dataset: DatasetRef, store_id: str, body: dict[st
     return StoreRef(pk, dataset, store_id, config)
 
 
+_DATASET_COLUMNS = (
+    datasets.c.pk.label("dataset_pk"),
+    datasets.c.project,
+    datasets.c.location,
+    datasets.c.dataset_id,
+)
 _FIND_STORE = (
     sa.select(datasets.c.pk.label("dataset_pk"), dicom_stores.c.pk, dicom_stores.c.config)
     .select_from(
@@ -187,6 +193,28 @@ def find_store(db: Database, project: str, location: str, dataset_id: str, store
     return StoreRef(
         row.pk, DatasetRef(row.dataset_pk, project, location, dataset_id), store_id, orjson.loads(row.config)
     )
+
+
+def stores_by_label(db: Database, key: str, value: str) -> list[StoreRef]:
+    """The stores whose label `key` equals `value` ignoring case (a DIMSE listener finds a store by the AE title a
+    modality calls, held in the label `aetitle`)."""
+    query = (
+        sa.select(dicom_stores.c.pk, dicom_stores.c.store_id, dicom_stores.c.config, *_DATASET_COLUMNS)
+        .join(datasets, datasets.c.pk == dicom_stores.c.dataset_pk)
+        # A coarse filter in SQL (the JSON text names the key), the exact match below.
+        .where(dicom_stores.c.config.contains(f'"{key}"', autoescape=True))
+        .order_by(dicom_stores.c.pk)
+    )
+    with db.read() as conn:
+        rows = conn.execute(query).all()
+    found = []
+    for row in rows:
+        config = orjson.loads(row.config)
+        label = config.get("labels", {}).get(key)
+        if isinstance(label, str) and label.lower() == value.lower():
+            dataset = DatasetRef(row.dataset_pk, row.project, row.location, row.dataset_id)
+            found.append(StoreRef(row.pk, dataset, row.store_id, config))
+    return found
 
 
 def store_by_pk(db: Database, pk: int) -> StoreRef | None:

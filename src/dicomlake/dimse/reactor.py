@@ -1,0 +1,182 @@
+"""pynetdicom's acceptor, woken by what happens instead of polling.
+
+pynetdicom runs two threads per association, and both poll: the DUL thread sleeps a millisecond whenever it
+found nothing to do, the association thread sleeps a millisecond before every look at its queue of DIMSE
+messages. A modality sends its next C-STORE only when the last one is answered, so those sleeps (two or
+three per instance) cap one association near 300 instances/s whatever the store does. Here the same
+threads block instead, and are woken at once: the DUL thread in `select` on its socket and a pipe that
+every primitive queued for sending writes to, the association thread on an event set by every message or
+primitive queued for it. Nothing else of pynetdicom changes (PDUs, the state machine, negotiation,
+services, events), and an idle association costs no CPU.
+
+The classes below use pynetdicom's internals (queue attributes, `_run_reactor`): the dependency is pinned
+to the 3.0 series, and the tests run every service over these classes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from copy import deepcopy
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+# How long a blocked thread waits before it looks at its timers (ARTIM, idle network timeout) anyway.
+TICK_SECONDS = 0.05
+
+
+class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+    """A queue that calls `wake` after each put."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class _BlockingSocket(AssociationSocket):
+    """`ready` waits up to a tick for data, and returns early when `wake()` is called from another thread."""
+
+    def __init__(self, assoc: Association, client_socket: socket.socket) -> None:
+        super().__init__(assoc, client_socket=client_socket)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def wake(self) -> None:
+        # A full pipe means a wake-up is pending anyway; a closed one, that the association is over.
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    @property
+    def ready(self) -> bool:
+        sock = self.socket
+        if sock is None or not self._is_connected:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        try:
+            readable, _, _ = select.select([sock, self._wake_r], [], [], TICK_SECONDS)
+        except (OSError, ValueError):
+            self.event_queue.put("Evt17")  # the connection is gone
+            return False
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        return sock in readable
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        data = super().recv(nr_bytes)
+        # Acknowledge at once: a peer with Nagle's algorithm on (DCMTK's default) holds the rest of a message
+        # back until its first segment is acknowledged, and Linux would wait up to 40 ms to do that. The flag
+        # does not stick, so it is set again after every read.
+        if self.socket is not None:
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        return data
+
+    def close(self) -> None:
+        super().close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+
+class WakingAssociation(Association):
+    """An acceptor association whose thread sleeps until a message, a release or an abort arrives."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._wakeup = threading.Event()
+        self.dul.to_user_queue = _WakingQueue(self._wakeup.set)
+        self.dimse.msg_queue = _WakingQueue(self._wakeup.set)
+        self.dul._run_loop_delay = 0  # the socket's `ready` blocks instead
+
+    def attach(self, sock: _BlockingSocket) -> None:
+        self.set_socket(sock)
+        self.dul.to_provider_queue = _WakingQueue(sock.wake)
+
+    def kill(self) -> None:
+        super().kill()
+        self._wakeup.set()
+
+    def _run_reactor(self) -> None:
+        # The same duties as pynetdicom's loop, each looked at after every wake-up or tick.
+        self._is_paused = False
+        while not self._kill:
+            self._wakeup.wait(TICK_SECONDS)
+            self._wakeup.clear()
+            # Another thread sending on this association (C-GET sub-operations) pauses the reactor first.
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            while True:
+                context_id, msg = self.dimse.get_msg(block=False)
+                if not msg:
+                    break
+                self._serve_request(msg, context_id)  # type: ignore[arg-type]
+            if self._ended():
+                return
+
+    def _ended(self) -> bool:
+        if self.is_established and self.acse.is_release_requested():
+            self.acse.send_release(is_response=True)
+            self.is_released = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_RELEASED, {})
+            self.kill()
+            return True
+        if self.acse.is_aborted():
+            self.dul.receive_pdu(wait=False)  # so that EVT_ACSE_RECV fires for the abort
+            self.is_aborted = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_ABORTED, {})
+            self.kill()
+            return True
+        if not self.dul.is_alive():
+            self.kill()
+            return True
+        if self.dul.idle_timer_expired():
+            self.abort()
+            self.kill()
+            return True
+        return False
+
+
+class WakingRequestHandler(RequestHandler):
+    """pynetdicom's handler of a new connection, making a `WakingAssociation`."""
+
+    def _create_association(self) -> Association:
+        # The steps of pynetdicom's own handler, with the classes above.
+        assoc = WakingAssociation(self.ae, MODE_ACCEPTOR)
+        assoc._server = self.server
+        assoc.name = f"DIMSE {self.client_address[0]}:{self.client_address[1]}"
+        assoc.attach(_BlockingSocket(assoc, self.request))
+        acceptor = assoc.acceptor
+        acceptor.maximum_length = self.ae.maximum_pdu_size
+        acceptor.ae_title = self.server.ae_title
+        acceptor.address_info = self.local
+        acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        acceptor.implementation_version_name = self.ae.implementation_version_name
+        acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.requestor.address_info = self.remote
+        for event, handlers in self.server._handlers.items():
+            if event.is_intervention and handlers:
+                assoc.bind(event, *handlers)
+            elif isinstance(event, evt.NotificationEvent):
+                for handler, args in handlers:
+                    assoc.bind(event, handler, args)
+        return assoc
