@@ -105,7 +105,7 @@ def parse_query(level: str, params: list[tuple[str, str]]) -> Query:
             key = tags.tag_key(name)
             if key is None:
                 raise InvalidArgument(f"unknown search parameter {name!r}: not a DICOM keyword, tag or QIDO option")
-            if not _searchable(level, key):
+            if not searchable(level, key):
                 raise InvalidArgument(f"searching on {tags.keyword(key)} is not supported at the {level} level")
             query.filters[key] = value
     return query
@@ -121,7 +121,9 @@ def _non_negative(name: str, value: str) -> int:
     return number
 
 
-def _searchable(level: str, key: str) -> bool:
+def searchable(level: str, key: str) -> bool:
+    """Whether the attribute `key` (a tag as 8 hex digits) can be matched at `level`: what C-FIND asks
+    before it hands its matching keys to QIDO."""
     study_keys = set(_STUDY_PN) | set(_STUDY_TEXT) | {"00080020", "00080061"}
     if level == "study":
         return key in study_keys
@@ -260,7 +262,7 @@ def _condition(query: Query, key: str, value: str) -> sa.ColumnElement[bool] | N
         return _text_match(_SERIES_TEXT[key], value, key)
     if key in _INSTANCE_TEXT:
         return _text_match(_INSTANCE_TEXT[key], value, key)
-    # InstanceNumber, the one searchable key left (see _searchable).
+    # InstanceNumber, the one searchable key left (see searchable).
     return _integer_match(instances.c.instance_number, value, key)
 
 
