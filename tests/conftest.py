@@ -257,3 +257,50 @@ def dicom_file(name: str) -> Path:
     if highdicom.exists():
         return highdicom
     raise FileNotFoundError(name)
+
+
+# ---- a server listening for DIMSE (the DIMSE tests' own helpers are in tests/dimse/dimse_helpers.py) -------
+
+
+@dataclass
+class DimseServer:
+    server: Server
+    port: int
+    peers_file: Path
+
+    def restart(self) -> None:
+        self.server.restart()
+        wait_listening(self.port)
+
+
+def wait_listening(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on DIMSE port {port} after {timeout} s")
+
+
+def start_dimse_server(
+    data_dir: Path, peers: list[tuple[str, str, int]] = (), extra_env: dict[str, str] | None = None, database_url=""
+) -> DimseServer:
+    """A server with `DICOMLAKE_DIMSE_PORT` set and a peers file listing `peers` (AE title, host, port)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    peers_file = data_dir / "peers.txt"
+    peers_file.write_text("".join(f"{ae} {host} {port}\n" for ae, host, port in peers))
+    port = free_port()
+    env = {"DICOMLAKE_DIMSE_PORT": str(port), "DICOMLAKE_DIMSE_PEERS": str(peers_file), **(extra_env or {})}
+    server = start_server(data_dir, database_url, env)
+    wait_listening(port)
+    return DimseServer(server, port, peers_file)
+
+
+@pytest.fixture(scope="module")
+def dimse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseServer]:
+    """A server listening for DIMSE, without tokens (any calling AE may associate on loopback)."""
+    srv = start_dimse_server(tmp_path_factory.mktemp("dimse"))
+    yield srv
+    srv.server.stop()

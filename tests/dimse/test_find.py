@@ -12,7 +12,7 @@ from typing import Any
 import pydicom
 import pytest
 import requests
-from dimse_helpers import AeStore, DimseServer, ae_store, dcmtk, dimse, needs_dcmtk  # noqa: F401 - dimse is a fixture
+from dimse_helpers import AeStore, DimseServer, ae_store, dcmtk, needs_dcmtk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE
@@ -87,16 +87,9 @@ def post_many(store: Store, instances: list[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def listener(request: pytest.FixtureRequest) -> DimseServer:
-    """The module's server with its DIMSE listener: dimse_helpers' `dimse`, asked for by name so that no
-    parameter shadows the imported fixture."""
-    return request.getfixturevalue("dimse")
-
-
-@pytest.fixture(scope="module")
-def corpus(listener: DimseServer) -> Corpus:
+def corpus(dimse: DimseServer) -> Corpus:
     """Five studies of four patients, cloned from real files with new UIDs and known attributes."""
-    target = ae_store(listener)
+    target = ae_store(dimse)
     corpus = Corpus(target, {})
     instances = []
     for label, (name, patient_id, birth, date, source, plan) in CORPUS.items():
@@ -241,14 +234,14 @@ def fill(text: str, corpus: Corpus) -> str:
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("case", CASES)
-def test_c_find_answers_are_the_qido_answers(corpus: Corpus, listener: DimseServer, model: str, case: str) -> None:
+def test_c_find_answers_are_the_qido_answers(corpus: Corpus, dimse: DimseServer, model: str, case: str) -> None:
     level, keys, matching, path, params = CASES[case]
     matching = {k: fill(v, corpus) for k, v in matching.items()}
     if model == "patient root" and level != "STUDY":
         # The unique key of the patient level restricts the lower levels in the Patient Root model.
         matching["PatientID"] = "PID-1"
         params = [*params, ("PatientID", "PID-1")]
-    found = c_find(corpus.target, MODELS[model], identifier(level, keys, **matching), listener.port)
+    found = c_find(corpus.target, MODELS[model], identifier(level, keys, **matching), dimse.port)
     results = qido(corpus.store, fill(path, corpus), [(k, fill(v, corpus)) for k, v in params], keys)
     assert results, "the case must match something"
     assert found.final.Status == SUCCESS
@@ -262,8 +255,8 @@ def test_c_find_answers_are_the_qido_answers(corpus: Corpus, listener: DimseServ
         assert set(keys) <= {elem.keyword for elem in answer}
 
 
-def test_study_level_answers_hold_the_stored_values(corpus: Corpus, listener: DimseServer) -> None:
-    found = c_find(corpus.target, STUDY_ROOT, identifier("STUDY", STUDY_KEYS, PatientID="PID-4"), listener.port)
+def test_study_level_answers_hold_the_stored_values(corpus: Corpus, dimse: DimseServer) -> None:
+    found = c_find(corpus.target, STUDY_ROOT, identifier("STUDY", STUDY_KEYS, PatientID="PID-4"), dimse.port)
     [answer] = found.answers
     assert str(answer.PatientName) == "Müller^Jürgen"  # sent in ISO_IR 100, as stored
     assert answer.StudyInstanceUID == corpus.studies["E"]
@@ -272,7 +265,7 @@ def test_study_level_answers_hold_the_stored_values(corpus: Corpus, listener: Di
     assert answer.NumberOfStudyRelatedInstances == 1
 
 
-def test_patient_level_answers_distinct_patients_with_their_counts(corpus: Corpus, listener: DimseServer) -> None:
+def test_patient_level_answers_distinct_patients_with_their_counts(corpus: Corpus, dimse: DimseServer) -> None:
     keys = (
         "PatientName",
         "PatientID",
@@ -281,7 +274,7 @@ def test_patient_level_answers_distinct_patients_with_their_counts(corpus: Corpu
         "NumberOfPatientRelatedSeries",
         "NumberOfPatientRelatedInstances",
     )
-    found = c_find(corpus.target, PATIENT_ROOT, identifier("PATIENT", keys, PatientName="Doe*"), listener.port)
+    found = c_find(corpus.target, PATIENT_ROOT, identifier("PATIENT", keys, PatientName="Doe*"), dimse.port)
     assert found.final.Status == SUCCESS
     patients = by_uid(found.answers, "PatientID", keys)
     assert patients == {
@@ -304,34 +297,34 @@ def test_patient_level_answers_distinct_patients_with_their_counts(corpus: Corpu
     }
     assert {a.QueryRetrieveLevel for a in found.answers} == {"PATIENT"}
     # Then down the Patient Root hierarchy: the studies of one patient.
-    studies = c_find(corpus.target, PATIENT_ROOT, identifier("STUDY", STUDY_KEYS, PatientID="PID-1"), listener.port)
+    studies = c_find(corpus.target, PATIENT_ROOT, identifier("STUDY", STUDY_KEYS, PatientID="PID-1"), dimse.port)
     assert {a.StudyInstanceUID for a in studies.answers} == {corpus.studies["A"], corpus.studies["B"]}
 
 
-def test_a_key_the_store_does_not_hold_is_answered_empty(corpus: Corpus, listener: DimseServer) -> None:
+def test_a_key_the_store_does_not_hold_is_answered_empty(corpus: Corpus, dimse: DimseServer) -> None:
     ds = identifier("IMAGE", IMAGE_KEYS, StudyInstanceUID=corpus.studies["C"])
     ds.PatientReligiousPreference = ""
     ds.add_new(0x00091010, "LO", "")  # a private element
     ds.ReferencedStudySequence = []
-    found = c_find(corpus.target, STUDY_ROOT, ds, listener.port)
+    found = c_find(corpus.target, STUDY_ROOT, ds, dimse.port)
     [answer] = found.answers
     assert answer.PatientReligiousPreference == ""
     assert answer[0x00091010].value in (None, "")
     assert list(answer.ReferencedStudySequence) == []
     assert answer.Rows == 128  # what CT_small.dcm holds
     # At the study level the store keeps only the study's attributes: an instance attribute comes back empty.
-    found = c_find(corpus.target, STUDY_ROOT, identifier("STUDY", ("Manufacturer",), PatientID="PID-2"), listener.port)
+    found = c_find(corpus.target, STUDY_ROOT, identifier("STUDY", ("Manufacturer",), PatientID="PID-2"), dimse.port)
     [answer] = found.answers
     assert "Manufacturer" in answer and answer.Manufacturer in (None, "")
 
 
-def test_a_matching_key_qido_cannot_match_is_a_pending_warning(corpus: Corpus, listener: DimseServer) -> None:
-    plain = c_find(corpus.target, STUDY_ROOT, identifier("STUDY", STUDY_KEYS, PatientName="Doe*"), listener.port)
+def test_a_matching_key_qido_cannot_match_is_a_pending_warning(corpus: Corpus, dimse: DimseServer) -> None:
+    plain = c_find(corpus.target, STUDY_ROOT, identifier("STUDY", STUDY_KEYS, PatientName="Doe*"), dimse.port)
     timed = c_find(
         corpus.target,
         STUDY_ROOT,
         identifier("STUDY", STUDY_KEYS, PatientName="Doe*", StudyTime="0800-1200"),
-        listener.port,
+        dimse.port,
     )
     assert set(plain.statuses[:-1]) == {PENDING}
     assert set(timed.statuses[:-1]) == {PENDING_WARNING}
@@ -343,21 +336,21 @@ def test_a_matching_key_qido_cannot_match_is_a_pending_warning(corpus: Corpus, l
 # ---- DCMTK ---------------------------------------------------------------------------------------------
 
 
-def findscu(listener: DimseServer, target: AeStore, out: Path, model: str, *keys: str) -> list[Dataset]:
+def findscu(dimse: DimseServer, target: AeStore, out: Path, model: str, *keys: str) -> list[Dataset]:
     out.mkdir()
     args = ["findscu", "-P" if model == "patient root" else "-S", "-X", "-od", str(out), "-aec", target.ae_title]
     for key in keys:
         args += ["-k", key]
-    result = dcmtk(*args, "127.0.0.1", str(listener.port))
+    result = dcmtk(*args, "127.0.0.1", str(dimse.port))
     assert result.returncode == 0, result.stdout + result.stderr
     return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
 
 
 @needs_dcmtk
-def test_findscu_gets_the_answers_pynetdicom_gets(corpus: Corpus, listener: DimseServer, tmp_path: Path) -> None:
+def test_findscu_gets_the_answers_pynetdicom_gets(corpus: Corpus, dimse: DimseServer, tmp_path: Path) -> None:
     keys = ("PatientID", "StudyDate", "StudyInstanceUID")
     dcmtk_answers = findscu(
-        listener,
+        dimse,
         corpus.target,
         tmp_path / "study",
         "study root",
@@ -371,14 +364,14 @@ def test_findscu_gets_the_answers_pynetdicom_gets(corpus: Corpus, listener: Dims
         corpus.target,
         STUDY_ROOT,
         identifier("STUDY", keys, PatientName="Doe*", StudyDate="20200101-20211231"),
-        listener.port,
+        dimse.port,
     )
     assert len(dcmtk_answers) == 3
     assert by_uid(dcmtk_answers, "StudyInstanceUID", keys) == by_uid(ours.answers, "StudyInstanceUID", keys)
 
     patient_keys = ("PatientName", "PatientID", "NumberOfPatientRelatedStudies")
     dcmtk_patients = findscu(
-        listener,
+        dimse,
         corpus.target,
         tmp_path / "patient",
         "patient root",
@@ -387,7 +380,7 @@ def test_findscu_gets_the_answers_pynetdicom_gets(corpus: Corpus, listener: Dims
         "PatientID",
         "NumberOfPatientRelatedStudies",
     )
-    our_patients = c_find(corpus.target, PATIENT_ROOT, identifier("PATIENT", patient_keys), listener.port)
+    our_patients = c_find(corpus.target, PATIENT_ROOT, identifier("PATIENT", patient_keys), dimse.port)
     assert len(dcmtk_patients) == 4
     assert by_uid(dcmtk_patients, "PatientID", patient_keys) == by_uid(our_patients.answers, "PatientID", patient_keys)
 
@@ -406,13 +399,13 @@ def tiny_instance(study: str, series: str, number: int) -> bytes:
     return to_bytes(ds)
 
 
-def test_c_cancel_stops_the_answers(listener: DimseServer) -> None:
-    target = ae_store(listener)
+def test_c_cancel_stops_the_answers(dimse: DimseServer) -> None:
+    target = ae_store(dimse)
     study, series, total = generate_uid(), generate_uid(), 1500
     post_many(target.store, [tiny_instance(study, series, n) for n in range(1, total + 1)])
     ae = AE("FINDSCU")
     ae.add_requested_context(STUDY_ROOT)
-    assoc = ae.associate("127.0.0.1", listener.port, ae_title=target.ae_title)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=target.ae_title)
     try:
         ds = identifier("IMAGE", ("SOPInstanceUID", "InstanceNumber"), StudyInstanceUID=study)
         responses = assoc.send_c_find(ds, STUDY_ROOT, msg_id=7)
@@ -448,11 +441,11 @@ def bad_identifiers() -> dict[str, tuple[str, Dataset, str]]:
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR DA")
-def test_bad_identifiers_fail_and_everything_keeps_working(corpus: Corpus, listener: DimseServer) -> None:
+def test_bad_identifiers_fail_and_everything_keeps_working(corpus: Corpus, dimse: DimseServer) -> None:
     ae = AE("FINDSCU")
     ae.add_requested_context(STUDY_ROOT)
     ae.add_requested_context(PATIENT_ROOT)
-    assoc = ae.associate("127.0.0.1", listener.port, ae_title=corpus.target.ae_title)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=corpus.target.ae_title)
     try:
         for case, (model, ds, named) in bad_identifiers().items():
             found = collect(assoc.send_c_find(ds, model))

@@ -8,7 +8,7 @@ import io
 import pydicom
 import pytest
 import requests
-from dimse_helpers import DimseServer, ae_store, dcmtk, dimse, needs_dcmtk  # noqa: F401 - dimse is a fixture
+from dimse_helpers import DimseServer, ae_store, dcmtk, needs_dcmtk
 from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts, _config
 from pynetdicom.sop_class import Verification

@@ -9,17 +9,13 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from dicomlake.cli.common import fail as _fail
 from dicomlake.config import ConfigError, Settings, load
 from dicomlake.dimse.peers import Peers
-
-if TYPE_CHECKING:
-    from dicomlake.dimse.listener import Listener
-    from dicomlake.services import Services
+from dicomlake.dimse.processes import ListenerProcesses
 
 
 @click.command()
@@ -56,8 +52,8 @@ def serve(**flags: object) -> None:
         settings = load(**flags)
         settings.check_bind()
         settings.tokens  # noqa: B018 - read the tokens file now, so a bad path fails before binding
-        peers = Peers.read(settings.dimse_peers)
-        _run(settings, peers)
+        Peers.read(settings.dimse_peers)  # a bad peers file fails here, before anything listens
+        _run(settings)
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -89,17 +85,17 @@ def worker(**flags: object) -> None:
         stopping.wait()
 
 
-def _run(settings: Settings, peers: Peers) -> None:
+def _run(settings: Settings) -> None:
     import uvicorn
 
     from dicomlake.services import open_services
 
     _log_to_stderr(settings)
-    # Opening the services creates the schema, here once, so that worker processes never race to create it.
-    services = open_services(settings)
-    listener = _start_dimse(settings, peers, services) if settings.dimse_port else None
-    if listener is None:
-        services.close()
+    # Create the schema once here, so that worker processes never race to create it.
+    open_services(settings).close()
+    listeners = ListenerProcesses(settings) if settings.dimse_port else None
+    if listeners is not None:
+        listeners.start()
     _export(settings)
     try:
         uvicorn.run(
@@ -113,22 +109,8 @@ def _run(settings: Settings, peers: Peers) -> None:
             timeout_keep_alive=30,
         )
     finally:
-        if listener is not None:
-            listener.stop()
-            services.close()
-
-
-def _start_dimse(settings: Settings, peers: Peers, services: Services) -> Listener:
-    """The DIMSE listener, in this process (not in the HTTP worker processes, which share one port)."""
-    from dicomlake.dimse.listener import Listener
-
-    listener = Listener(services, settings.host, settings.dimse_port, peers, listed_only=bool(settings.tokens))
-    try:
-        listener.start()
-    except OSError as exc:
-        services.close()
-        raise ConfigError(f"cannot listen for DIMSE on {settings.host}:{settings.dimse_port}: {exc.strerror}") from exc
-    return listener
+        if listeners is not None:
+            listeners.stop()
 
 
 def _log_to_stderr(settings: Settings) -> None:
