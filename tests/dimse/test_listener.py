@@ -261,3 +261,24 @@ def test_sigkill_mid_association_loses_nothing_acknowledged_and_leaves_no_half_i
     # No blob without its row: every file under the store's blob folder is an instance the index lists.
     blobs = list((srv.server.data_dir / "blobs").rglob("*.dcm"))
     assert len(blobs) == len(stored)
+
+
+def test_associations_leave_no_descriptors_behind(dimse_with_store) -> None:
+    srv, target = dimse_with_store
+
+    def open_descriptors() -> int:
+        return sum(len(list(Path(f"/proc/{child}/fd").iterdir())) for child in _children(srv.server.process.pid))
+
+    def echo(called: str) -> None:
+        assoc = _associate(srv.port, called)
+        if assoc.is_established:
+            assoc.send_c_echo()
+            assoc.release()
+
+    echo(target.ae_title)
+    before = open_descriptors()
+    for _ in range(60):
+        echo(target.ae_title)
+        echo("NO_SUCH_STORE")
+    time.sleep(0.5)
+    assert open_descriptors() <= before + 4

@@ -179,3 +179,5 @@ def test_garbage_is_refused_and_http_and_dimse_go_on(dimse: DimseServer, garbage
         assert assoc.send_c_echo().Status == 0x0000
     finally:
         assoc.release()
+    assert requests.get(target.store.url, timeout=10).status_code == 200
+    assert "Traceback" not in (dimse.server.data_dir / "server.log").read_text()

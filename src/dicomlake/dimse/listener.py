@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,11 +24,20 @@ from pynetdicom import (
     _config,
     evt,
 )
-from pynetdicom.dsutils import create_file_meta, encode_file_meta
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomlake import __version__
+from dicomlake.dicom.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, file_meta
+from dicomlake.dimse import commitment, query, retrieve
 from dicomlake.dimse.peers import Peers
 from dicomlake.dimse.reactor import WakingRequestHandler
 from dicomlake.services import Services
@@ -35,6 +45,18 @@ from dicomlake.store import catalog, instances
 from dicomlake.store.catalog import StoreRef
 
 log = logging.getLogger("dicomlake.dimse")
+
+
+class _OneLine(logging.Filter):
+    """pynetdicom logs a traceback for every undecodable PDU a peer sends: bad input, worth one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("pynetdicom"):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 # pynetdicom logs every request at INFO; the listener logs each association and every failure itself.
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
@@ -55,8 +77,14 @@ CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 MAX_PDU = 262_144
 MAX_ASSOCIATIONS = 32
-# Whatever pynetdicom's release, instances written here name dicomlake as the implementation that wrote them.
-IMPLEMENTATION_VERSION = f"DICOMLAKE_{__version__}"[:16]
+_QUERY_RETRIEVE_MODELS = (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+)
 
 
 @dataclass
@@ -112,18 +140,26 @@ class Listener:
     # ---- life ------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(f, _OneLine) for f in handler.filters):
+                handler.addFilter(_OneLine())
         ae = AE("DICOMLAKE")
         ae.maximum_pdu_size = MAX_PDU
         ae.maximum_associations = MAX_ASSOCIATIONS
-        ae.implementation_version_name = IMPLEMENTATION_VERSION
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.acse_timeout = 30
         ae.dimse_timeout = 60
         ae.network_timeout = 300
         # The called AE title selects a store; pynetdicom's own check compares it with one title.
         ae.require_called_aet = False
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for model in _QUERY_RETRIEVE_MODELS:
+            ae.add_supported_context(model, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(StorageCommitmentPushModel, ALL_TRANSFER_SYNTAXES)
+        # Both roles for storage: a C-GET requestor proposes to be the SCP of the instances it retrieves.
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
         handlers = [
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -131,8 +167,12 @@ class Listener:
             (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_MOVE, self._on_move),
+            (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_N_ACTION, self._on_action),
         ]
-        self._server = ThreadedAssociationServer(
+        self._server = _SharedPortServer(
             ae,
             (self.host, self.port),
             ae.ae_title,
@@ -141,6 +181,7 @@ class Listener:
             request_handler=WakingRequestHandler,
         )
         self._server.daemon_threads = True
+        ae._servers.append(self._server)  # as AE.start_server does: the server's shutdown() takes it off
         self._thread = threading.Thread(target=self._server.serve_forever, name="dimse-listener", daemon=True)
         self._thread.start()
         log.info("DIMSE listener on %s:%d (%s)", self.host, self.port, self._who_may_call())
@@ -220,16 +261,11 @@ class Listener:
     def _on_store(self, event: evt.Event) -> int | Dataset:
         session: _Session = event.assoc.dicomlake
         request = event.request
-        meta = create_file_meta(
-            sop_class_uid=request.AffectedSOPClassUID,
-            sop_instance_uid=request.AffectedSOPInstanceUID,
-            transfer_syntax=event.context.transfer_syntax,
-            implementation_uid=event.assoc.ae.implementation_class_uid,
-            implementation_version=IMPLEMENTATION_VERSION,
-        )
-        meta.SourceApplicationEntityTitle = session.calling
         body = request.DataSet.getvalue()
-        data = b"".join((b"\0" * 128, b"DICM", encode_file_meta(meta), body))
+        meta = file_meta(
+            request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, event.context.transfer_syntax, session.calling
+        )
+        data = meta + body
         session.bytes_received += len(body)
         self.counters.add(bytes_received=len(body))
         try:
@@ -256,6 +292,18 @@ class Listener:
         )
         return self._failed(session, status, result.detail)
 
+    def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        yield from query.find(self.services.db, event.assoc.dicomlake.store, event)
+
+    def _on_move(self, event: evt.Event) -> Iterator[Any]:
+        yield from retrieve.move(self.services, event.assoc.dicomlake.store, self.peers, event)
+
+    def _on_get(self, event: evt.Event) -> Iterator[Any]:
+        yield from retrieve.get(self.services, event.assoc.dicomlake.store, event)
+
+    def _on_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        return commitment.action(self.services, event.assoc.dicomlake.store, self.peers, event)
+
     def _failed(self, session: _Session, status: int, why: str) -> Dataset:
         session.failed += 1
         self.counters.add(failed=1)
@@ -263,6 +311,14 @@ class Listener:
         answer.Status = status
         answer.ErrorComment = why[:64]  # LO
         return answer
+
+
+class _SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server on a port that every listener process of the server binds."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 def _ae_text(value: str | bytes) -> str:

@@ -89,10 +89,15 @@ class _BlockingSocket(AssociationSocket):
 
     def close(self) -> None:
         super().close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._wake_r = self._wake_w = -1
+        self.close_pipe()
+
+    def close_pipe(self) -> None:
+        # Forgotten before closed: a late wake() must never write into a descriptor number reused meanwhile.
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 class WakingAssociation(Association):
@@ -112,6 +117,16 @@ class WakingAssociation(Association):
     def kill(self) -> None:
         super().kill()
         self._wakeup.set()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            # pynetdicom's acceptor ends by closing the TCP socket only, not the AssociationSocket.
+            sock = self.dul.socket
+            if isinstance(sock, _BlockingSocket):
+                self.dul.join(timeout=5)
+                sock.close_pipe()
 
     def _run_reactor(self) -> None:
         # The same duties as pynetdicom's loop, each looked at after every wake-up or tick.
