@@ -67,8 +67,10 @@ class _BlockingSocket(AssociationSocket):
             return False
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True
+        # Events already queued (a PDU read while an earlier event waited) are the loop's next work: look, never wait.
+        timeout = 0 if self.event_queue.qsize() else TICK_SECONDS
         try:
-            readable, _, _ = select.select([sock, self._wake_r], [], [], TICK_SECONDS)
+            readable, _, _ = select.select([sock, self._wake_r], [], [], timeout)
         except (OSError, ValueError):
             self.event_queue.put("Evt17")  # the connection is gone
             return False

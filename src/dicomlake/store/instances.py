@@ -124,6 +124,8 @@ def store_instances(
                 continue
             seen.add(triple)
             accepted.append(item)
+    if not accepted:  # nothing new: no blob to write, no transaction to open
+        return [r for r in results if r is not None]
     with blobs.journal.recording([item.key for item in accepted]):
         try:
             # Every blob of the batch is durable before the one commit that makes the batch visible.
