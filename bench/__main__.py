@@ -1,4 +1,4 @@
-"""`python -m bench quick|full|stow|qido|metadata|wado|scaling|buckets|tables|plots|report`: run benchmarks,
+"""`python -m bench quick|full|stow|qido|metadata|wado|scaling|buckets|tables|dimse|plots|report`: run benchmarks,
 write bench/results/*.json, draw docs/img/*.png and regenerate the result tables of docs/benchmarks.md.
 `python -m bench corpus --size small|medium|large|N --out DIR`: write a synthetic corpus folder.
 `python -m bench flatten`: the BigQuery flattener against pydicom's to_json_dict (bench/results/flatten.json).
@@ -8,9 +8,22 @@ from __future__ import annotations
 
 import sys
 
-from bench import bucket_io, corpus, flatten, fuzz, plots, qido, report, stow, tables, wado
+from bench import bucket_io, corpus, dimse, flatten, fuzz, plots, qido, report, stow, tables, wado
 
-COMMANDS = ("quick", "full", "stow", "qido", "metadata", "wado", "scaling", "buckets", "tables", "plots", "report")
+COMMANDS = (
+    "quick",
+    "full",
+    "stow",
+    "qido",
+    "metadata",
+    "wado",
+    "scaling",
+    "buckets",
+    "tables",
+    "dimse",
+    "plots",
+    "report",
+)
 
 
 def main(argv: list[str]) -> None:
@@ -40,6 +53,8 @@ def main(argv: list[str]) -> None:
     if what in ("quick", "tables"):
         tables.run_export(instances=10_000, name="tables_export_10k")
         tables.run_streaming(instances=2000, repeats=3, delays=100)
+    if what in ("quick", "dimse"):
+        dimse.run(small=1000, large=100, repeats=3)
     if what == "full":
         stow.run(instances=5000, repeats=5)
         stow.run(instances=500, repeats=3, batch_sizes=(1, 10), source="693_UNCI.dcm", name="stow_large", warmup=50)
@@ -50,6 +65,7 @@ def main(argv: list[str]) -> None:
         bucket_io.run(instances=100_000, name="bucket_io_100k", png_instances=1000)
         tables.run_export(instances=100_000, name="tables_export_100k")
         tables.run_streaming(instances=5000, repeats=5, delays=500)
+        dimse.run(small=3000, large=300, repeats=5, find_calls=200)
     if what not in COMMANDS:
         sys.exit(f"usage: python -m bench [{'|'.join(COMMANDS)}|corpus|flatten|fuzz], not {what!r}")
     if what in ("quick", "full", "plots"):

@@ -187,6 +187,65 @@ def _tables(result: dict) -> list[str]:
     ]
 
 
+def _dimse(result: dict) -> list[str]:
+    servers = list(result.get("versions", {}))
+    lines = [
+        f"### {result['benchmark']}: DIMSE C-STORE with storescu (median of {result['repeats']} runs)",
+        "",
+        "| instances | associations | client's Nagle | server | instances/s | MB/s | ms per instance on an association "
+        "| spread (instances/s) | dicomlake / Orthanc |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, config in result["configs"].items():
+        what = f"{config['instances_per_run']:,} × {config['instance_bytes'] / 1024:.1f} KB ({config['source']})"
+        for server in servers:
+            run = result["runs"].get(f"{server} {key}")
+            if run is None:
+                continue
+            if "error" in run:
+                cells = f"error: {run['error']} | | | |"
+            else:
+                spread = run["spread_instances_per_s"]
+                cells = (
+                    f"{run['instances_per_s']} | {run['mb_per_s']} | {run['ms_per_instance_per_association']} | "
+                    f"{spread[0]}–{spread[1]} | {run.get('ratio_to_orthanc', '')}"
+                )
+            lines.append(f"| {what} | {config['associations']} | {config['client_nagle']} | {server} | {cells} |")
+    queries = list(next(iter(result["find"].values()), {}))
+    lines += [
+        "",
+        f"### {result['benchmark']}: C-FIND and C-ECHO latency, one findscu or echoscu process per request "
+        f"(stored: {', '.join(f'{k} {v:,}' for k, v in result.get('stored_at_find', {}).items())} instances)",
+        "",
+        "| request | matches | " + " | ".join(f"{s} p50 ms | {s} p99 ms" for s in servers) + " |",
+        "|---|---|" + "---|---|" * len(servers),
+    ]
+    for query in queries:
+        cells, expected = [], ""
+        for server in servers:
+            answer = result["find"].get(server, {}).get(query, {})
+            expected = answer.get("expected_matches", expected)
+            if "failed" in answer:
+                cells += [f"failed: {answer['failed']}", ""]
+            else:
+                cells += [str(answer.get("p50_ms", "")), str(answer.get("p99_ms", ""))]
+        lines.append(f"| {query} | {expected} | " + " | ".join(cells) + " |")
+    versions = ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items())
+    durability = "; ".join(f"{k}: {v}" for k, v in result.get("durability", {}).items()) or "not recorded"
+    settings = "; ".join(f"{k}: {v}" for k, v in result.get("server_settings", {}).items())
+    note = f" {result['note']}." if "note" in result else ""
+    return [
+        *lines,
+        "",
+        f"Client: {result['client']}. Servers: {settings}. Durability: {durability}.{note}",
+        "",
+        f"Versions: {versions}; dicomlake at {result.get('dicomlake_source', 'an unrecorded commit')}. Machine: "
+        f"{result['machine']['cpus']} × {result.get('cpu_model', 'unknown CPU')}, {result['machine']['memory_gb']} GB. "
+        f"Run {result['date']}.",
+        "",
+    ]
+
+
 RENDERERS = {
     "qido": _qido,
     "stow": _stow,
@@ -194,6 +253,7 @@ RENDERERS = {
     "ingest_scaling": _ingest_scaling,
     "bucket_io": _bucket_io,
     "tables": _tables,
+    "dimse": _dimse,
     "flatten": _flatten,
 }
 
@@ -208,7 +268,8 @@ def _charts(kind: str) -> list[str]:
 
 def render() -> str:
     sections: list[str] = []
-    results = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))]
+    # Results without a "benchmark" name (fuzz.json, reported in docs/security.md) have no table here.
+    results = [r for r in (json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))) if "benchmark" in r]
     for kind, renderer in RENDERERS.items():
         of_kind = [r for r in results if r["benchmark"].startswith(kind)]
         for result in of_kind:
