@@ -5,9 +5,11 @@ answer. Relaxed durability syncs nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -81,7 +83,8 @@ def start_traced_server(data_dir: Path, trace: Path, durability: str) -> Server:
         *("--data-dir", str(data_dir), "--log-level", "warning"),
     ]
     with open(data_dir / "server.log", "ab") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # A group of its own: SIGTERM to strace alone detaches it and leaves the server running.
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", data_dir, "", process, env, port)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -92,8 +95,15 @@ def start_traced_server(data_dir: Path, trace: Path, durability: str) -> Server:
             return server
         except requests.ConnectionError:
             time.sleep(0.2)
-    server.stop()
+    stop_traced(server)
     pytest.fail("traced server did not start within 60 s")
+
+
+def stop_traced(server: Server) -> None:
+    """The server and strace, both."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGTERM)
+    server.stop()
 
 
 def traced_stow(tmp_path: Path, durability: str) -> tuple[Server, list[Call], list[Path]]:
@@ -125,7 +135,7 @@ def traced_stow(tmp_path: Path, durability: str) -> tuple[Server, list[Call], li
         )
         assert response.status_code == 200, response.text
     finally:
-        server.stop()
+        stop_traced(server)
     calls = parse_trace(trace.read_text().splitlines()[mark:])
     answers = [c for c in calls if "TCP:" in c.target and '"HTTP/1.1 200' in c.rest]
     assert answers, "the STOW's answer is not in the trace"
