@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests (DCMTK, dicom3tools, strace) and benchmarks (Orthanc) use.
+# Installs the Debian packages the tests (DCMTK, dicom3tools, strace, Chromium for the browser tests) and benchmarks (Orthanc) use.
 # Only as root and only what is missing; without root it says what to install and goes on,
 # and the tests that need a tool skip with that reason.
 set -euo pipefail
-packages=(dcmtk dicom3tools strace)
+packages=(dcmtk dicom3tools strace chromium)
 [[ "${1:-}" == "--orthanc" ]] && packages+=(orthanc orthanc-dicomweb)
 missing=()
 for p in "${packages[@]}"; do

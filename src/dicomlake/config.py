@@ -45,6 +45,11 @@ class Settings:
     # DIMSE listener of `dicomlake serve` (off when 0) and the file of peers (`AE_TITLE host port` per line).
     dimse_port: int = 0
     dimse_peers: Path | None = None
+    # Origins whose pages may call the APIs from a browser (CORS), e.g. a viewer served elsewhere; "*" for
+    # any (development). None by default.
+    cors_origins: tuple[str, ...] = ()
+    # Proxies (addresses or networks, or "*") whose Forwarded / X-Forwarded-* headers are believed.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
 
     @property
     def resolved_database_url(self) -> str:
@@ -88,7 +93,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _convert(name: str, raw: str) -> object:
+def convert(name: str, raw: str) -> object:
+    """The value of setting `name` from its text (an environment variable or a flag that takes a list)."""
     if name in ("operation_lease_seconds", "query_timeout_seconds"):
         try:
             return float(raw)
@@ -109,9 +115,35 @@ def _convert(name: str, raw: str) -> object:
         if relative:
             raise ConfigError(f"DICOMLAKE_FILE_ROOTS takes absolute paths separated by ':', got {relative[0]!r}")
         return roots
+    if name == "cors_origins":
+        return tuple(_origin(o) for o in raw.split(",") if o.strip())
+    if name == "forwarded_allow_ips":
+        return tuple(_network(a) for a in raw.split(",") if a.strip())
     if name == "auth_tokens":
         return frozenset(t.strip() for t in raw.split(",") if t.strip())
     return raw
+
+
+def _origin(raw: str) -> str:
+    """An origin as browsers send it: scheme://host[:port], no path, no trailing slash."""
+    origin = raw.strip()
+    if origin == "*":
+        return origin
+    url = urlparse(origin)
+    if url.scheme not in ("http", "https") or not url.netloc or url.path not in ("", "/") or url.query:
+        raise ConfigError(f"DICOMLAKE_CORS_ORIGINS takes origins like https://viewer.example.org or *, got {raw!r}")
+    return f"{url.scheme}://{url.netloc.lower()}"
+
+
+def _network(raw: str) -> str:
+    address = raw.strip()
+    if address == "*":
+        return address
+    try:
+        ipaddress.ip_network(address, strict=False)
+    except ValueError:
+        raise ConfigError(f"DICOMLAKE_FORWARDED_ALLOW_IPS takes addresses, networks or *, got {raw!r}") from None
+    return address
 
 
 def load(**overrides: object) -> Settings:
@@ -120,7 +152,7 @@ def load(**overrides: object) -> Settings:
     for f in fields(Settings):
         raw = os.environ.get(f"DICOMLAKE_{f.name.upper()}")
         if raw is not None and raw != "":
-            values[f.name] = _convert(f.name, raw)
+            values[f.name] = convert(f.name, raw)
     for name, value in overrides.items():
         if value is not None:
             values[name] = value

@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dicomlake.api import bigquery, dicomweb, resources
+from dicomlake.api import bigquery, dicomweb, resources, web
+from dicomlake.api.middleware import CrossOrigin, ForwardedHeaders
 from dicomlake.config import Settings
 from dicomlake.errors import DicomlakeError
 from dicomlake.services import Services, open_services
@@ -86,14 +87,15 @@ class InternalErrors:
 
 
 class BearerAuth:
-    """Every request must carry `Authorization: Bearer <token>` with one of the configured tokens."""
+    """Every request must carry `Authorization: Bearer <token>` with one of the configured tokens, but for the
+    web UI's own pages, which hold no data."""
 
     def __init__(self, app: ASGIApp, tokens: frozenset[str]) -> None:
         self.app = app
         self.tokens = [t.encode() for t in tokens]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._allowed(scope):
+        if scope["type"] != "http" or web.is_public(scope["method"], scope["path"]) or self._allowed(scope):
             await self.app(scope, receive, send)
             return
         response = error_response(
@@ -129,13 +131,16 @@ def create_app(settings: Settings, services: Services | None = None) -> ASGIApp:
             yield
 
     app = Starlette(
-        routes=resources.routes() + dicomweb.routes() + bigquery.routes(),
+        routes=web.routes() + resources.routes() + dicomweb.routes() + bigquery.routes(),
         exception_handlers={DicomlakeError: _dicomlake_error, HTTPException: _http_error},
         middleware=[Middleware(InternalErrors)],
         lifespan=lifespan,
     )
     tokens = settings.tokens
-    return BearerAuth(app, tokens) if tokens else app
+    # Outermost CORS, so that a preflight needs no token and a 401 still reaches the page that asked.
+    wrapped: ASGIApp = BearerAuth(app, tokens) if tokens else app
+    wrapped = ForwardedHeaders(wrapped, settings.forwarded_allow_ips)
+    return CrossOrigin(wrapped, settings.cors_origins) if settings.cors_origins else wrapped
 
 
 def app_from_environment() -> ASGIApp:

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from dicomlake.cli.common import fail as _fail
-from dicomlake.config import ConfigError, Settings, load
+from dicomlake.config import ConfigError, Settings, convert, load
 from dicomlake.dimse.peers import Peers
 from dicomlake.dimse.processes import ListenerProcesses
 
@@ -45,10 +45,21 @@ from dicomlake.dimse.processes import ListenerProcesses
     type=click.Path(path_type=Path),
     help="File of the DIMSE peers, 'AE_TITLE host port' per line (env DICOMLAKE_DIMSE_PEERS).",
 )
+@click.option(
+    "--cors-origins",
+    help="Comma-separated origins whose pages may call the APIs (e.g. a viewer's), or * (env DICOMLAKE_CORS_ORIGINS).",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    help="Comma-separated proxy addresses whose X-Forwarded-*/Forwarded headers are believed (default loopback).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
 def serve(**flags: object) -> None:
     """Run the DICOMweb and Healthcare API server."""
     try:
+        for name in ("cors_origins", "forwarded_allow_ips"):
+            if flags[name] is not None:
+                flags[name] = convert(name, str(flags[name]))
         settings = load(**flags)
         settings.check_bind()
         settings.tokens  # noqa: B018 - read the tokens file now, so a bad path fails before binding
@@ -107,6 +118,8 @@ def _run(settings: Settings) -> None:
             log_level=settings.log_level,
             access_log=settings.log_level == "debug",
             timeout_keep_alive=30,
+            # Forwarded headers are read by the application (api/middleware.py), with X-Forwarded-Host.
+            proxy_headers=False,
         )
     finally:
         if listeners is not None:
@@ -124,3 +137,5 @@ def _export(settings: Settings) -> None:
     os.environ["DICOMLAKE_BLOB_URL"] = settings.resolved_blob_url
     if settings.tokens:
         os.environ["DICOMLAKE_AUTH_TOKENS"] = ",".join(sorted(settings.tokens))
+    os.environ["DICOMLAKE_CORS_ORIGINS"] = ",".join(settings.cors_origins)
+    os.environ["DICOMLAKE_FORWARDED_ALLOW_IPS"] = ",".join(settings.forwarded_allow_ips)
