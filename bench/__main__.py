@@ -1,4 +1,4 @@
-"""`python -m bench quick|full|stow|qido|metadata|wado|scaling|buckets|tables|dimse|plots|report`: run benchmarks,
+"""`python -m bench quick|full|stow|qido|metadata|wado|scaling|buckets|tables|dimse|ui|plots|report`: run benchmarks,
 write bench/results/*.json, draw docs/img/*.png and regenerate the result tables of docs/benchmarks.md.
 `python -m bench corpus --size small|medium|large|N --out DIR`: write a synthetic corpus folder.
 `python -m bench flatten`: the BigQuery flattener against pydicom's to_json_dict (bench/results/flatten.json).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import bucket_io, corpus, dimse, flatten, fuzz, plots, qido, report, stow, tables, wado
+from bench import bucket_io, corpus, dimse, flatten, fuzz, plots, qido, report, stow, tables, ui, wado
 
 COMMANDS = (
     "quick",
@@ -21,6 +21,7 @@ COMMANDS = (
     "buckets",
     "tables",
     "dimse",
+    "ui",
     "plots",
     "report",
 )
@@ -66,6 +67,8 @@ def main(argv: list[str]) -> None:
         tables.run_export(instances=100_000, name="tables_export_100k")
         tables.run_streaming(instances=5000, repeats=5, delays=500)
         dimse.run(small=3000, large=300, repeats=5, find_calls=200)
+    if what in ("full", "ui"):
+        ui.run(studies=100_000)
     if what not in COMMANDS:
         sys.exit(f"usage: python -m bench [{'|'.join(COMMANDS)}|corpus|flatten|fuzz], not {what!r}")
     if what in ("quick", "full", "plots"):
