@@ -21,11 +21,13 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom import AE, build_role, evt
 from pynetdicom.dimse_messages import N_ACTION_RSP
-from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+from pynetdicom.sop_class import StorageCommitmentPushModelInstance
 
 from dicomlake.dicom import tags
 from dicomlake.dicom.uids import InvalidUid, normalize_uid
 from dicomlake.dimse.peers import Peers
+from dicomlake.dimse.session import Session
+from dicomlake.dimse.sop_classes import StorageCommitmentPushModel
 from dicomlake.services import Services
 from dicomlake.store import search
 from dicomlake.store.catalog import StoreRef
@@ -68,9 +70,9 @@ class Request:
     called: str
 
 
-def action(services: Services, store: StoreRef, peers: Peers, event: evt.Event) -> tuple[int, Dataset | None]:
+def action(services: Services, session: Session, peers: Peers, event: evt.Event) -> tuple[int, Dataset | None]:
     """pynetdicom's N-ACTION handler: success at once when the request is well formed; the report follows."""
-    session = event.assoc.dicomlake
+    store = session.store
     if event.action_type != REQUEST_STORAGE_COMMITMENT:
         log.warning("N-ACTION by %s with action type %s refused", session.calling, event.action_type)
         return NO_SUCH_ACTION, None

@@ -24,7 +24,16 @@ from pynetdicom import (
     _config,
     evt,
 )
-from pynetdicom.sop_class import (
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomlake.dicom.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, file_meta
+from dicomlake.dimse import commitment, query, retrieve
+from dicomlake.dimse.peers import Peers
+from dicomlake.dimse.reactor import WakingRequestHandler
+from dicomlake.dimse.session import Session, attach, session_of
+from dicomlake.dimse.sop_classes import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -34,15 +43,8 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
-
-from dicomlake.dicom.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, file_meta
-from dicomlake.dimse import commitment, query, retrieve
-from dicomlake.dimse.peers import Peers
-from dicomlake.dimse.reactor import WakingRequestHandler
 from dicomlake.services import Services
 from dicomlake.store import catalog, instances
-from dicomlake.store.catalog import StoreRef
 
 log = logging.getLogger("dicomlake.dimse")
 
@@ -111,21 +113,6 @@ class Counters:
             return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
-@dataclass
-class _Session:
-    """What the listener keeps on an association: its store and its own counts for the closing log line."""
-
-    store: StoreRef
-    calling: str
-    called: str
-    address: str
-    started: float = field(default_factory=time.monotonic)
-    stored: int = 0
-    duplicates: int = 0
-    failed: int = 0
-    bytes_received: int = 0
-
-
 class Listener:
     def __init__(self, services: Services, host: str, port: int, peers: Peers, listed_only: bool) -> None:
         self.services = services
@@ -159,8 +146,9 @@ class Listener:
         ae.add_supported_context(StorageCommitmentPushModel, ALL_TRANSFER_SYNTAXES)
         # Both roles for storage: a C-GET requestor proposes to be the SCP of the instances it retrieves.
         for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None  # pynetdicom's list names one in each
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
-        handlers = [
+        handlers: list[evt.EventHandlerType] = [
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ABORTED, self._on_aborted),
@@ -205,13 +193,15 @@ class Listener:
 
     def _on_open(self, event: evt.Event) -> None:
         # The answers to a modality are small segments: sent at once, never held back for an ACK.
-        sock = event.assoc.dul.socket.socket
+        assoc_socket = event.assoc.dul.socket
+        sock = assoc_socket.socket if assoc_socket is not None else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         request = assoc.requestor.primitive
+        assert request is not None  # the A-ASSOCIATE-RQ this event is about
         calling = _ae_text(request.calling_ae_title)
         called = _ae_text(request.called_ae_title)
         address = assoc.requestor.address
@@ -223,10 +213,10 @@ class Listener:
             why = "names no store" if not stores else f"names {len(stores)} stores (label aetitle is not unique)"
             self._reject(assoc, _REJECT_CALLED, f"called AE {called!r} from {calling!r} at {address} {why}")
             return
-        assoc.dicomlake = _Session(stores[0], calling, called, address)
+        attach(assoc, Session(stores[0], calling, called, address))
         self.counters.add(associations=1)
 
-    def _reject(self, assoc: Any, reason: tuple[int, int, int], why: str) -> None:
+    def _reject(self, assoc: Association, reason: tuple[int, int, int], why: str) -> None:
         log.warning("DIMSE association rejected: %s", why)
         self.counters.add(rejected=1)
         assoc.acse.send_reject(*reason)
@@ -236,7 +226,7 @@ class Listener:
         self.counters.add(aborted=1)
 
     def _on_close(self, event: evt.Event) -> None:
-        session: _Session | None = getattr(event.assoc, "dicomlake", None)
+        session = session_of(event.assoc)
         if session is None:
             return
         seconds = time.monotonic() - session.started
@@ -259,19 +249,21 @@ class Listener:
         return SUCCESS
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
-        session: _Session = event.assoc.dicomlake
+        session = self._session(event)
         request = event.request
+        assert isinstance(request, C_STORE)  # the request of an EVT_C_STORE
+        sop_class_uid, sop_instance_uid = request.AffectedSOPClassUID, request.AffectedSOPInstanceUID
+        if request.DataSet is None or not sop_class_uid or not sop_instance_uid:
+            return self._failed(session, CANNOT_UNDERSTAND, "a C-STORE without a data set or its SOP UIDs")
         body = request.DataSet.getvalue()
-        meta = file_meta(
-            request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, event.context.transfer_syntax, session.calling
-        )
+        meta = file_meta(sop_class_uid, sop_instance_uid, event.context.transfer_syntax, session.calling)
         data = meta + body
         session.bytes_received += len(body)
         self.counters.add(bytes_received=len(body))
         try:
             result = instances.store_instance(self.services.db, self.services.blobs, session.store, data)
         except Exception:
-            log.exception("C-STORE of %s from %s failed", request.AffectedSOPInstanceUID, session.calling)
+            log.exception("C-STORE of %s from %s failed", sop_instance_uid, session.calling)
             return self._failed(session, OUT_OF_RESOURCES, "the instance could not be stored (see the server log)")
         if isinstance(result, instances.Stored):
             session.stored += 1
@@ -285,26 +277,34 @@ class Listener:
         status = CANNOT_UNDERSTAND if result.reason == instances.CANNOT_UNDERSTAND else PROCESSING_FAILURE
         log.warning(
             "C-STORE of %s from %s into %s refused: %s",
-            request.AffectedSOPInstanceUID,
+            sop_instance_uid,
             session.calling,
             session.called,
             result.detail,
         )
         return self._failed(session, status, result.detail)
 
-    def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
-        yield from query.find(self.services.db, event.assoc.dicomlake.store, event)
+    def _on_find(self, event: evt.Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        yield from query.find(self.services.db, self._session(event), event)
 
     def _on_move(self, event: evt.Event) -> Iterator[Any]:
-        yield from retrieve.move(self.services, event.assoc.dicomlake.store, self.peers, event)
+        yield from retrieve.move(self.services, self._session(event), self.peers, event)
 
     def _on_get(self, event: evt.Event) -> Iterator[Any]:
-        yield from retrieve.get(self.services, event.assoc.dicomlake.store, event)
+        yield from retrieve.get(self.services, self._session(event), event)
 
     def _on_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
-        return commitment.action(self.services, event.assoc.dicomlake.store, self.peers, event)
+        return commitment.action(self.services, self._session(event), self.peers, event)
 
-    def _failed(self, session: _Session, status: int, why: str) -> Dataset:
+    @staticmethod
+    def _session(event: evt.Event) -> Session:
+        """The session of the association a service was requested on: every association that gets that far was
+        accepted by `_on_requested`, which made one."""
+        session = session_of(event.assoc)
+        assert session is not None, "a service requested on an association that was not accepted"
+        return session
+
+    def _failed(self, session: Session, status: int, why: str) -> Dataset:
         session.failed += 1
         self.counters.add(failed=1)
         answer = Dataset()
@@ -317,6 +317,7 @@ class _SharedPortServer(ThreadedAssociationServer):
     """pynetdicom's threaded server on a port that every listener process of the server binds."""
 
     def server_bind(self) -> None:
+        assert self.socket is not None  # made by TCPServer.__init__ before it binds
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 

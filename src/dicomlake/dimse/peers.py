@@ -23,7 +23,7 @@ class Peer:
     def addresses(self) -> set[str]:
         """The IP addresses `host` names now (a peer that connects from one of them is this peer)."""
         try:
-            return {info[4][0] for info in socket.getaddrinfo(self.host, None, proto=socket.IPPROTO_TCP)}
+            return {str(info[4][0]) for info in socket.getaddrinfo(self.host, None, proto=socket.IPPROTO_TCP)}
         except OSError:
             return set()
 

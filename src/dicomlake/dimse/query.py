@@ -29,11 +29,12 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pynetdicom import evt
-from pynetdicom.sop_class import (
+
+from dicomlake.dimse.session import Session
+from dicomlake.dimse.sop_classes import (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
 )
-
 from dicomlake.errors import InvalidArgument
 from dicomlake.storage.db import Database
 from dicomlake.store import search
@@ -101,12 +102,12 @@ class FindRequest:
     unmatched: bool  # a matching key was given that QIDO cannot match
 
 
-def find(db: Database, store: StoreRef, event: evt.Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+def find(db: Database, session: Session, event: evt.Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """pynetdicom's C-FIND handler: (0xFF00 or 0xFF01, identifier) per match, then success, 0xFE00 when
     cancelled, or one failure status."""
-    session = event.assoc.dicomlake
+    store = session.store
     try:
-        request = parse_identifier(event.request.AffectedSOPClassUID, _identifier(event))
+        request = parse_identifier(event.request.AffectedSOPClassUID or "", _identifier(event))
         pending = PENDING_KEYS_NOT_SUPPORTED if request.unmatched else PENDING
         for answer in answers(db, store, request, session.called):
             if event.is_cancelled:

@@ -33,7 +33,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 TICK_SECONDS = 0.05
 
 
-class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+class _WakingQueue(queue.Queue[Any]):
     """A queue that calls `wake` after each put."""
 
     def __init__(self, wake: Callable[[], None]) -> None:
@@ -69,7 +69,8 @@ class _BlockingSocket(AssociationSocket):
         # Events already queued (a PDU read while an earlier event waited) are the loop's next work: look, never wait.
         timeout = 0 if self.event_queue.qsize() else TICK_SECONDS
         try:
-            readable, _, _ = select.select([sock, self._wake_r], [], [], timeout)
+            watched: list[socket.socket | int] = [sock, self._wake_r]
+            readable, _, _ = select.select(watched, [], [], timeout)
         except (OSError, ValueError):
             self.event_queue.put("Evt17")  # the connection is gone
             return False
@@ -141,9 +142,9 @@ class WakingAssociation(Association):
             self._is_paused = False
             while True:
                 context_id, msg = self.dimse.get_msg(block=False)
-                if not msg:
+                if not msg or context_id is None:  # get_msg gives both or neither
                     break
-                self._serve_request(msg, context_id)  # type: ignore[arg-type]
+                self._serve_request(msg, context_id)
             if self._ended():
                 return
 
@@ -194,7 +195,7 @@ class WakingRequestHandler(RequestHandler):
         for event, handlers in self.server._handlers.items():
             if event.is_intervention and handlers:
                 assoc.bind(event, *handlers)
-            elif isinstance(event, evt.NotificationEvent):
+            elif isinstance(event, evt.NotificationEvent) and isinstance(handlers, list):
                 for handler, args in handlers:
                     assoc.bind(event, handler, args)
         return assoc

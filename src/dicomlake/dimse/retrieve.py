@@ -24,18 +24,19 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
-    Verification,
-)
 
 from dicomlake.dicom import pixels, tags
 from dicomlake.dicom.uids import InvalidUid, normalize_uid
 from dicomlake.dimse.peers import Peers
+from dicomlake.dimse.session import Session
+from dicomlake.dimse.sop_classes import (
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from dicomlake.errors import NotFound
 from dicomlake.services import Services
 from dicomlake.store import instances, search
@@ -91,10 +92,10 @@ class _Tally:
         return text
 
 
-def move(services: Services, store: StoreRef, peers: Peers, event: evt.Event) -> Iterator[Any]:
+def move(services: Services, session: Session, peers: Peers, event: evt.Event) -> Iterator[Any]:
     """pynetdicom's C-MOVE handler: the destination (a listed peer), the number of sub-operations, then a pending
     status and a dataset per instance."""
-    session = event.assoc.dicomlake
+    store = session.store
     destination = _text(event.move_destination)
     peer = peers.get(destination)
     if peer is None:
@@ -123,10 +124,10 @@ def move(services: Services, store: StoreRef, peers: Peers, event: evt.Event) ->
     yield from _sub_operations(services, rows, event, receiver, who)
 
 
-def get(services: Services, store: StoreRef, event: evt.Event) -> Iterator[Any]:
+def get(services: Services, session: Session, event: evt.Event) -> Iterator[Any]:
     """pynetdicom's C-GET handler: the number of sub-operations, then a pending status and a dataset per instance,
     sent back on the requesting association in the storage contexts it accepted with the SCP role."""
-    session = event.assoc.dicomlake
+    store = session.store
     who = f"C-GET by {session.calling} from {session.called}"
     rows = _rows(services, store, event, who)
     if isinstance(rows, Refused):
@@ -291,7 +292,7 @@ def _dataset(services: Services, row: InstanceRow, receiver: _Receiver, tally: _
             data, syntax = _transcoded(row, data, accepted)
             tally.transcoded += 1
         dataset = pydicom.dcmread(io.BytesIO(data))
-        dataset.file_meta.TransferSyntaxUID = syntax
+        dataset.file_meta.TransferSyntaxUID = UID(syntax)
     except Exception as exc:  # a lost blob, an instance that cannot be transcoded or read: one failed sub-operation
         log.warning("instance %s not sent (a failed sub-operation): %s", row.sop_uid, exc)
         tally.unsendable += 1
