@@ -11,6 +11,7 @@ reader recurses once per level, and so does every reader of the stored DICOM JSO
 from __future__ import annotations
 
 import base64
+import mmap
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -152,7 +153,7 @@ class _Reader:
 
     __slots__ = ("buf", "dropped", "encodings", "end", "implicit", "little", "pixel_representation")
 
-    def __init__(self, buf: bytes | memoryview, little: bool, implicit: bool) -> None:
+    def __init__(self, buf: bytes | memoryview | mmap.mmap, little: bool, implicit: bool) -> None:
         self.buf = buf
         self.little = little
         self.implicit = implicit
@@ -408,7 +409,7 @@ def _number(text: str, vr: str) -> int | float | str | None:
     return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
 
 
-def _file_meta(data: bytes) -> tuple[dict[str, Any], int]:
+def _file_meta(data: bytes | mmap.mmap) -> tuple[dict[str, Any], int]:
     """The group 0002 file meta elements (always Explicit VR Little Endian) and where the data set starts."""
     reader = _Reader(data, little=True, implicit=False)
     meta: dict[str, Any] = {}
@@ -427,7 +428,7 @@ def _file_meta(data: bytes) -> tuple[dict[str, Any], int]:
     return meta, pos
 
 
-def _guess_encoding(data: bytes, pos: int) -> str:
+def _guess_encoding(data: bytes | mmap.mmap, pos: int) -> str:
     """Transfer syntax of a data set with no file meta: explicit if a valid VR follows the first tag,
     big endian if the first group number reads smaller that way (data sets start with low groups)."""
     if len(data) < pos + 8:
@@ -451,7 +452,7 @@ def _value(metadata: dict[str, Any], key: str) -> Any:
     return values[0] if values else None
 
 
-def parse(data: bytes) -> ParsedInstance:
+def parse(data: bytes | mmap.mmap) -> ParsedInstance:
     """Parse a Part 10 instance (or a bare data set, as some archives hold) into a ParsedInstance."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         file_meta, start = _file_meta(data)
@@ -461,7 +462,7 @@ def parse(data: bytes) -> ParsedInstance:
     else:
         file_meta, start = {}, 0
         transfer_syntax = _guess_encoding(data, 0)
-    buf: bytes | memoryview = data
+    buf: bytes | memoryview | mmap.mmap = data
     if transfer_syntax == DEFLATED_LE:
         try:
             buf = data[:start] + zlib.decompress(data[start:], -zlib.MAX_WBITS)

@@ -248,7 +248,7 @@ def missing_units(operation: Operation, batch: list[Unit], result: ShardResult) 
     for path in (u for u in batch if isinstance(u, str)):
         result.failure += 1
         result.logs.append(log_entry(operation, path, 5, f"{path} is not in the DICOM store"))
-    return [tuple(u) for u in batch if not isinstance(u, str)]
+    return [(u[0], u[1], u[2]) for u in batch if not isinstance(u, str)]
 
 
 def write_objects(rows: list[tuple[str, str, str, str]], uri_prefix: str, mime_type: str) -> list[tuple[str, int, str]]:

@@ -9,7 +9,7 @@ import orjson
 import sqlalchemy as sa
 
 from dicomlake.errors import InvalidArgument, NotFound
-from dicomlake.storage.db import Database, operations
+from dicomlake.storage.db import Database, insert_one, operations
 from dicomlake.store.catalog import DatasetRef, StoreRef, encode_page_token, now_rfc3339, paging
 
 METADATA_TYPE = "type.googleapis.com/google.cloud.healthcare.v1.OperationMetadata"
@@ -25,7 +25,8 @@ def record_finished(
     """Record an operation whose work is already done and return its JSON."""
     now = now_rfc3339()
     with db.write() as conn:
-        pk = conn.execute(
+        pk = insert_one(
+            conn,
             operations.insert().values(
                 dataset_pk=dataset.pk,
                 method=method,
@@ -36,15 +37,16 @@ def record_finished(
                 response=orjson.dumps(response).decode(),
                 create_time=now,
                 end_time=now,
-            )
-        ).inserted_primary_key[0]
+            ),
+        )
     return get(db, dataset, str(pk))
 
 
 def create_pending(db: Database, store: StoreRef, method: str, request: dict[str, Any]) -> dict[str, Any]:
     """Record an operation for the workers to plan and run (operations/runner.py) and return its JSON."""
     with db.write() as conn:
-        pk = conn.execute(
+        pk = insert_one(
+            conn,
             operations.insert().values(
                 dataset_pk=store.dataset.pk,
                 store_pk=store.pk,
@@ -54,8 +56,8 @@ def create_pending(db: Database, store: StoreRef, method: str, request: dict[str
                 cancel_requested=False,
                 request=orjson.dumps(request).decode(),
                 create_time=now_rfc3339(),
-            )
-        ).inserted_primary_key[0]
+            ),
+        )
     return get(db, store.dataset, str(pk))
 
 

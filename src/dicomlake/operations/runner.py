@@ -248,10 +248,11 @@ class Runner:
 
     def _finish_cancelled(self) -> None:
         with self.db.read() as conn:
-            pks = conn.execute(
-                sa.select(ops.c.pk).where(ops.c.cancel_requested.is_(True), ops.c.done.is_(False))
-            ).scalars()
-            pks = list(pks)
+            pks = (
+                conn.execute(sa.select(ops.c.pk).where(ops.c.cancel_requested.is_(True), ops.c.done.is_(False)))
+                .scalars()
+                .all()
+            )
         for pk in pks:
             with self.db.write() as conn:
                 # Shards in hand are finished and counted first; dead holders are not waited for.

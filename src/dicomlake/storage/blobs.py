@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 import obstore
 from obstore.exceptions import NotFoundError as _ObjectMissing
-from obstore.store import LocalStore, from_url
+from obstore.store import LocalStore, ObjectStore, from_url
 
 from dicomlake.errors import NotFound
 from dicomlake.storage.journal import Journal
@@ -66,6 +66,7 @@ class BlobStore:
         parsed = urlparse(url)
         self._root: Path | None = None
         self._syncs: ThreadPoolExecutor | None = None
+        self._store: ObjectStore
         if parsed.scheme == "file":
             self._root = Path(unquote(parsed.path))
             created = _make_directories(self._root, Path(self._root.anchor))
@@ -101,12 +102,12 @@ class BlobStore:
             for key, data in items:
                 path = self._root / key
                 try:
-                    f = open(path, "xb")  # noqa: SIM115 - closed below, after the batch's syncs
+                    new: IO[bytes] = open(path, "xb")  # noqa: SIM115 - closed below, after the batch's syncs
                 except FileNotFoundError:
                     created += _make_directories(path.parent, self._root)
-                    f = open(path, "xb")  # noqa: SIM115
-                files.append(f)
-                f.write(data)
+                    new = open(path, "xb")  # noqa: SIM115
+                files.append(new)
+                new.write(data)
             for f in files:
                 f.flush()
             if self._syncs is not None:

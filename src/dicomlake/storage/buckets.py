@@ -14,6 +14,7 @@ then renamed into place inside the same opened directory."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import stat
@@ -344,7 +345,7 @@ def _refused(exc: OSError, uri: str) -> DicomlakeError:
 
 
 @contextmanager
-def _open_file(place: _Local, uri: str) -> Iterator[os.FileIO]:
+def _open_file(place: _Local, uri: str) -> Iterator[io.FileIO]:
     """The regular file `place` names, open for reading; FAILED_PRECONDITION for anything else."""
     *folders, name = place.name.split("/")
     try:
@@ -359,7 +360,7 @@ def _open_file(place: _Local, uri: str) -> Iterator[os.FileIO]:
     with os.fdopen(fd, "rb", buffering=0) as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise FailedPrecondition(f"{uri} is not a regular file: it is not read")
-        yield f  # type: ignore[misc]
+        yield f
 
 
 def _kind(mode: int) -> str:

@@ -8,15 +8,21 @@ ingest costs far more than the writes themselves."""
 from __future__ import annotations
 
 import fcntl
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+if TYPE_CHECKING:
+    import psycopg
 
 metadata = sa.MetaData()
 
@@ -267,6 +273,14 @@ class Database:
         self.engine.dispose()
 
 
+def insert_one(conn: Connection, statement: sa.Insert) -> int:
+    """Run a single-row INSERT and return the primary key of its row."""
+    key = conn.execute(statement).inserted_primary_key
+    if key is None:  # SQLAlchemy's type allows it; an INSERT always has one
+        raise RuntimeError("the INSERT made no row")
+    return int(key[0])
+
+
 def _add_missing_columns(conn: Connection) -> None:
     """Columns added to a table after an index was created (the operations columns of long-running work)
     are added to it here; each has a server default or is nullable, so existing rows stay valid."""
@@ -281,7 +295,7 @@ def _add_missing_columns(conn: Connection) -> None:
 
 def _relax_postgresql(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_conn: psycopg.Connection[Any], _record: ConnectionPoolEntry) -> None:
         with dbapi_conn.cursor() as cur:
             cur.execute("SET synchronous_commit = off")
         dbapi_conn.commit()
@@ -289,7 +303,7 @@ def _relax_postgresql(engine: Engine) -> None:
 
 def _configure_sqlite(engine: Engine, durable: bool) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
         # Transactions are started by the "begin" hook below, not by the driver.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()

@@ -12,6 +12,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from io import FileIO
 from pathlib import Path
 
 ROTATE_BYTES = 4 * 1024 * 1024
@@ -30,7 +31,7 @@ class Journal:
     def _path(self, generation: int, pid: int | None = None) -> Path:
         return self.directory / f"{self.host}-{pid or os.getpid()}-{generation}.keys"
 
-    def _open(self, generation: int):  # type: ignore[no-untyped-def]
+    def _open(self, generation: int) -> FileIO:
         return open(self._path(generation), "ab", buffering=0)
 
     @contextmanager

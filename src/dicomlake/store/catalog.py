@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from dicomlake.errors import AlreadyExists, InvalidArgument, NotFound
-from dicomlake.storage.db import Database, datasets, dicom_stores, instances, series, studies
+from dicomlake.storage.db import Database, datasets, dicom_stores, insert_one, instances, series, studies
 
 _ID = re.compile(r"[\w\-.]{1,256}")
 _TABLE_URI = re.compile(r"bq://(?P<project>[\w\-.:]+)\.(?P<dataset>[A-Za-z0-9_]{1,1024})\.(?P<table>[\w\- ]{1,1024})")
@@ -82,11 +82,12 @@ def create_dataset(db: Database, project: str, location: str, dataset_id: str) -
         check_id(kind, value)
     try:
         with db.write() as conn:
-            pk = conn.execute(
+            pk = insert_one(
+                conn,
                 datasets.insert().values(
                     project=project, location=location, dataset_id=dataset_id, create_time=now_rfc3339()
-                )
-            ).inserted_primary_key[0]
+                ),
+            )
     except IntegrityError:
         raise AlreadyExists(
             f"dataset projects/{project}/locations/{location}/datasets/{dataset_id} already exists"
@@ -144,14 +145,15 @@ def create_store(db: Database, dataset: DatasetRef, store_id: str, body: dict[st
     config = validate_store_fields(body, UPDATABLE_FIELDS, partial=False)
     try:
         with db.write() as conn:
-            pk = conn.execute(
+            pk = insert_one(
+                conn,
                 dicom_stores.insert().values(
                     dataset_pk=dataset.pk,
                     store_id=store_id,
                     config=orjson.dumps(config).decode(),
                     create_time=now_rfc3339(),
-                )
-            ).inserted_primary_key[0]
+                ),
+            )
     except IntegrityError:
         raise AlreadyExists(f"DICOM store {dataset.name}/dicomStores/{store_id} already exists") from None
     return StoreRef(pk, dataset, store_id, config)
@@ -359,7 +361,9 @@ def validate_stream_configs(configs: Any) -> list[dict[str, Any]]:
     out = []
     for config in configs:
         destination = config.get("bigqueryDestination") if isinstance(config, dict) else None
-        uri = destination.get("tableUri") if isinstance(destination, dict) else None
+        if not isinstance(destination, dict):
+            destination = {}
+        uri = destination.get("tableUri")
         if not isinstance(uri, str) or not _TABLE_URI.fullmatch(uri) or len(uri) > 2000:
             raise InvalidArgument(
                 f"invalid streamConfigs tableUri {uri!r}: expected bq://PROJECT_ID.DATASET_ID.TABLE_ID"

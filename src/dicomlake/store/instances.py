@@ -8,11 +8,12 @@ or a half-written blob."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,7 @@ def store_instance(
     db: Database,
     blobs: BlobStore,
     store: StoreRef,
-    data: bytes,
+    data: bytes | mmap.mmap,
     expected_study: str | None = None,
     storage_class: str = "STANDARD",
 ) -> Stored | Failed:
@@ -83,7 +84,7 @@ def store_instance(
 class _Pending:
     index: int
     parsed: ParsedInstance
-    data: bytes
+    data: bytes | mmap.mmap  # a large STOW part is a mapped scratch file
     key: str
     uids: dict[str, Any]
 
@@ -92,7 +93,7 @@ def store_instances(
     db: Database,
     blobs: BlobStore,
     store: StoreRef,
-    datas: list[bytes],
+    datas: Sequence[bytes | mmap.mmap],
     expected_study: str | None = None,
     storage_class: str = "STANDARD",
 ) -> list[Stored | Failed]:
@@ -155,7 +156,7 @@ def _file_meta(parsed: ParsedInstance) -> dict[str, Any]:
     return {**parsed.file_meta, DROPPED_AT_INGEST: parsed.dropped}
 
 
-def _check(data: bytes, expected_study: str | None) -> ParsedInstance | Failed:
+def _check(data: bytes | mmap.mmap, expected_study: str | None) -> ParsedInstance | Failed:
     try:
         parsed = parse(data)
     except DicomParseError as exc:
