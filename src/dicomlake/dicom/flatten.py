@@ -46,10 +46,13 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydicom.datadict import DicomDictionary, RepeatersDictionary, tag_for_keyword
+
+if TYPE_CHECKING:
+    from dicomlake.warehouse.schema import Field
 
 MAX_ELEMENT_BYTES = 1 << 20  # the same limit dicom.parse applies to sequences
 # The key, in the file meta a store keeps, of the sequences the parser left out for their size (GGGGEEEE keys).
@@ -82,8 +85,8 @@ _INT_TYPE = {int}
 # ---- schema fields ------------------------------------------------------------------------------------------
 
 
-def _field(name: str, type_: str, repeated: bool = False, fields: list[dict] | None = None) -> dict:
-    out: dict[str, Any] = {"name": name, "type": type_, "mode": "REPEATED" if repeated else "NULLABLE"}
+def _field(name: str, type_: str, repeated: bool = False, fields: list[Field] | None = None) -> Field:
+    out: Field = {"name": name, "type": type_, "mode": "REPEATED" if repeated else "NULLABLE"}
     if fields is not None:
         out["fields"] = fields
     return out
@@ -125,7 +128,7 @@ class FlatRow:
     dropped while even the DroppedTags column could not be added (the caller logs a warning, spec §6.8)."""
 
     row: dict[str, Any]
-    fields: list[dict]
+    fields: list[Field]
     unrecorded: list[str] = field(default_factory=list)
 
 
@@ -134,7 +137,7 @@ class SchemaMerge:
     """`fields`: the existing schema with new columns and nested fields appended; `conflicts`: dotted paths of
     incoming columns whose type or mode the existing column cannot take (move them with `demote`)."""
 
-    fields: list[dict]
+    fields: list[Field]
     conflicts: set[str]
 
 
@@ -146,7 +149,7 @@ _GENERIC, _PN1, _SQ, _PRIVATE, _GROUP = range(12, 17)
 
 # key (8 hex digits as in the DICOM JSON) -> (kind, column name, expected VR or None, field, Tag_GGGGEEEE, extra)
 # extra: for _GENERIC/_PN1 the (type, repeated) pair, for _GROUP (Id, type, repeated, VR, field).
-_Entry = tuple[int, str, str | None, dict | None, str, Any]
+_Entry = tuple[int, str, str | None, "Field | None", str, Any]
 _CACHE: dict[str, _Entry] = {}
 _CACHE_LIMIT = 200_000  # private tags are cached too; past this, unusual ones are recomputed each time
 
@@ -490,11 +493,11 @@ def _other(other: list | None, tag_name: str, values: list | None) -> list:
     return other
 
 
-def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tuple[dict, list[dict]]:
+def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tuple[dict, list[Field]]:
     """Row and fields of one data set whose columns sit at nesting `level` (top-level columns: 1). `owned`: the
     data set was parsed here, so its value lists may go into the row as they are instead of as copies."""
     row: dict[str, Any] = {}
-    fields: list[dict] = []
+    fields: list[Field] = []
     other: list | None = None
     cache = _CACHE
     for key, element in dataset.items():
@@ -543,6 +546,8 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
         if values is None:
             if column is not None and "BulkDataURI" not in element and "InlineBinary" not in element:
                 fields.append(column)  # present but empty: the column exists, its value is NULL
+            continue
+        if column is None:  # _SKIP, an excluded VR: every other kind left has its column
             continue
         try:
             if kind == _STR1:
@@ -598,7 +603,7 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
                 if len(values) != 1:
                     raise _Invalid(values)
                 row[name] = _to_datetime(values[0])
-            else:  # _SKIP: an excluded VR
+            else:  # no other kind has a column
                 continue
         except _CONVERSION_ERRORS:
             other = _other(other, tag_name, values)
@@ -668,9 +673,11 @@ def _slow(
     if kind == _PN1 and level >= MAX_NESTING - 1:
         dropped.append(name)
         return other
+    value_vr = vr or expected
+    assert value_vr is not None  # only _SKIP entries expect no VR, and they were left out above
     if values:
         try:
-            value = _convert(type_, repeated, vr or expected, values)
+            value = _convert(type_, repeated, value_vr, values)
         except _CONVERSION_ERRORS:
             return _other(other, tag_name, values)
         if value is not None:
@@ -679,9 +686,11 @@ def _slow(
     return other
 
 
-def _sequence(row: dict, fields: list, name: str, items: list | None, level: int, dropped: list, owned: bool) -> None:
+def _sequence(
+    row: dict, fields: list[Field], name: str, items: list | None, level: int, dropped: list, owned: bool
+) -> None:
     rows = []
-    merged: list[dict] | None = None
+    merged: list[Field] | None = None
     for item in items or ():
         item_row, item_fields = _dataset(item, level + 1, dropped, owned)
         rows.append(item_row)
@@ -691,7 +700,7 @@ def _sequence(row: dict, fields: list, name: str, items: list | None, level: int
         fields.append({"name": name, "type": "RECORD", "mode": "REPEATED", "fields": merged})
 
 
-def _union(a: list[dict], b: list[dict]) -> list[dict]:
+def _union(a: list[Field], b: list[Field]) -> list[Field]:
     """Fields of a then the new ones of b; RECORD fields of the same name are merged recursively."""
     if a == b:
         return a
@@ -714,7 +723,7 @@ def flatten(
     service: ServiceColumns,
     column_limit_remaining: int | None = None,
     *,
-    existing: list[dict] | None = None,
+    existing: list[Field] | None = None,
     file_meta: dict | bytes | str | None = None,
 ) -> FlatRow:
     """One instance's row. `metadata` is its DICOM JSON, as a dict or as the stored JSON text (faster: the size
@@ -736,18 +745,19 @@ def flatten(
     if not isinstance(metadata, dict):
         raise ValueError("DICOM JSON metadata must be an object")
     dropped: list[str] = []
+    meta: dict | None
     if isinstance(file_meta, bytes | str):
-        file_meta, meta_owned = (orjson.loads(file_meta) if file_meta else None), True
+        meta, meta_owned = (orjson.loads(file_meta) if file_meta else None), True
     else:
-        meta_owned = False
-    if file_meta:
-        if DROPPED_AT_INGEST in file_meta:
-            file_meta = dict(file_meta)
-            dropped += (_dropped_name(key) for key in file_meta.pop(DROPPED_AT_INGEST))
+        meta, meta_owned = file_meta, False
+    if meta:
+        if DROPPED_AT_INGEST in meta:
+            meta = dict(meta)
+            dropped += (_dropped_name(key) for key in meta.pop(DROPPED_AT_INGEST))
         # Parsed text goes into the row without copies; the caller's file meta must not.
         if owned and not meta_owned:
-            file_meta = orjson.loads(orjson.dumps(file_meta))
-        metadata = {**file_meta, **metadata}
+            meta = orjson.loads(orjson.dumps(meta))
+        metadata = {**meta, **metadata}
     if size > MAX_ELEMENT_BYTES:
         metadata = _without_large(metadata, dropped)
     row, fields = _dataset(metadata, 1, dropped, owned)
@@ -803,14 +813,14 @@ def delete_row(study_uid: str, series_uid: str, sop_uid: str, last_updated: date
 # ---- the column limit ---------------------------------------------------------------------------------------
 
 
-def count_columns(fields: list[dict]) -> int:
+def count_columns(fields: list[Field]) -> int:
     """Columns as BigQuery counts them against its 10,000 limit: every field, nested ones included."""
     return sum(1 + count_columns(f["fields"]) if "fields" in f else 1 for f in fields)
 
 
 def _limit_columns(
-    row: dict, fields: list[dict], existing: list[dict], remaining: int, dropped: list[str]
-) -> tuple[list[dict], list[str]]:
+    row: dict, fields: list[Field], existing: list[Field], remaining: int, dropped: list[str]
+) -> tuple[list[Field], list[str]]:
     by_name = {f["name"]: f for f in existing}
     service = {f["name"] for f in SERVICE_FIELDS}
     budget = [remaining]
@@ -834,7 +844,7 @@ def _limit_columns(
     return kept, unrecorded
 
 
-def _new_columns(f: dict, old: dict | None) -> int:
+def _new_columns(f: Field, old: Field | None) -> int:
     if old is None:
         return count_columns([f])
     if "fields" in f and "fields" in old:
@@ -843,7 +853,9 @@ def _new_columns(f: dict, old: dict | None) -> int:
     return 0
 
 
-def _fit(fields: list[dict], holders: list[dict], by_name: dict, budget: list[int], lost: list[str]) -> list[dict]:
+def _fit(
+    fields: list[Field], holders: list[dict], by_name: dict[str, Field], budget: list[int], lost: list[str]
+) -> list[Field]:
     """The fields that fit the budget; values of the others are removed from every holder (row or item)."""
     kept = []
     for f in fields:
@@ -879,12 +891,12 @@ def _fit(fields: list[dict], holders: list[dict], by_name: dict, budget: list[in
 _TYPE_ALIASES = {"INT64": "INTEGER", "FLOAT64": "FLOAT", "BOOL": "BOOLEAN", "STRUCT": "RECORD"}
 
 
-def _type(f: dict) -> str:
+def _type(f: Field) -> str:
     t = f.get("type", "STRING").upper()
     return _TYPE_ALIASES.get(t, t)
 
 
-def merge_schema(existing: list[dict], incoming: list[dict]) -> SchemaMerge:
+def merge_schema(existing: list[Field], incoming: list[Field]) -> SchemaMerge:
     """BigQuery's own schema-update rules: columns and nested fields may be added and REQUIRED relaxed to
     NULLABLE; any other change of type or mode is a conflict. Where a conflict will be demoted, the record
     gets an `OtherElements` column if it has none. Existing fields keep their order and are never removed."""
@@ -892,7 +904,7 @@ def merge_schema(existing: list[dict], incoming: list[dict]) -> SchemaMerge:
     return SchemaMerge(_merge(existing, incoming, "", conflicts), conflicts)
 
 
-def _merge(existing: list[dict], incoming: list[dict], prefix: str, conflicts: set[str]) -> list[dict]:
+def _merge(existing: list[Field], incoming: list[Field], prefix: str, conflicts: set[str]) -> list[Field]:
     out = list(existing)
     index = {f["name"].lower(): i for i, f in enumerate(out)}  # BigQuery column names ignore case
     demoted = False
@@ -1031,7 +1043,7 @@ _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def row_problems(row: dict, fields: list[dict], _path: str = "", _level: int = 1) -> list[str]:
+def row_problems(row: dict, fields: list[Field], _path: str = "", _level: int = 1) -> list[str]:
     """Why `row` does not fit `fields` (empty when it does): a key without a field, a value of the wrong Python
     type for its column type, a list for a NULLABLE column or a scalar for a REPEATED one, None in a list,
     a naive timestamp, a field nested deeper than BigQuery allows."""
@@ -1060,8 +1072,8 @@ def row_problems(row: dict, fields: list[dict], _path: str = "", _level: int = 1
                 problems.append(f"{path}: {type_} column holds {type(v).__name__} {v!r:.60}")
             elif type_ == "DATE" and isinstance(v, datetime):
                 problems.append(f"{path}: DATE column holds a datetime")
-            elif type_ == "TIMESTAMP" and v.tzinfo is None:
+            elif type_ == "TIMESTAMP" and isinstance(v, datetime) and v.tzinfo is None:
                 problems.append(f"{path}: naive TIMESTAMP {v}")
-            elif type_ == "RECORD":
+            elif type_ == "RECORD" and isinstance(v, dict):
                 problems.extend(row_problems(v, f.get("fields", []), path + ".", _level + 1))
     return problems

@@ -418,8 +418,11 @@ def _decode(fds: Dataset) -> tuple[np.ndarray, str]:
     """Decode the single frame in `fds`, converting YCbCr to RGB; returns it with its photometric
     interpretation after decoding."""
     syntax = fds.file_meta.TransferSyntaxUID
+    # One dict of options: pydicom annotates `**kwargs: DecodeOptions` (each keyword a whole DecodeOptions)
+    # where it means the keywords of DecodeOptions, so a keyword of its own would not type-check.
+    options = {**as_pixel_options(fds), "as_rgb": True}
     try:
-        arr, meta = get_decoder(syntax).as_array(fds, validate=True, as_rgb=True, **as_pixel_options(fds))
+        arr, meta = get_decoder(syntax).as_array(fds, validate=True, **options)
     except NotImplementedError as exc:
         raise PixelError(f"cannot decode pixel data in {_describe(syntax)}: {exc}") from exc
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:

@@ -31,6 +31,7 @@ from dicomlake.store.catalog import StoreRef
 from dicomlake.store.instances import Key, select_by_keys
 from dicomlake.warehouse import dicom_tables
 from dicomlake.warehouse.embedded import TableRef, Warehouse, truncate
+from dicomlake.warehouse.schema import Field
 
 EXPORT_BQ = "google.cloud.healthcare.v1.dicom.DicomService.ExportDicomData_bq"
 DISPOSITIONS = ("WRITE_EMPTY", "WRITE_TRUNCATE", "WRITE_APPEND")
@@ -128,7 +129,7 @@ def process(
     return result
 
 
-def fit_rows(store: StoreRef, keys: list[Key], schema: list[dict]) -> dicom_tables.Fitted:
+def fit_rows(store: StoreRef, keys: list[Key], schema: list[Field]) -> dicom_tables.Fitted:
     """The rows of `keys` fitted to `schema` (run in a `cpu_pool` process)."""
     # A batch of rows makes a great many containers and no cycles: the collector would walk them again and
     # again while they pile up, and they are freed by reference counting once fitted.

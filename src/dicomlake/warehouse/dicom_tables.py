@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -32,12 +33,12 @@ from dicomlake.warehouse.embedded import (
     relation_kind,
     require_dataset,
 )
-from dicomlake.warehouse.schema import quote
+from dicomlake.warehouse.schema import Field, quote
 
 VIEW_SUFFIX = "_view"
 UID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-BASE_FIELDS = [
-    *({"name": name, "type": "STRING", "mode": "NULLABLE"} for name in UID_COLUMNS),
+BASE_FIELDS: list[Field] = [
+    *(Field(name=name, type="STRING", mode="NULLABLE") for name in UID_COLUMNS),
     *SERVICE_FIELDS,
 ]
 _DELIVERED = "stream_delivered"
@@ -55,20 +56,22 @@ class Fitted:
     and the rows as an Arrow table of those columns (values whose type conflicted moved into OtherElements).
     Made wherever it is cheapest (a pool process), appended where the table is held."""
 
-    fields: list[dict]
+    fields: list[Field]
     data: pa.Table
 
 
-def fit(existing: list[dict], rows: list[FlatRow]) -> Fitted:
+def fit(existing: list[Field], rows: list[FlatRow]) -> Fitted:
     """Fit `rows` to the schema `existing` (demoting values whose column has another type, spec §1.14)."""
-    schema, table_rows, used = existing, [], set()
+    schema = existing
+    table_rows: list[dict[str, Any]] = []
+    used: set[str] = set()
     # Rows share most field objects (the flattener hands out one per column kind) and rebuild the rest (a
     # sequence's record) with the same shape: each shape is merged once (the schema only grows, so a field that
     # fitted keeps fitting), and the shapes a row brings that were not seen yet are merged together. That
     # turns a merge of every column of every row into a few merges per batch.
     seen: dict[int, frozenset[str]] = {}
     shapes: dict[tuple, frozenset[str]] = {}
-    alive: list[dict] = []  # keeps the ids in `seen` from being reused
+    alive: list[Field] = []  # keeps the ids in `seen` from being reused
     demoting = False
     for flat in rows:
         new = []
@@ -108,7 +111,7 @@ def fit(existing: list[dict], rows: list[FlatRow]) -> Fitted:
 def combine(parts: list[Fitted]) -> Fitted | None:
     """Batches fitted to one schema, as one with the union of their columns; None when two of them brought one
     new column with different types."""
-    fields: list[dict] = []
+    fields: list[Field] = []
     for part in parts:
         merged = merge_schema(fields, part.fields)
         if merged.conflicts:
@@ -117,7 +120,7 @@ def combine(parts: list[Fitted]) -> Fitted | None:
     return Fitted(fields, pa.concat_tables([part.data for part in parts], promote_options="permissive"))
 
 
-def _shape(field: dict) -> tuple:
+def _shape(field: Field) -> tuple:
     nested = field.get("fields")
     return (
         field["name"],
@@ -136,7 +139,7 @@ class Table:
         if kind == "VIEW":
             raise FailedPrecondition(f"{ref} is a view; DICOM rows go to tables")
         self.exists = kind is not None
-        self.fields: list[dict] = _fields(db, ref) if self.exists else []
+        self.fields: list[Field] = _fields(db, ref) if self.exists else []
         self.changed = False  # whether the table was created or widened
         self.touched = False  # whether anything was appended
 
@@ -196,7 +199,7 @@ def open_table(wh: Warehouse, ref: TableRef, *, bulk: bool = False, hold: float 
             _touch(db, ref)
 
 
-def known_schema(wh: Warehouse, ref: TableRef) -> list[dict]:
+def known_schema(wh: Warehouse, ref: TableRef) -> list[Field]:
     """The table's schema as this process last saw it (empty if never), to fit rows to before holding it."""
     return _schemas.get((wh.root, ref), [])
 
@@ -230,7 +233,7 @@ def write(
 
 
 # The last schema this process saw of each table, to fit rows to before taking the warehouse file.
-_schemas: dict[tuple[Path, TableRef], list[dict]] = {}
+_schemas: dict[tuple[Path, TableRef], list[Field]] = {}
 
 
 def ensure(wh: Warehouse, ref: TableRef) -> None:

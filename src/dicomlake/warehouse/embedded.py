@@ -13,7 +13,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -699,7 +699,7 @@ def record_change(db: Db, ref: TableRef) -> None:
         _touch(db, ref, kind)
 
 
-def _arrow_rows(fields: list[Field], rows: list[Mapping[str, Any]]) -> pa.Table:
+def _arrow_rows(fields: list[Field], rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     """Rows as an Arrow table of exactly the table's schema, gathered column by column: the cost follows the values
     present, not rows x columns, which matters for DICOM rows that fill a few hundred of thousands of columns."""
     count = len(rows)

@@ -173,7 +173,13 @@ def _select(
     except InvalidArgument as exc:
         raise InvalidQuery(exc.message) from None
     seen: set[str] = set()
-    duplicates = sorted({f["name"] for f in fields if f["name"].casefold() in seen or seen.add(f["name"].casefold())})
+    repeated: set[str] = set()
+    for f in fields:
+        folded = f["name"].casefold()
+        if folded in seen:
+            repeated.add(f["name"])
+        seen.add(folded)
+    duplicates = sorted(repeated)
     if duplicates:
         raise InvalidQuery(
             f"Duplicate column names in the result are not supported. Found duplicate(s): {', '.join(duplicates)}"

@@ -5,12 +5,14 @@ types read back as, and the merge that evolves a table to a wider schema."""
 from __future__ import annotations
 
 import re
-from typing import Any, NotRequired, Required, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, Required, TypedDict
 
-import duckdb
 import pyarrow as pa
 
 from dicomlake.errors import FailedPrecondition, InvalidArgument
+
+if TYPE_CHECKING:
+    from duckdb.sqltypes import DuckDBPyType  # duckdb.typing in older releases
 
 
 class Field(TypedDict, total=False):
@@ -50,7 +52,7 @@ _DUCKDB = {
     "JSON": "JSON",
     "GEOGRAPHY": "VARCHAR",
 }
-_ARROW = {
+_ARROW: dict[str, pa.DataType] = {
     "STRING": pa.string(),
     "BYTES": pa.binary(),
     "INTEGER": pa.int64(),
@@ -198,13 +200,13 @@ def arrow_schema(fields: list[Field]) -> pa.Schema:
     return pa.schema([pa.field(f["name"], arrow_type(f)) for f in fields])
 
 
-def from_duckdb(name: str, kind: duckdb.DuckDBPyType, nullable: bool = True) -> Field:
+def from_duckdb(name: str, kind: DuckDBPyType, nullable: bool = True) -> Field:
     """The BigQuery field a DuckDB column or result column reads back as: STRUCT -> RECORD, LIST -> REPEATED,
     DECIMAL(38, 9) -> NUMERIC, other decimals -> INTEGER when whole (SUM of integers) or FLOAT (literals such as
     1.5, which are FLOAT64 in BigQuery), anything without a BigQuery counterpart -> STRING."""
     ident = kind.id
     if ident in ("list", "array"):
-        element = from_duckdb(name, kind.children[0][1])
+        element = from_duckdb(name, _child_types(kind)[0][1])
         if element["mode"] == "REPEATED":
             raise InvalidArgument(f"column {name} is an array of arrays, which BigQuery does not support")
         return {**element, "mode": "REPEATED"}
@@ -213,10 +215,10 @@ def from_duckdb(name: str, kind: duckdb.DuckDBPyType, nullable: bool = True) -> 
             "name": name,
             "type": "RECORD",
             "mode": "NULLABLE",
-            "fields": [from_duckdb(child, child_type) for child, child_type in kind.children],
+            "fields": [from_duckdb(child, child_type) for child, child_type in _child_types(kind)],
         }
     if ident == "map":
-        key, value = (from_duckdb(child, child_type) for child, child_type in kind.children)
+        key, value = (from_duckdb(child, child_type) for child, child_type in _child_types(kind))
         return {"name": name, "type": "RECORD", "mode": "REPEATED", "fields": [key, value]}
     if ident == "decimal":
         precision, scale = (value for _, value in kind.children)
@@ -226,3 +228,14 @@ def from_duckdb(name: str, kind: duckdb.DuckDBPyType, nullable: bool = True) -> 
     else:
         kind_name = _FROM_DUCKDB.get(ident, "STRING")
     return {"name": name, "type": kind_name, "mode": "NULLABLE" if nullable else "REQUIRED"}
+
+
+def _child_types(kind: DuckDBPyType) -> list[tuple[str, DuckDBPyType]]:
+    """The named children of a LIST, STRUCT or MAP type (DuckDB's `children` also holds a DECIMAL's precision and
+    scale, and an ENUM's values)."""
+    children = []
+    for child, child_type in kind.children:
+        if isinstance(child_type, int | list):
+            raise InvalidArgument(f"column type {kind} has a child {child!r} that is not a type")
+        children.append((child, child_type))
+    return children

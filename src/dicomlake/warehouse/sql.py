@@ -120,7 +120,7 @@ def parse(sql: str, project: str, default_dataset: tuple[str, str] | None = None
     if depth > MAX_NESTING:
         raise InvalidQuery(f"The query nests parentheses or brackets {depth} levels deep, at most {MAX_NESTING}")
     try:
-        trees = [t for t in sqlglot.parse(sql, read="bigquery") if t is not None]
+        trees = [t for t in sqlglot.parse(sql, read="bigquery") if isinstance(t, exp.Expression)]
     except ParseError as exc:
         raise InvalidQuery(_syntax_error(exc)) from None
     except SqlglotError as exc:
@@ -164,21 +164,21 @@ def _check_sandbox(tree: exp.Expression, sql: str) -> None:
         kind = str(tree.args.get("kind") or "TABLE").upper()
         if kind not in _OBJECT_KINDS:
             raise InvalidQuery(f"{tree.key.upper()} {kind} is not supported: only tables, views and datasets")
-    for node in tree.find_all(exp.Table):
-        if node.this is not None and not isinstance(node.this, exp.Identifier):
-            this = node.this
+    for table in tree.find_all(exp.Table):
+        if table.this is not None and not isinstance(table.this, exp.Identifier):
+            this = table.this
             if not isinstance(this, exp.Func):
-                raise InvalidQuery(f"Invalid table name: {node.sql()[:200]}")
+                raise InvalidQuery(f"Invalid table name: {table.sql()[:200]}")
             name = this.name if isinstance(this, exp.Anonymous) else this.sql_name()
             raise InvalidQuery(f"Table-valued function not found: {name}. A query reads tables and UNNEST only")
     allowed = engine_functions()
-    for node in tree.find_all(exp.Anonymous):
-        name = str(node.this).casefold()
+    for call in tree.find_all(exp.Anonymous):
+        name = str(call.this).casefold()
         if name in DENIED_FUNCTIONS or name not in allowed:
-            raise InvalidQuery(f"Function not found: {node.this}")
-    for node in tree.find_all(exp.Func):
-        if type(node).__name__.startswith(("Read", "Glob")):
-            raise InvalidQuery(f"Function not found: {node.sql_name()}")
+            raise InvalidQuery(f"Function not found: {call.this}")
+    for function in tree.find_all(exp.Func):
+        if type(function).__name__.startswith(("Read", "Glob")):
+            raise InvalidQuery(f"Function not found: {function.sql_name()}")
 
 
 _catalogue: frozenset[str] | None = None
@@ -273,9 +273,9 @@ def _target(tree: exp.Expression) -> TableName | None:
 def _name_anonymous_columns(tree: exp.Expression) -> None:
     """BigQuery names a result column after its alias, column or struct field, else `f<n>_` counting the
     anonymous ones; DuckDB would name it after the expression text."""
-    select = tree
+    select: object = tree  # sqlglot types the children of a node as its base class, narrowed below
     while isinstance(select, exp.SetOperation):
-        select = select.this
+        select = select.this  # the first query of a UNION: it names the columns
     if isinstance(select, exp.Subquery):
         select = select.unnest()
     if not isinstance(select, exp.Select):
@@ -296,8 +296,8 @@ def _statement_type(tree: exp.Expression) -> str:
         if kind in ("SCHEMA", "VIEW"):
             return f"CREATE_{kind}"
         return "CREATE_TABLE_AS_SELECT" if tree.expression is not None else "CREATE_TABLE"
-    for kind, name in _STATEMENT_TYPES.items():
-        if isinstance(tree, kind):
+    for statement, name in _STATEMENT_TYPES.items():
+        if isinstance(tree, statement):
             return name
     return "SCRIPT"
 
