@@ -7,6 +7,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 
@@ -148,7 +149,7 @@ def _network(raw: str) -> str:
 
 def load(**overrides: object) -> Settings:
     """Settings from the environment, then `overrides` (flags); None means "not given"."""
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}  # each field's own type, which `convert` and the flags give
     for f in fields(Settings):
         raw = os.environ.get(f"DICOMLAKE_{f.name.upper()}")
         if raw is not None and raw != "":

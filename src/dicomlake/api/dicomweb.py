@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 import orjson
@@ -83,7 +83,9 @@ def accepted(request: Request) -> list[tuple[str, dict[str, str]]]:
 
 def _split_accept(header: str) -> list[str]:
     # Commas separate media ranges, except inside quoted parameter values.
-    items, current, quoted = [], [], False
+    items: list[str] = []
+    current: list[str] = []
+    quoted = False
     for ch in header:
         if ch == '"':
             quoted = not quoted
@@ -346,7 +348,7 @@ def _wants_xml(request: Request) -> bool:
 # ---- QIDO-RS ----------------------------------------------------------------------------------
 
 
-def _search(level: str):  # type: ignore[no-untyped-def]
+def _search(level: str) -> Callable[[Request], Response]:
     def endpoint(request: Request) -> Response:
         store = _store(request)
         query = search.parse_query(level, request.query_params.multi_items())
@@ -408,7 +410,7 @@ def _retrieve(request: Request, single_part_allowed: bool) -> Response:
     # Every conversion runs before the answer starts, so an instance that cannot be converted is a clean 406
     # instead of a body cut short; the converted copies wait in a scratch file, the rest stream from storage.
     # Closed by bodies() once sent, so it outlives this function: no with block.
-    spool = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_PART_BYTES, dir=svc.scratch_dir)  # noqa: SIM115
+    spool = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_PART_BYTES, dir=str(svc.scratch_dir))  # noqa: SIM115
     spans: dict[str, tuple[int, int]] = {}
     try:
         for row in to_convert:
@@ -419,7 +421,7 @@ def _retrieve(request: Request, single_part_allowed: bool) -> Response:
         spool.close()
         raise
 
-    def bodies() -> Iterator[tuple[str, Iterable[bytes]]]:
+    def bodies() -> Iterator[tuple[str, bytes | Iterable[bytes]]]:
         try:
             for row in rows:
                 span = spans.get(row.blob_key)

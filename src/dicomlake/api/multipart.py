@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
+from typing import IO
 
 from dicomlake.errors import InvalidArgument
 
@@ -23,7 +24,7 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     message = Message()
     message["content-type"] = value or ""
     media_type = message.get_content_type().lower() if value else ""
-    params = {k.lower(): v for k, v in message.get_params()[1:]} if value else {}
+    params = {k.lower(): v for k, v in (message.get_params() or [])[1:]} if value else {}
     return media_type, params
 
 
@@ -31,7 +32,7 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
 class Part:
     headers: dict[str, str]
     data: bytes | mmap.mmap
-    _file: object | None = None
+    _file: IO[bytes] | None = None
 
     @property
     def content_type(self) -> str:
@@ -41,7 +42,7 @@ class Part:
         if isinstance(self.data, mmap.mmap):
             self.data.close()
         if self._file is not None:
-            self._file.close()  # type: ignore[attr-defined]
+            self._file.close()
 
 
 class _PartBuffer:
@@ -51,7 +52,7 @@ class _PartBuffer:
         self.scratch_dir = scratch_dir
         self.chunks: list[bytes] = []
         self.size = 0
-        self.file: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
+        self.file: IO[bytes] | None = None
 
     def write(self, data: bytes) -> None:
         if not data:
