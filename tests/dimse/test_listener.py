@@ -248,9 +248,7 @@ def test_sigkill_mid_association_loses_nothing_acknowledged_and_leaves_no_half_i
     srv.server.process.wait()
     srv.restart()
     for ds in acknowledged:
-        url = (
-            f"{target.store.dicomweb}/studies/{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
-        )
+        url = f"{target.store.dicomweb}/studies/{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
         response = requests.get(url, headers={"Accept": 'application/dicom; transfer-syntax="*"'}, timeout=30)
         assert response.status_code == 200, ds.SOPInstanceUID
         assert pydicom.dcmread(io.BytesIO(response.content)).SOPInstanceUID == ds.SOPInstanceUID
