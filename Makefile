@@ -26,6 +26,8 @@ test: install
 
 lint: install
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 bench: install
 	scripts/install-debian-tools.sh --orthanc
