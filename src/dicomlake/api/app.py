@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import hmac
 import logging
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,7 +40,7 @@ _HTTP_STATUS = {
 
 
 def error_response(
-    http: int, message: str, status: str | None = None, headers: dict[str, str] | None = None
+    http: int, message: str, status: str | None = None, headers: Mapping[str, str] | None = None
 ) -> Response:
     body = {"error": {"code": http, "message": message, "status": status or _HTTP_STATUS.get(http, "UNKNOWN")}}
     return JSONResponse(body, status_code=http, headers=headers)
