@@ -1,4 +1,4 @@
-"""An index created before the operations columns of long-running work gains them on start-up."""
+"""An index created by an older release gains the columns and indexes added since, on start-up."""
 
 from __future__ import annotations
 
@@ -25,3 +25,28 @@ def test_create_schema_adds_operation_columns_to_an_older_index(tmp_path: Path) 
         row = conn.execute(sa.select(operations)).one()
     db.dispose()
     assert (row.success, row.cancel_requested, row.planned, row.store_pk, row.request) == (2, False, True, None, None)
+
+
+def test_an_index_without_metadata_sizes_gains_them_and_their_index(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    db = Database(f"sqlite:///{path}")
+    db.create_schema()
+    db.dispose()
+    document = '{"00100010":{"vr":"PN","Value":[{"Alphabetic":"Müller^Jürgen"}]}}'
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX ix_instances_sizes")
+        conn.execute("ALTER TABLE instances DROP COLUMN metadata_size")
+        conn.execute(
+            "INSERT INTO instances (store_pk, study_uid, series_uid, sop_uid, transfer_syntax_uid, number_of_frames,"
+            " blob_key, blob_size, storage_class, metadata, created) VALUES (1, '1', '2', '3', '1.2.840.10008.1.2.1',"
+            " 0, 'k', 10, 'STANDARD', ?, 0)",
+            (document,),
+        )
+    db = Database(f"sqlite:///{path}")
+    db.create_schema()
+    with db.read() as conn:
+        size = conn.execute(sa.text("SELECT metadata_size FROM instances")).scalar_one()
+        indexes = {i["name"] for i in sa.inspect(conn).get_indexes("instances")}
+    db.dispose()
+    assert size == len(document.encode())  # bytes, not characters
+    assert "ix_instances_sizes" in indexes

@@ -291,6 +291,7 @@ def delete_store(db: Database, store: StoreRef) -> list[str]:
 
 
 def store_metrics(db: Database, store: StoreRef) -> dict[str, Any]:
+    """Google's DicomStoreMetrics, from indexes alone (counts, and sizes from ix_instances_sizes)."""
     with db.read() as conn:
         study_count = conn.execute(sa.select(sa.func.count()).where(studies.c.store_pk == store.pk)).scalar_one()
         series_count = conn.execute(sa.select(sa.func.count()).where(series.c.store_pk == store.pk)).scalar_one()
@@ -298,7 +299,7 @@ def store_metrics(db: Database, store: StoreRef) -> dict[str, Any]:
             sa.select(
                 sa.func.count(),
                 sa.func.coalesce(sa.func.sum(instances.c.blob_size), 0),
-                sa.func.coalesce(sa.func.sum(sa.func.length(instances.c.metadata)), 0),
+                sa.func.coalesce(sa.func.sum(instances.c.metadata_size), 0),
             ).where(instances.c.store_pk == store.pk)
         ).one()
     return {

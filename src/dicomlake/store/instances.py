@@ -266,6 +266,7 @@ def _insert(conn: sa.Connection, db: Database, store: StoreRef, items: list[_Pen
     and one count update per series and per study they belong to; a CREATE stream event each when the
     store streams to tables."""
     now = time.time()
+    documents = [orjson.dumps(item.parsed.metadata) for item in items]
     rows = [
         {
             **item.uids,
@@ -276,11 +277,12 @@ def _insert(conn: sa.Connection, db: Database, store: StoreRef, items: list[_Pen
             "blob_key": item.key,
             "blob_size": len(item.data),
             "storage_class": storage_class,
-            "metadata": orjson.dumps(item.parsed.metadata).decode(),
+            "metadata": document.decode(),
+            "metadata_size": len(document),
             "file_meta": orjson.dumps(_file_meta(item.parsed)).decode(),
             "created": now,
         }
-        for item in items
+        for item, document in zip(items, documents, strict=True)
     ]
     conn.execute(_INSERT_INSTANCE, rows)
     if store.streams:
