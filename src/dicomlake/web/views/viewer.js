@@ -301,8 +301,10 @@ export async function viewer(main, params, signal) {
     }
   });
 
+  // Scrolling or clicking the image gives it the keys (away from the metadata filter, say).
   stage.addEventListener("wheel", (event) => {
     event.preventDefault();
+    stage.focus({ preventScroll: true });
     if (event.ctrlKey) zoomBy(event.deltaY < 0 ? 1.1 : 1 / 1.1);
     else step(event.deltaY > 0 ? 1 : -1);
   }, { passive: false });
@@ -310,6 +312,7 @@ export async function viewer(main, params, signal) {
   // Left drag pans; right drag (or shift and left) sets the window: across is width, down is level.
   stage.addEventListener("contextmenu", (event) => event.preventDefault());
   stage.addEventListener("pointerdown", (event) => {
+    stage.focus({ preventScroll: true });
     const windowing = event.button === 2 || event.shiftKey;
     const start = { x: event.clientX, y: event.clientY, pan: { ...state.pan }, window: state.image ? windowOf(state.image) : null };
     if (windowing && !state.image) {
