@@ -1,5 +1,6 @@
-# Everything installs into .venv from pyproject.toml; Debian tools (DCMTK, dicom3tools) come from
-# scripts/install-debian-tools.sh when run as root, and the tests that need them skip otherwise.
+# Everything installs into .venv from pyproject.toml; Debian tools (DCMTK, dicom3tools, Chromium) come from
+# scripts/install-debian-tools.sh when run as root, the OHIF viewer build from npm (scripts/install-ohif.sh),
+# and the tests that need them skip otherwise.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,6 +23,7 @@ run: install
 
 test: install
 	scripts/install-debian-tools.sh
+	scripts/install-ohif.sh
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: install
