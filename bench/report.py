@@ -246,6 +246,22 @@ def _dimse(result: dict) -> list[str]:
     ]
 
 
+def _ui(result: dict) -> list[str]:
+    lines = [
+        f"### {result['benchmark']}: web UI pages with {result['studies']:,} studies stored",
+        "",
+        f"Every request of a page, at most 6 at once as a browser sends them, first request to last answer; "
+        f"{result['repeats']} loads each, budget {result['budget_ms']} ms (`python -m bench ui`).",
+        "",
+        "| page | p50 ms | p99 ms |",
+        "|---|---|---|",
+    ]
+    for page, latency in result["pages"].items():
+        lines.append(f"| {page} | {latency['p50_ms']} | {latency['p99_ms']} |")
+    machine = result["machine"]
+    return [*lines, "", f"Machine: {machine['cpus']} CPUs, {machine['memory_gb']} GB. Run {result['date']}.", ""]
+
+
 RENDERERS = {
     "qido": _qido,
     "stow": _stow,
@@ -255,6 +271,7 @@ RENDERERS = {
     "tables": _tables,
     "dimse": _dimse,
     "flatten": _flatten,
+    "ui": _ui,
 }
 
 

@@ -41,7 +41,10 @@ def _pages(server: str, dicomweb: str, studies: int) -> dict[str, list[tuple[str
             (f"{api}/bench/dicomStores", json),
             (f"{store}:getDICOMStoreMetrics", json),
         ],
-        "study list, first page": [(f"{dicomweb}/studies?limit={PAGE_SIZE}&offset=0&{fields}", dicom_json)],
+        "study list, first page (and the store's total)": [
+            (f"{dicomweb}/studies?limit={PAGE_SIZE}&offset=0&{fields}", dicom_json),
+            (f"{store}:getDICOMStoreMetrics", json),
+        ],
         "study list, last page": [
             (f"{dicomweb}/studies?limit={PAGE_SIZE}&offset={studies - PAGE_SIZE}&{fields}", dicom_json)
         ],
@@ -56,10 +59,12 @@ def _pages(server: str, dicomweb: str, studies: int) -> dict[str, list[tuple[str
         ],
         "study (series, a thumbnail each)": [
             (f"{dicomweb}/studies/{study}/series?includefield=0008103E", dicom_json),
-            (f"{dicomweb}/studies/{study}/series/{series}/instances", dicom_json),
+            (f"{dicomweb}/studies/{study}/series/{series}/instances?limit=1&offset=0", dicom_json),
             (f"{instance}/rendered?viewport=128,128", "image/jpeg"),
         ],
-        "image view (metadata and the rendered frame)": [
+        "image view (series, instances, metadata and the rendered frame)": [
+            (f"{dicomweb}/studies/{study}/series?includefield=00200011", dicom_json),
+            (f"{dicomweb}/studies/{study}/series/{series}/instances?limit=100&offset=0", dicom_json),
             (f"{instance}/metadata", dicom_json),
             (f"{instance}/frames/1/rendered", "image/jpeg"),
         ],
