@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 OHIF_VERSION = "3.13.2"
 OHIF_DIST = Path(__file__).resolve().parents[2] / ".cache" / "ohif" / OHIF_VERSION / "dist"
@@ -71,7 +72,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     config = ""
 
-    def send_head(self) -> io.BytesIO | None:  # type: ignore[override]
+    def send_head(self) -> BinaryIO | None:
         path = self.path.split("?", 1)[0]
         if path == "/app-config.js":
             body = self.config.encode()

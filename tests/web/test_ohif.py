@@ -95,9 +95,9 @@ _READ_VIEWPORT = """
 """
 
 
-def _displayed(stats: dict[str, Any] | None) -> bool:
+def _displayed(stats: dict[str, Any]) -> bool:
     """An image, not the black canvas before the decoder finished: a tenth lit and many grey levels."""
-    return bool(stats) and stats["lit"] > stats["pixels"] / 10 and stats["levels"] >= 16
+    return stats["lit"] > stats["pixels"] / 10 and stats["levels"] >= 16
 
 
 def wait_for_image(viewer: Viewer, differs_from: int | None = None) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def wait_for_image(viewer: Viewer, differs_from: int | None = None) -> dict[str,
     stats = None
     while time.monotonic() < deadline:
         stats = page.evaluate("() => {" + _FIND_VIEWPORT + _READ_VIEWPORT + "}")
-        if _displayed(stats) and stats["fingerprint"] != differs_from:
+        if stats is not None and _displayed(stats) and stats["fingerprint"] != differs_from:
             return stats
         page.wait_for_timeout(100)
     raise AssertionError(
