@@ -110,7 +110,7 @@ function histogram(values, title) {
 // uses only y. Rows whose y is not a number are left out; null when nothing is left to draw.
 export function chart(kind, rows, xIndex, yIndex, title) {
   const points = rows
-    .map((r) => ({ label: r[xIndex] ?? "", x: Number(r[xIndex]), value: Number(r[yIndex]) }))
+    .map((r) => ({ label: r[xIndex] ?? "NULL", x: r[xIndex] === null ? NaN : Number(r[xIndex]), value: Number(r[yIndex]) }))
     .filter((p, i) => rows[i][yIndex] !== null && rows[i][yIndex] !== "" && Number.isFinite(p.value));
   if (!points.length) return null;
   if (kind === "histogram") return histogram(points.map((p) => p.value), title);

@@ -201,7 +201,7 @@ export async function viewer(main, params, signal) {
         return;
       }
       const m = await metaPromise;
-      if (!windowable(m)) throw new Error("window presets need a greyscale image; this one is shown as the server renders it");
+      if (!windowable(m)) throw new Error("window presets apply to greyscale images only; shown as the server renders it");
       const image = await getRaw(index, frame, m);
       if (seq !== state.showing) return;
       state.image = image;
@@ -209,7 +209,7 @@ export async function viewer(main, params, signal) {
     } catch (error) {
       if (seq !== state.showing || signal.aborted) return;
       canvas.dataset.state = "error";
-      status.textContent = `Cannot show this image: ${error.message || error}`;
+      status.textContent = state.preset ? String(error.message || error) : `Cannot show this image: ${error.message || error}`;
       if (state.preset !== 0) {
         state.preset = 0;
         state.window = null;
