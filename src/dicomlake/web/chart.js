@@ -2,7 +2,7 @@
 
 import { svg } from "./dom.js";
 
-const WIDTH = 720;
+const WIDTH = 560;
 const HEIGHT = 300;
 const M = { top: 12, right: 16, bottom: 64, left: 64 };
 const MAX_BARS = 60;
