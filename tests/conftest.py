@@ -16,7 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import google.auth.credentials
+import googleapiclient.discovery
 import pydicom.data
 import pytest
 import requests
@@ -304,3 +307,18 @@ def dimse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DimseServer]:
     srv = start_dimse_server(tmp_path_factory.mktemp("dimse"))
     yield srv
     srv.server.stop()
+
+
+@pytest.fixture(scope="module")
+def healthcare(server: Server) -> Iterator[Any]:
+    # No static_discovery argument: without a discoveryServiceUrl the client already uses the
+    # document shipped in googleapiclient/discovery_cache/documents/healthcare.v1.json (no network).
+    client = googleapiclient.discovery.build(
+        "healthcare",
+        "v1",
+        client_options={"api_endpoint": server.url},
+        credentials=google.auth.credentials.AnonymousCredentials(),
+        cache_discovery=False,
+    )
+    yield client
+    client.close()

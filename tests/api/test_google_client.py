@@ -6,31 +6,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import google.auth.credentials
-import googleapiclient.discovery
 import pydicom
 import pytest
 from googleapiclient.errors import HttpError
 
 from conftest import Server, dicom_file, new_bucket, write
-
-
-@pytest.fixture(scope="module")
-def healthcare(server: Server) -> Iterator[Any]:
-    # No static_discovery argument: without a discoveryServiceUrl the client already uses the
-    # document shipped in googleapiclient/discovery_cache/documents/healthcare.v1.json (no network).
-    client = googleapiclient.discovery.build(
-        "healthcare",
-        "v1",
-        client_options={"api_endpoint": server.url},
-        credentials=google.auth.credentials.AnonymousCredentials(),
-        cache_discovery=False,
-    )
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -5,11 +5,8 @@ following stores and deletes; other stores' instances are not counted."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
-import google.auth.credentials
-import googleapiclient.discovery
 import pydicom
 import pytest
 import requests
@@ -17,19 +14,6 @@ from googleapiclient.errors import HttpError
 from pydicom.uid import generate_uid
 
 from conftest import Server, Store, dicom_file, make_store, wait_all_done
-
-
-@pytest.fixture(scope="module")
-def healthcare(server: Server) -> Iterator[Any]:
-    client = googleapiclient.discovery.build(
-        "healthcare",
-        "v1",
-        client_options={"api_endpoint": server.url},
-        credentials=google.auth.credentials.AnonymousCredentials(),
-        cache_discovery=False,
-    )
-    yield client
-    client.close()
 
 
 def metrics(healthcare: Any, store: Store) -> dict[str, str]:
