@@ -144,8 +144,17 @@ def viewer(request: pytest.FixtureRequest, browser: Any, tmp_path_factory: pytes
             site.config = app_config(store.dicomweb, token)
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             viewer = Viewer(context.new_page(), origin, store, token)
-            # A refused CORS request never gets a response: it shows up only as a failed request.
-            viewer.page.on("requestfailed", lambda r: viewer.problems.append(f"{r.method} {r.url}: {r.failure}"))
+            # A refused CORS request never gets a response: it shows up only as a failed request
+            # (net::ERR_FAILED). net::ERR_ABORTED is the page cancelling its own request, as it does
+            # with a previous study's prefetches when the next test navigates away: not a failure.
+            viewer.page.on(
+                "requestfailed",
+                lambda r: (
+                    viewer.problems.append(f"{r.method} {r.url}: {r.failure}")
+                    if r.failure != "net::ERR_ABORTED"
+                    else None
+                ),
+            )
             viewer.page.on(
                 "response",
                 lambda r: (
