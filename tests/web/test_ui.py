@@ -191,6 +191,48 @@ def test_import_from_a_bucket_is_watched_to_the_end(server: Server, page: Any) -
     row.locator("td.instances", has_text="2").wait_for()
 
 
+def test_a_new_user_makes_a_store_uploads_a_folder_and_charts_studies_per_modality(
+    server: Server, page: Any, tmp_path: Path
+) -> None:
+    """The first minutes of a new user: nothing but the UI, a folder of files, and a chart at the end."""
+    folder = tmp_path / "from-the-scanner"
+    write(folder / "ct" / "IM0001", dicom_file("CT_small.dcm").read_bytes())
+    write(folder / "ct" / "IM0002", second_slice(dicom_file("CT_small.dcm")))
+    write(folder / "mr" / "deeper" / "mr.dcm", dicom_file("MR_small.dcm").read_bytes())
+    write(folder / "sc.dcm", dicom_file("SC_rgb.dcm").read_bytes())
+    write(folder / "README.txt", b"scanned on Tuesday")
+    write(folder / "broken.dcm", b"\0" * 128 + b"DICM" + b"\xff" * 200)  # the mark, then nothing of DICOM
+
+    page.goto(f"{server.url}/#/?project=new-{uuid.uuid4().hex[:8]}&location=local")
+    page.get_by_role("button", name="Create dataset “images” with a DICOM store “images”").click()
+    page.wait_for_url("**/#/studies?*")
+    assert page.locator("details.upload").get_attribute("open") is not None, "an empty store offers to add images"
+
+    status = page.locator(".upload-status")
+    page.locator("details.upload input[webkitdirectory]").set_input_files(folder)
+    status.get_by_text("Done:").wait_for()
+    text = status.inner_text()
+    assert "4 instances of 3 studies stored from 6 files" in text, text
+    assert "4 stored · 1 failed · 1 not DICOM" in text, text
+    problems = status.locator(".problems").inner_text()
+    assert "README.txt" in problems and "not a DICOM file" in problems, problems
+    # The list reloads by itself when the upload ends.
+    page.locator("table.studies tbody tr").nth(2).wait_for()
+    assert page.locator("table.studies tbody tr").count() == 3
+    assert CT_NAME in page.locator("table.studies").inner_text()
+
+    page.locator("details.upload input[webkitdirectory]").set_input_files(folder)
+    status.get_by_text("4 already there").wait_for()
+    assert "0 instances of 0 studies stored" in status.inner_text()
+
+    page.get_by_role("button", name="Query in SQL").click()
+    page.wait_for_url("**/#/tables?*")
+    page.wait_for_selector("table.result tbody tr")
+    rows = sorted(r.split("\t") for r in page.locator("table.result tbody tr").all_inner_texts())
+    assert rows == [["CT", "1"], ["MR", "1"], ["OT", "1"]]
+    assert page.locator("svg.chart rect.bar").count() == 3
+
+
 def test_a_server_with_tokens_asks_for_one_and_then_works(tmp_path: Path, page: Any) -> None:
     srv = start_server(tmp_path / "data", extra_env={"DICOMLAKE_AUTH_TOKENS": TOKEN})
     try:

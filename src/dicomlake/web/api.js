@@ -76,8 +76,11 @@ async function errorOf(response) {
 }
 
 // fetch() with the token, the 401 dialog and API errors; resolves to the Response of a 2xx answer.
-export async function request(url, { method = "GET", accept = "application/json", body, json, signal } = {}) {
+// `allow` lists statuses besides 2xx whose answer the caller reads itself (a STOW-RS 409 says which
+// instances failed).
+export async function request(url, { method = "GET", accept = "application/json", body, json, contentType, allow = [], signal } = {}) {
   const headers = { Accept: accept };
+  if (contentType) headers["Content-Type"] = contentType;
   if (json !== undefined) {
     headers["Content-Type"] = "application/json";
     body = JSON.stringify(json);
@@ -92,7 +95,7 @@ export async function request(url, { method = "GET", accept = "application/json"
       if (token() === used) await askToken(Boolean(used));
       continue;
     }
-    if (!response.ok) throw await errorOf(response);
+    if (!response.ok && !allow.includes(response.status)) throw await errorOf(response);
     return response;
   }
 }

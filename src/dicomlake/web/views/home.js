@@ -11,7 +11,7 @@ export async function home(main, params, signal) {
   const sections = datasets.map((dataset) => datasetSection({ ...ctx, dataset }, signal));
   clear(main,
     h("h1", {}, `Datasets in projects/${ctx.project}/locations/${ctx.location}`),
-    datasets.length ? null : h("p", { class: "note" }, "No datasets here yet: create one below, or choose another project and location above."),
+    datasets.length ? null : quickStart(ctx),
     sections,
     createForms(ctx, datasets),
   );
@@ -84,4 +84,23 @@ function createForms(ctx, datasets) {
   h("label", {}, " in ", h("select", { name: "inDataset" }, datasets.map((d) => h("option", {}, d)))),
   h("button", { type: "submit" }, "Create store")) : null;
   return h("section", { class: "create" }, h("h2", {}, "Create"), createDataset, createStore, message);
+}
+
+// A new server has nothing: one click makes a dataset and a store and opens it, ready for images.
+function quickStart(ctx) {
+  const message = h("div", {});
+  const start = async () => {
+    try {
+      await request(`${locationPath(ctx.project, ctx.location)}/datasets?datasetId=images`, { method: "POST", allow: [409] });
+      await request(`${datasetPath({ ...ctx, dataset: "images" })}/dicomStores?dicomStoreId=images`, { method: "POST", json: {}, allow: [409] });
+      location.hash = route("studies", { ...ctx, dataset: "images", store: "images" });
+    } catch (error) {
+      clear(message, errorBox(error));
+    }
+  };
+  return h("div", { class: "quick-start" },
+    h("p", {}, "No datasets here yet. Images live in a DICOM store, and stores in a dataset."),
+    h("p", {}, h("button", { type: "button", class: "primary", onclick: start }, "Create dataset “images” with a DICOM store “images”"),
+      " and add images to it, or make your own below, or choose another project and location above."),
+    message);
 }

@@ -4,7 +4,9 @@
 import { dicomweb, getJSON, request, storePath } from "../api.js";
 import { TAG, first, number, text } from "../dicom.js";
 import { clear, count, errorBox, h, route } from "../dom.js";
+import { analyseButton } from "./analyse.js";
 import { chooseStore, table } from "./common.js";
+import { uploadPanel } from "./upload.js";
 
 export const PAGE_SIZE = 25;
 const STUDY_FIELDS = ["StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"]
@@ -61,13 +63,16 @@ export async function studies(main, params, signal) {
     h("button", { type: "button", disabled: offset === 0, onclick: () => go({ offset: Math.max(0, offset - PAGE_SIZE) || undefined }) }, "‹ Previous"),
     h("span", { class: "shown" }, shown, total !== null && results.length ? ` of ${count(total)}` : ""),
     h("button", { type: "button", disabled: results.length < PAGE_SIZE || (total !== null && offset + PAGE_SIZE >= total), onclick: () => go({ offset: offset + PAGE_SIZE }) }, "Next ›"));
+  const empty = !filters.size && !offset && !results.length;
+  const reload = () => window.dispatchEvent(new HashChangeEvent("hashchange"));
   clear(main,
     h("h1", {}, "Studies"),
-    choice.bar,
+    h("div", { class: "store-bar" }, choice.bar, analyseButton(ctx)),
+    uploadPanel(ctx, { open: empty, onDone: reload }),
     searchForm(params, ctx),
     results.length
       ? table(["Patient name", "Patient ID", "Study date", "Modalities", "Description", "Accession", "Series", "Instances"], rows, { class: "studies" })
-      : h("p", { class: "note" }, offset ? "No more studies." : "No study matches."),
+      : h("p", { class: "note" }, offset ? "No more studies." : empty ? "This store holds no studies yet: add images above." : "No study matches."),
     pager);
 }
 

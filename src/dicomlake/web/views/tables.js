@@ -4,6 +4,7 @@
 import { bigquery, getJSON, postJSON } from "../api.js";
 import { chart } from "../chart.js";
 import { clear, count, errorBox, h, route } from "../dom.js";
+import { STUDIES_PER_MODALITY } from "./analyse.js";
 import { table } from "./common.js";
 
 const RESULT_PAGE = 200;
@@ -16,6 +17,7 @@ const EXAMPLES = [
     "SELECT CONCAT('/dicomWeb/studies/', StudyInstanceUID, '/series/', SeriesInstanceUID, '/instances/', SOPInstanceUID) AS DICOMwebPath\nFROM T\nWHERE PatientID = (SELECT MIN(PatientID) FROM T)"],
   ["Latest studies",
     "SELECT MIN(CONCAT(CAST(StudyDate AS STRING), ' ', CAST(StudyTime AS STRING))) AS StudyDateTime, MIN(PatientID) AS PatientID,\n  StudyInstanceUID, COUNT(*) AS InstanceCount\nFROM T AS dicom\nGROUP BY StudyInstanceUID\nORDER BY StudyDateTime DESC\nLIMIT 10"],
+  ["Studies per modality (bar)", STUDIES_PER_MODALITY],
   ["Instances per modality (bar)",
     "SELECT Modality, COUNT(*) AS Instances\nFROM T\nGROUP BY Modality\nORDER BY Instances DESC"],
   ["Studies per year (line)",
