@@ -15,7 +15,8 @@ from bench import corpus, servers
 from bench.measure import latency_summary, save, session, store_all
 
 BROWSER_CONNECTIONS = 6
-PAGE_SIZE = 25
+PAGE_SIZE = 25  # the study list's page (web/views/studies.js)
+INSTANCE_PAGE = 5000  # the image view's page of a series' instances (web/views/viewer.js)
 
 
 def _get(url: str, accept: str = "application/json") -> None:
@@ -58,13 +59,15 @@ def _pages(server: str, dicomweb: str, studies: int) -> dict[str, list[tuple[str
             )
         ],
         "study (series, a thumbnail each)": [
-            (f"{dicomweb}/studies/{study}/series?includefield=0008103E", dicom_json),
+            (f"{dicomweb}/studies?StudyInstanceUID={study}&{fields}", dicom_json),
+            (f"{dicomweb}/studies/{study}/series?includefield=0008103E&includefield=00200011", dicom_json),
             (f"{dicomweb}/studies/{study}/series/{series}/instances?limit=1&offset=0", dicom_json),
             (f"{instance}/rendered?viewport=128,128", "image/jpeg"),
         ],
         "image view (series, instances, metadata and the rendered frame)": [
             (f"{dicomweb}/studies/{study}/series?includefield=00200011", dicom_json),
-            (f"{dicomweb}/studies/{study}/series/{series}/instances?limit=100&offset=0", dicom_json),
+            (f"{dicomweb}/studies?StudyInstanceUID={study}", dicom_json),
+            (f"{dicomweb}/studies/{study}/series/{series}/instances?limit={INSTANCE_PAGE}&offset=0", dicom_json),
             (f"{instance}/metadata", dicom_json),
             (f"{instance}/frames/1/rendered", "image/jpeg"),
         ],
