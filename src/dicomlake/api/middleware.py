@@ -1,20 +1,108 @@
-"""HTTP concerns in front of every route: the request as the client made it when a trusted proxy forwards
-it (`Forwarded`, `X-Forwarded-*`), and CORS for browser viewers served from another origin."""
+"""HTTP concerns in front of every route: errors in Google's envelope `{"error": {"code", "message",
+"status"}}` (an unknown exception too), bearer tokens, the request as the client made it when a trusted
+proxy forwards it (`Forwarded`, `X-Forwarded-*`), and CORS for browser viewers served from another
+origin."""
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import ipaddress
+import logging
 import re
+from collections.abc import Mapping
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dicomlake.api import web
+
+log = logging.getLogger("dicomlake")
 
 # A host[:port] a proxy may name; anything else (paths, credentials, spaces) is ignored, so that a
 # forwarded value can never reshape the URLs built from it.
 _AUTHORITY = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+_HTTP_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    406: "INVALID_ARGUMENT",
+    409: "ALREADY_EXISTS",
+    413: "OUT_OF_RANGE",
+    415: "INVALID_ARGUMENT",
+}
+
+
+def error_response(
+    http: int, message: str, status: str | None = None, headers: Mapping[str, str] | None = None
+) -> Response:
+    body = {"error": {"code": http, "message": message, "status": status or _HTTP_STATUS.get(http, "UNKNOWN")}}
+    return JSONResponse(body, status_code=http, headers=headers)
+
+
+class InternalErrors:
+    """An exception no handler knows becomes a 500 in the error envelope, its traceback goes to the log, and
+    the exception stops here: re-raised (as Starlette's own last handler does), the ASGI server would drop the
+    keep-alive connection without `Connection: close` and the client's next request would meet a reset. Only
+    a response already under way when it fails has to be cut short."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            log.exception("internal error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            response = error_response(500, f"internal error: {type(exc).__name__}", "INTERNAL")
+            await response(scope, receive, send)
+
+
+class BearerAuth:
+    """Every request must carry `Authorization: Bearer <token>` with one of the configured tokens, but for the
+    web UI's own pages, which hold no data."""
+
+    def __init__(self, app: ASGIApp, tokens: frozenset[str]) -> None:
+        self.app = app
+        self.tokens = [t.encode() for t in tokens]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or web.is_public(scope["method"], scope["path"]) or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        response = error_response(
+            401,
+            "missing or invalid bearer token: send Authorization: Bearer <token>",
+            "UNAUTHENTICATED",
+            headers={"WWW-Authenticate": 'Bearer realm="dicomlake"'},
+        )
+        await response(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                token = token.strip()
+                return scheme.lower() == b"bearer" and any(hmac.compare_digest(token, t) for t in self.tokens)
+        return False
 
 
 class ForwardedHeaders:
@@ -119,8 +207,6 @@ class CrossOrigin(CORSMiddleware):
         response = super().preflight_response(request_headers)
         if response.status_code != 400:
             return response
-        from dicomlake.api.app import error_response
-
         reason = bytes(response.body).decode()
         origin = request_headers.get("origin", "")
         headers = {k: v for k, v in response.headers.items() if k.lower().startswith("access-control-")}
