@@ -32,6 +32,9 @@ class Services:
     blobs: BlobStore
     buckets: Buckets
     scratch_dir: Path
+    # Set when this process queues an operation or a shard, so that its idle workers start now rather
+    # than at their next look (operations/runner.py).
+    work_queued: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _pool: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
     _pool_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -96,6 +99,10 @@ def _open_in_worker(settings: Settings) -> None:
     global _worker_services
     _worker_services = open_services(settings, create_schema=False)
     atexit.register(_worker_services.close)
+    # The code of every operation kind, loaded now (the pool starts with the process) rather than by the first
+    # task of an import or export, which would wait a third of a second for it in every process.
+    from dicomlake.operations import runner  # noqa: F401
+
     # Parsing makes many short-lived containers and no cycles: collect young objects less often, and never
     # rescan the modules and dictionaries loaded so far.
     gc.freeze()

@@ -22,6 +22,8 @@ def working(services: Services) -> Iterator[None]:
     removed = instances.recover(services.db, services.blobs)
     if removed:
         log.warning("removed %d blobs of instances that were never committed", removed)
+    # The pool starts now, in the background, so the first import does not wait for it (docs/operations.md).
+    services.warm_pool()
     settings = services.settings
     runner = Runner(services, settings.operation_threads, settings.operation_lease_seconds)
     runner.start()

@@ -23,7 +23,7 @@ def start(services: Services, store: StoreRef, study: str, series_uid: str | Non
     if not instances.keys_of(services.db, store, study, series_uid)[:1]:
         raise NotFound(f"series {study}/{series_uid} not found" if series_uid else f"study {study} not found")
     method = DELETE_SERIES if series_uid else DELETE_STUDY
-    return records.create_pending(services.db, store, method, {"study": study, "series": series_uid})
+    return records.create_pending(services, store, method, {"study": study, "series": series_uid})
 
 
 def plan(services: Services, operation: Operation) -> Iterator[list[instances.Key]]:

@@ -106,7 +106,7 @@ def start(services: Services, store: StoreRef, body: dict[str, Any]) -> dict[str
     filter_uri = filter_config(services, body)
     if filter_uri:
         request["filterConfig"] = {"resourcePathsGcsUri": filter_uri}
-    return records.create_pending(services.db, store, EXPORT, request)
+    return records.create_pending(services, store, EXPORT, request)
 
 
 def filter_config(services: Services, body: dict[str, Any]) -> str | None:

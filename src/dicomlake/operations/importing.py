@@ -41,7 +41,7 @@ def start(services: Services, store: StoreRef, body: dict[str, Any]) -> dict[str
     pattern = parse_pattern(uri)
     services.buckets.check(pattern.scheme, pattern.bucket, pattern.prefix, uri)
     request = {"gcsSource": {"uri": uri}, "blobStorageSettings": {"blobStorageClass": storage_class}}
-    return records.create_pending(services.db, store, IMPORT, request)
+    return records.create_pending(services, store, IMPORT, request)
 
 
 def plan(services: Services, operation: Operation) -> Iterator[list[str]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
@@ -11,6 +11,9 @@ import sqlalchemy as sa
 from dicomlake.errors import InvalidArgument, NotFound
 from dicomlake.storage.db import Database, insert_one, operations
 from dicomlake.store.catalog import DatasetRef, StoreRef, encode_page_token, now_rfc3339, paging
+
+if TYPE_CHECKING:
+    from dicomlake.services import Services
 
 METADATA_TYPE = "type.googleapis.com/google.cloud.healthcare.v1.OperationMetadata"
 EMPTY_RESPONSE = {"@type": "type.googleapis.com/google.protobuf.Empty"}
@@ -42,8 +45,10 @@ def record_finished(
     return get(db, dataset, str(pk))
 
 
-def create_pending(db: Database, store: StoreRef, method: str, request: dict[str, Any]) -> dict[str, Any]:
-    """Record an operation for the workers to plan and run (operations/runner.py) and return its JSON."""
+def create_pending(services: Services, store: StoreRef, method: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Record an operation for the workers to plan and run (operations/runner.py) and return its JSON. This
+    process's workers start on it at once; other processes' find it when they next look."""
+    db = services.db
     with db.write() as conn:
         pk = insert_one(
             conn,
@@ -58,6 +63,7 @@ def create_pending(db: Database, store: StoreRef, method: str, request: dict[str
                 create_time=now_rfc3339(),
             ),
         )
+    services.work_queued.set()
     return get(db, store.dataset, str(pk))
 
 

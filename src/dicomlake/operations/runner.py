@@ -64,6 +64,7 @@ class Runner:
     def stop(self) -> None:
         """Stop claiming and wait for the shards in hand; an unfinished one is taken over after the lease."""
         self._stop.set()
+        self.services.work_queued.set()
         for thread in self._threads:
             thread.join()
         self._threads.clear()
@@ -75,8 +76,8 @@ class Runner:
             except Exception:
                 log.exception("operations worker %s failed; retrying", me)
                 worked = False
-            if not worked:
-                self._stop.wait(self.idle)
+            if not worked and self.services.work_queued.wait(self.idle):
+                self.services.work_queued.clear()
 
     def step(self, me: str) -> bool:
         """Do one unit of work (finish cancelled operations, plan, or work a shard); False when idle."""
@@ -170,6 +171,7 @@ class Runner:
                     ).rowcount
                     if new:
                         conn.execute(ops.update().where(ops.c.pk == pk).values(pending=ops.c.pending + size))
+                self.services.work_queued.set()  # an idle worker takes the shard while this one plans on
         except DicomlakeError as exc:
             self._fail(pk, {"code": exc.code, "message": exc.message})
             return

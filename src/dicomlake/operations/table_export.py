@@ -64,7 +64,7 @@ def start(services: Services, store: StoreRef, body: dict[str, Any]) -> dict[str
     filter_uri = exporting.filter_config(services, body)
     if filter_uri:
         request["filterConfig"] = {"resourcePathsGcsUri": filter_uri}
-    return records.create_pending(services.db, store, EXPORT_BQ, request)
+    return records.create_pending(services, store, EXPORT_BQ, request)
 
 
 def plan(services: Services, operation: Operation) -> Iterator[list[exporting.Unit]]:
