@@ -1,5 +1,5 @@
-"""`python -m bench quick|full|stow|qido|metadata|wado|scaling|buckets|tables|dimse|ui|plots|report`: run benchmarks,
-write bench/results/*.json, draw docs/img/*.png and regenerate the result tables of docs/benchmarks.md.
+"""`python -m bench quick|full|stow|qido|metadata|wado|scaling|buckets|tables|dimse|ui|million|plots|report`: run
+benchmarks, write bench/results/*.json, draw docs/img/*.png and regenerate the result tables of docs/benchmarks.md.
 `python -m bench corpus --size small|medium|large|N --out DIR`: write a synthetic corpus folder.
 `python -m bench flatten`: the BigQuery flattener against pydicom's to_json_dict (bench/results/flatten.json).
 `python -m bench fuzz --requests N --seed S | --replay SEED:INDEX`: the seeded fuzzer (bench/results/fuzz.json)."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import bucket_io, corpus, dimse, flatten, fuzz, plots, qido, report, stow, tables, ui, wado
+from bench import bucket_io, corpus, dimse, flatten, fuzz, million, plots, qido, report, stow, tables, ui, wado
 
 COMMANDS = (
     "quick",
@@ -22,6 +22,7 @@ COMMANDS = (
     "tables",
     "dimse",
     "ui",
+    "million",
     "plots",
     "report",
 )
@@ -67,6 +68,8 @@ def main(argv: list[str]) -> None:
         tables.run_export(instances=100_000, name="tables_export_100k")
         tables.run_streaming(instances=5000, repeats=5, delays=500)
         dimse.run(small=3000, large=300, repeats=5, find_calls=200)
+    if what in ("full", "million"):
+        million.run(total=1_000_000)
     if what in ("full", "ui"):
         ui.run(studies=100_000)
     if what not in COMMANDS:

@@ -262,6 +262,40 @@ def _ui(result: dict) -> list[str]:
     return [*lines, "", f"Machine: {machine['cpus']} CPUs, {machine['memory_gb']} GB. Run {result['date']}.", ""]
 
 
+def _million(result: dict) -> list[str]:
+    lines = [
+        f"### {result['benchmark']}: {result['instances']:,} instances (realistic corpus, metadata only), "
+        f"{result['clients']} clients, batches of {result['batch']}",
+        "",
+        f"STOW-RS rate for each chunk of {result['chunk']:,} as the store fills, then searches on the full "
+        "store (`python -m bench million`). Targets: QIDO p50 < 5 ms and p99 < 20 ms, a 500-instance series' "
+        "/metadata p50 < 15 ms, the last chunk's STOW rate within 20 % of the first's.",
+        "",
+    ]
+    runs = result["runs"]
+    head = " | ".join(r["database"] for r in runs)
+    lines += [f"| request (p50 / p99 ms) | {head} |", "|---|" + "---|" * len(runs)]
+    for search in runs[0]["searches"]:
+        cells = [f"{r['searches'][search]['p50_ms']} / {r['searches'][search]['p99_ms']}" for r in runs]
+        lines.append(f"| {search} | " + " | ".join(cells) + " |")
+    cells = [
+        f"{r['metadata_of_500_instance_series']['p50_ms']} / {r['metadata_of_500_instance_series']['p99_ms']}"
+        for r in runs
+    ]
+    lines.append("| series /metadata, 500 instances | " + " | ".join(cells) + " |")
+    lines += ["", f"| STOW instances/s | {head} |", "|---|" + "---|" * len(runs)]
+    chunks = max(len(r["chunks"]) for r in runs)
+    for i in range(chunks):
+        if i not in (0, chunks - 1) and i % max(1, chunks // 5):
+            continue  # the first, the last and a few between
+        row = [f"{r['chunks'][i]['instances_per_s']:,.0f}" if i < len(r["chunks"]) else "" for r in runs]
+        stored = runs[0]["chunks"][i]["stored_before"] if i < len(runs[0]["chunks"]) else 0
+        lines.append(f"| with {stored:,} stored | " + " | ".join(row) + " |")
+    lines.append("| last chunk / first | " + " | ".join(str(r["last_chunk_to_first"]) for r in runs) + " |")
+    machine = result["machine"]
+    return [*lines, "", f"Machine: {machine['cpus']} CPUs, {machine['memory_gb']} GB. Run {result['date']}.", ""]
+
+
 RENDERERS = {
     "qido": _qido,
     "stow": _stow,
@@ -272,6 +306,7 @@ RENDERERS = {
     "dimse": _dimse,
     "flatten": _flatten,
     "ui": _ui,
+    "million": _million,
 }
 
 
