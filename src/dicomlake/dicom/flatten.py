@@ -143,9 +143,10 @@ class SchemaMerge:
 
 # ---- per-tag decisions, computed once -----------------------------------------------------------------------
 
-# Kinds of column; the common ones are converted inline in _dataset, the rest by _convert.
-_SKIP, _STR1, _STRN, _NUM1, _NUMN, _INT1, _INTN, _FLOAT1, _FLOATN, _DATE1, _TIME1, _DT1 = range(12)
-_GENERIC, _PN1, _SQ, _PRIVATE, _GROUP = range(12, 17)
+# Kinds of column. _dataset converts those below _PN1 inline, testing for them in this order, most frequent
+# in real headers first; _PN1 and _SQ have their own branch, the rest go to _slow.
+_STR1, _NUM1, _INT1, _STRN, _NUMN, _DATE1, _TIME1, _FLOAT1, _INTN, _FLOATN, _DT1 = range(11)
+_PN1, _SQ, _GENERIC, _PRIVATE, _GROUP, _SKIP = range(11, 17)
 
 # key (8 hex digits as in the DICOM JSON) -> (kind, column name, expected VR or None, field, Tag_GGGGEEEE, extra)
 # extra: for _GENERIC/_PN1 the (type, repeated) pair, for _GROUP (Id, type, repeated, VR, field).
@@ -497,7 +498,7 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
     """Row and fields of one data set whose columns sit at nesting `level` (top-level columns: 1). `owned`: the
     data set was parsed here, so its value lists may go into the row as they are instead of as copies."""
     row: dict[str, Any] = {}
-    fields: list[Field] = []
+    fields: list[Any] = []  # of Field: every kind converted inline has its field in the entry
     other: list | None = None
     cache = _CACHE
     for key, element in dataset.items():
@@ -507,10 +508,7 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
             entry = _entry(key)
         kind, name, expected, column, tag_name, extra = entry
         values = element.get("Value")
-        try:
-            vr = element["vr"]
-        except KeyError:
-            vr = None
+        vr = element.get("vr")
         if vr != expected:
             data_kind = _DATA.get(vr) if kind == _PRIVATE and values is not None else None
             if data_kind is not None:
@@ -534,20 +532,26 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
             else:
                 other = _slow(row, fields, other, entry, vr, element, level, dropped, owned)
             continue
-        if kind >= _GENERIC:
+        if kind >= _PN1:
             if kind == _SQ:
                 if level >= MAX_NESTING:
                     dropped.append(name)
+                elif type(values) is list and len(values) == 1:
+                    # Most sequences hold one item (code sequences above all): no merging of item fields.
+                    item_row, item_fields = _dataset(values[0], level + 1, dropped, owned)
+                    if item_fields:
+                        row[name] = [item_row]
+                        fields.append({"name": name, "type": "RECORD", "mode": "REPEATED", "fields": item_fields})
                 else:
                     _sequence(row, fields, name, values, level, dropped, owned)
+            elif kind == _PN1:
+                other = _person_name(row, fields, other, entry, element, level, dropped)
             else:
                 other = _slow(row, fields, other, entry, vr, element, level, dropped, owned)
             continue
         if values is None:
-            if column is not None and "BulkDataURI" not in element and "InlineBinary" not in element:
+            if "BulkDataURI" not in element and "InlineBinary" not in element:
                 fields.append(column)  # present but empty: the column exists, its value is NULL
-            continue
-        if column is None:  # _SKIP, an excluded VR: every other kind left has its column
             continue
         try:
             if kind == _STR1:
@@ -563,6 +567,11 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
                     fields.append(column)
                     continue
                 row[name] = value if type(value) is str else _number_text(value)
+            elif kind == _INT1:
+                value = values[0]
+                if len(values) != 1 or type(value) is not int:
+                    raise _Invalid(values)
+                row[name] = value
             elif kind == _STRN:
                 if None in values:
                     row[name] = ["" if v is None else v for v in values]
@@ -570,17 +579,16 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
                     row[name] = values if owned else values[:]
             elif kind == _NUMN:
                 row[name] = _numbers_text(values)
-            elif kind == _INT1:
-                value = values[0]
-                if len(values) != 1 or type(value) is not int:
+            elif kind == _DATE1:
+                if len(values) != 1:
                     raise _Invalid(values)
-                row[name] = value
-            elif kind == _INTN:
-                if None in values:
-                    values = [v for v in values if v is not None]
-                if set(map(type, values)) - _INT_TYPE:
+                value = _DATES.get(values[0])  # the memo _to_date fills, looked up here to save a call
+                row[name] = value if value is not None else _to_date(values[0])
+            elif kind == _TIME1:
+                if len(values) != 1:
                     raise _Invalid(values)
-                row[name] = values if owned else values[:]
+                value = _TIMES.get(values[0])
+                row[name] = value if value is not None else _to_time(values[0])
             elif kind == _FLOAT1:
                 value = values[0]
                 if len(values) != 1:
@@ -589,22 +597,18 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
                     fields.append(column)
                     continue
                 row[name] = value if type(value) is float else _to_float(value, vr)
+            elif kind == _INTN:
+                if None in values:
+                    values = [v for v in values if v is not None]
+                if set(map(type, values)) - _INT_TYPE:
+                    raise _Invalid(values)
+                row[name] = values if owned else values[:]
             elif kind == _FLOATN:
                 row[name] = _convert("FLOAT", True, vr, values)
-            elif kind == _DATE1:
-                if len(values) != 1:
-                    raise _Invalid(values)
-                row[name] = _to_date(values[0])
-            elif kind == _TIME1:
-                if len(values) != 1:
-                    raise _Invalid(values)
-                row[name] = _to_time(values[0])
-            elif kind == _DT1:
+            else:  # _DT1
                 if len(values) != 1:
                     raise _Invalid(values)
                 row[name] = _to_datetime(values[0])
-            else:  # no other kind has a column
-                continue
         except _CONVERSION_ERRORS:
             other = _other(other, tag_name, values)
             continue
@@ -616,6 +620,28 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
         else:
             dropped.extend(o["Tag"] for o in other)
     return row, fields
+
+
+def _person_name(
+    row: dict, fields: list, other: list | None, entry: _Entry, element: dict, level: int, dropped: list
+) -> list | None:
+    """A PN element of the dictionary's VR: a record of up to three groups of five components."""
+    name, column, tag_name, (_, repeated) = entry[1], entry[3], entry[4], entry[5]
+    if "BulkDataURI" in element or "InlineBinary" in element:
+        return other
+    if level >= MAX_NESTING - 1:
+        dropped.append(name)
+        return other
+    values = element.get("Value")
+    if values:
+        try:
+            value = _convert("RECORD", repeated, "PN", values)
+        except _CONVERSION_ERRORS:
+            return _other(other, tag_name, values)
+        if value is not None:
+            row[name] = value
+    fields.append(column)
+    return other
 
 
 def _slow(
