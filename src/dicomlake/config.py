@@ -3,6 +3,7 @@ which win over the embedded defaults (everything inside one data directory)."""
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 from dataclasses import dataclass, field, fields, replace
@@ -49,6 +50,9 @@ class Settings:
     # Origins whose pages may call the APIs from a browser (CORS), e.g. a viewer served elsewhere; "*" for
     # any (development). None by default.
     cors_origins: tuple[str, ...] = ()
+    # Where `bq://` destinations of exports and streams go: empty for the embedded tables, else the base URL of a
+    # BigQuery API (https://bigquery.googleapis.com for Google's; an emulator's; another dicomlake's).
+    bigquery_url: str = ""
     # Proxies (addresses or networks, or "*") whose Forwarded / X-Forwarded-* headers are believed.
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
 
@@ -120,9 +124,22 @@ def convert(name: str, raw: str) -> object:
         return tuple(_origin(o) for o in raw.split(",") if o.strip())
     if name == "forwarded_allow_ips":
         return tuple(_network(a) for a in raw.split(",") if a.strip())
+    if name == "bigquery_url":
+        return _base_url(raw, "DICOMLAKE_BIGQUERY_URL", "https://bigquery.googleapis.com")
     if name == "auth_tokens":
         return frozenset(t.strip() for t in raw.split(",") if t.strip())
     return raw
+
+
+def _base_url(raw: str, setting: str, example: str) -> str:
+    """An http(s) base URL without query or fragment, and without a trailing slash; empty stays empty."""
+    text = raw.strip()
+    if not text:
+        return ""
+    url = urlparse(text)
+    if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+        raise ConfigError(f"{setting} takes a base URL like {example}, got {raw!r}")
+    return text.rstrip("/")
 
 
 def _origin(raw: str) -> str:
@@ -175,6 +192,8 @@ def load(**overrides: object) -> Settings:
     if settings.durability not in ("full", "relaxed"):
         raise ConfigError(f"durability must be full or relaxed, got {settings.durability!r}")
     _check_file_roots(settings)
+    if settings.bigquery_url and importlib.util.find_spec("google.cloud.bigquery") is None:
+        raise ConfigError("DICOMLAKE_BIGQUERY_URL needs google-cloud-bigquery: pip install 'dicomlake[bigquery]'")
     return settings
 
 

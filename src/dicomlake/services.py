@@ -18,7 +18,7 @@ from dicomlake.storage.blobs import BlobStore
 from dicomlake.storage.buckets import Buckets
 from dicomlake.storage.db import Database
 from dicomlake.storage.journal import Journal
-from dicomlake.warehouse import jobs
+from dicomlake.warehouse import destinations, jobs
 
 # One process per core, and one more: storing a file waits on the disk about as long as parsing it takes,
 # and the extra process parses while another waits.
@@ -37,6 +37,7 @@ class Services:
     work_queued: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _pool: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
     _pool_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _tables: destinations.Destination | None = field(default=None, init=False, repr=False)
 
     @property
     def cpu_pool(self) -> ProcessPoolExecutor:
@@ -52,6 +53,14 @@ class Services:
                     initargs=(self.settings,),
                 )
             return self._pool
+
+    @property
+    def tables(self) -> destinations.Destination:
+        """Where exports to tables and streams write their rows (`bq://` URIs)."""
+        with self._pool_lock:
+            if self._tables is None:
+                self._tables = destinations.for_settings(self.settings.data_dir, self.settings.bigquery_url)
+            return self._tables
 
     def warm_pool(self) -> None:
         """Start every `cpu_pool` process now (they start one per task otherwise), e.g. while a listing runs."""

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from dicomlake.operations.runner import Runner
+from dicomlake.operations.streaming import Streamer
 from dicomlake.services import Services
 from dicomlake.store import instances
-from dicomlake.warehouse.streaming import Streamer
 
 log = logging.getLogger("dicomlake")
 

@@ -53,11 +53,16 @@ from dicomlake.dimse.processes import ListenerProcesses
     "--forwarded-allow-ips",
     help="Comma-separated proxy addresses whose X-Forwarded-*/Forwarded headers are believed (default loopback).",
 )
+@click.option(
+    "--bigquery-url",
+    help="Send bq:// exports and streams to this BigQuery API, e.g. https://bigquery.googleapis.com "
+    "(default: the embedded tables; env DICOMLAKE_BIGQUERY_URL).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
 def serve(**flags: object) -> None:
     """Run the DICOMweb and Healthcare API server."""
     try:
-        for name in ("cors_origins", "forwarded_allow_ips"):
+        for name in ("cors_origins", "forwarded_allow_ips", "bigquery_url"):
             if flags[name] is not None:
                 flags[name] = convert(name, str(flags[name]))
         settings = load(**flags)
@@ -74,6 +79,11 @@ def serve(**flags: object) -> None:
 @click.option("--database-url", help="Index database, as given to `dicomlake serve`.")
 @click.option("--blob-url", help="Blob store URL, as given to `dicomlake serve`.")
 @click.option("--operation-threads", type=int, help="Worker threads (default 2; env DICOMLAKE_OPERATION_THREADS).")
+@click.option(
+    "--bigquery-url",
+    help="Send bq:// exports and streams to this BigQuery API, e.g. https://bigquery.googleapis.com "
+    "(default: the embedded tables; env DICOMLAKE_BIGQUERY_URL).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
 def worker(**flags: object) -> None:
     """Run long-running operations and stream delivery until stopped, sharing them with every other worker and
@@ -82,6 +92,8 @@ def worker(**flags: object) -> None:
     from dicomlake.startup import working
 
     try:
+        if flags["bigquery_url"] is not None:
+            flags["bigquery_url"] = convert("bigquery_url", str(flags["bigquery_url"]))
         settings = load(**flags)
     except ConfigError as exc:
         _fail(str(exc))
@@ -139,3 +151,4 @@ def _export(settings: Settings) -> None:
         os.environ["DICOMLAKE_AUTH_TOKENS"] = ",".join(sorted(settings.tokens))
     os.environ["DICOMLAKE_CORS_ORIGINS"] = ",".join(settings.cors_origins)
     os.environ["DICOMLAKE_FORWARDED_ALLOW_IPS"] = ",".join(settings.forwarded_allow_ips)
+    os.environ["DICOMLAKE_BIGQUERY_URL"] = settings.bigquery_url

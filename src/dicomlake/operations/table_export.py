@@ -1,7 +1,8 @@
 """ExportDicomData to a table: `POST {store}:export` with `bigqueryDestination {tableUri, writeDisposition,
 force}` writes one row of the BigQuery DICOM schema per instance (or per instance a filter file names),
-flattened from the DICOM JSON kept at ingest, never from the blobs. `bq://P.D.T` is the embedded DuckDB
-warehouse; the dataset must exist, the table is created. What an existing table allows (spec §2.4, §6.9):
+flattened from the DICOM JSON kept at ingest, never from the blobs. `bq://P.D.T` names a table of the
+process's destination (`warehouse/destinations.py`: the embedded tables, or a BigQuery API); the dataset must
+exist, the table is created. What an existing table allows (spec §2.4, §6.9):
 
 | writeDisposition | table absent | table empty | table with rows |
 |---|---|---|---|
@@ -30,7 +31,7 @@ from dicomlake.storage.db import instances, operation_shards
 from dicomlake.store.catalog import StoreRef
 from dicomlake.store.instances import Key, select_by_keys
 from dicomlake.warehouse import dicom_tables
-from dicomlake.warehouse.embedded import TableRef, Warehouse, truncate
+from dicomlake.warehouse.embedded import TableRef
 from dicomlake.warehouse.schema import Field
 
 EXPORT_BQ = "google.cloud.healthcare.v1.dicom.DicomService.ExportDicomData_bq"
@@ -81,12 +82,12 @@ def plan(services: Services, operation: Operation) -> Iterator[list[exporting.Un
 
 def _prepare(services: Services, operation: Operation) -> None:
     destination = operation.request["bigqueryDestination"]
-    warehouse = Warehouse.in_data_dir(services.settings.data_dir)
+    tables = services.tables
     ref = TableRef.parse(destination["tableUri"])
-    has_rows = dicom_tables.has_rows(warehouse, ref)  # NOT_FOUND when the dataset does not exist
+    has_rows = tables.has_rows(ref)  # NOT_FOUND when the dataset does not exist
     disposition = destination["writeDisposition"]
     if has_rows is None:
-        dicom_tables.ensure(warehouse, ref)
+        tables.ensure(ref)
         return
     if disposition == "WRITE_DISPOSITION_UNSPECIFIED":
         if not destination["force"]:
@@ -97,33 +98,26 @@ def _prepare(services: Services, operation: Operation) -> None:
     if disposition == "WRITE_EMPTY" and has_rows:
         raise FailedPrecondition(f"table {destination['tableUri']} is not empty and writeDisposition is WRITE_EMPTY")
     if disposition == "WRITE_TRUNCATE" and has_rows:
-        truncate(warehouse, ref)
+        tables.truncate(ref)
 
 
 def process(
     services: Services, operation: Operation, batch: list[exporting.Unit], heartbeat: Callable[[], None]
 ) -> ShardResult:
-    """Flatten and fit the shard's instances in the pool, a batch per process, and append the batches here, in one
-    warehouse transaction: a shard repeated after a crash writes its rows once."""
+    """Flatten and fit the shard's instances in the pool, a batch per process, and append the batches here in
+    one call, which the destination makes atomic: a shard repeated after a crash writes its rows once."""
     result = ShardResult()
     keys = exporting.missing_units(operation, batch, result)
     if not keys:
         return result
-    warehouse = Warehouse.in_data_dir(services.settings.data_dir)
+    tables = services.tables
     ref = TableRef.parse(operation.request["bigqueryDestination"]["tableUri"])
-    schema = dicom_tables.known_schema(warehouse, ref)
+    schema = tables.known_schema(ref)
     calls = [(operation.store, keys[i : i + BATCH_SIZE], schema) for i in range(0, len(keys), BATCH_SIZE)]
-    # Every batch is fitted before the table is held, and all are appended in one statement: the file is held
-    # only to append and commit, while the pool works on other shards.
+    # Every batch is fitted before the table is held, and all are appended at once: the table is held only to
+    # append and commit, while the pool works on other shards.
     parts = map_in_pool(services, heartbeat, fit_rows, calls)
-    with dicom_tables.open_table(warehouse, ref, bulk=True) as table:
-        whole = dicom_tables.combine(parts)
-        if whole is None or not table.append(whole):
-            # A column came with two types (from two batches, or from another writer of the table): batch by
-            # batch, fitting again what conflicts.
-            for (store, batch_keys, _), part in zip(calls, parts, strict=True):
-                if not table.append(part):
-                    table.add(flat_rows(services, store, batch_keys))
+    tables.append(ref, parts, lambda i: flat_rows(services, calls[i][0], calls[i][1]))
     # Instances deleted since the plan was made have no row to write; they count as done.
     result.success += len(keys)
     return result

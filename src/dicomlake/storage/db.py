@@ -174,7 +174,7 @@ operation_shards = sa.Table(
     sa.Index("ix_operation_shards_state", "state", "operation_pk"),
 )
 
-# The outbox of streaming (warehouse/streaming.py): one row per instance stored into or deleted from a store
+# The outbox of streaming (operations/streaming.py): one row per instance stored into or deleted from a store
 # with streamConfigs, written in the transaction that stores or deletes it, removed once delivered.
 stream_events = sa.Table(
     "stream_events",

@@ -4,8 +4,9 @@
 The store writes an event into the `stream_events` outbox in the transaction that stores or deletes the
 instance, so a crash right after a STOW answers loses nothing. A Streamer thread in every server and worker
 process takes the oldest events, flattens them, and writes each destination's rows in one warehouse
-transaction that also records the events it holds, then removes the events from the outbox: an event may
-be delivered twice (after a crash in between, or by two processes at once), but its row is written once.
+call that also records the events it holds (`warehouse/destinations.py`), then removes the events from the
+outbox: an event may be delivered twice (after a crash in between, or by two processes at once), but its row
+is written once.
 A destination that cannot take rows (no such dataset, a view in the way) gets a `dicom_stream` log entry
 per event and the events are dropped; a warehouse that is only busy is tried again."""
 
@@ -24,16 +25,12 @@ from dicomlake.operations import logs
 from dicomlake.services import Services
 from dicomlake.storage.db import stream_events
 from dicomlake.store.catalog import StoreRef, store_by_pk
-from dicomlake.warehouse import dicom_tables
-from dicomlake.warehouse.embedded import TableRef, Warehouse
+from dicomlake.warehouse.embedded import TableRef
 
 log = logging.getLogger("dicomlake.streaming")
 
 LOG_TYPE = "type.googleapis.com/google.cloud.healthcare.logging.DicomStreamLogEntry"
 BATCH = 1000
-# How long a destination's warehouse file stays open after a delivery: the deliveries meanwhile skip the
-# checkpoint that closing the file costs (60% of streaming's CPU), and other processes wait at most this long.
-HOLD_SECONDS = 1.0
 
 
 class Streamer:
@@ -41,7 +38,6 @@ class Streamer:
 
     def __init__(self, services: Services, interval: float = 0.25) -> None:
         self.services = services
-        self.warehouse = Warehouse.in_data_dir(services.settings.data_dir)
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,7 +99,7 @@ class Streamer:
         for uri in store.streams:
             try:
                 ref = TableRef.parse(uri)
-                dicom_tables.write(self.warehouse, ref, rows, stream=(store.pk, keys), hold=HOLD_SECONDS)
+                self.services.tables.deliver(ref, rows, store.pk, keys)
             except Unavailable:
                 return False
             except DicomlakeError as exc:
