@@ -30,9 +30,10 @@ from dicomlake.dicom.uids import InvalidUid, normalize_uid
 from dicomlake.dicom.xml import to_xml
 from dicomlake.errors import InvalidArgument, NotAcceptable, NotFound, UnsupportedMediaType
 from dicomlake.operations import deleting
-from dicomlake.store import instances, search
+from dicomlake.store import instances, lookup, search
 from dicomlake.store.catalog import StoreRef
 from dicomlake.store.instances import Failed, InstanceRow, Stored
+from dicomlake.store.rendered import Rendering, render_frames
 
 # Transfer syntaxes a client may ask for (the conformance statement's list) besides "*".
 RETRIEVABLE_SYNTAXES = frozenset(
@@ -175,6 +176,23 @@ def _path_uid(request: Request, name: str, keyword: str) -> str | None:
         return normalize_uid(value, keyword)
     except InvalidUid as exc:
         raise InvalidArgument(f"invalid URL: {exc}") from None
+
+
+def _one_instance(request: Request) -> InstanceRow:
+    """The instance an instance route names (without its metadata): one indexed query on the lean path, the
+    general lookup when it finds nothing, so that what is missing is named as on every other route."""
+    try:
+        study, series_uid, sop = _uids(request)
+    except InvalidArgument:
+        _store(request)  # a missing store is reported before a malformed UID, as everywhere else
+        raise
+    assert series_uid is not None and sop is not None  # the instance routes name all three
+    p = request.path_params
+    db = services(request).db
+    row = lookup.instance_row(db, p["project"], p["location"], p["dataset"], p["store"], study, series_uid, sop)
+    if row is None:
+        row = instances.find(db, _store(request), study, series_uid, sop, with_metadata=False)[0]
+    return row
 
 
 def _convert(row: InstanceRow, data: bytes, wanted: str) -> bytes:
@@ -391,7 +409,10 @@ def instance(request: Request) -> Response:
 def _retrieve(request: Request, single_part_allowed: bool) -> Response:
     svc = services(request)
     multipart, syntax = choose_instance_media(request, single_part_allowed)
-    rows = instances.find(svc.db, _store(request), *_uids(request), with_metadata=False)
+    if single_part_allowed:  # the instance route
+        rows = [_one_instance(request)]
+    else:
+        rows = instances.find(svc.db, _store(request), *_uids(request), with_metadata=False)
     to_convert = [row for row in rows if syntax not in ("*", row.transfer_syntax_uid)]
     if not multipart:
         row = rows[0]
@@ -484,7 +505,7 @@ def _frame_numbers(text: str) -> list[int]:
 def frames(request: Request) -> Response:
     svc = services(request)
     numbers = _frame_numbers(request.path_params["frames"])
-    row = instances.find(svc.db, _store(request), *_uids(request), with_metadata=False)[0]
+    row = _one_instance(request)
     multipart, syntax, part_type = _choose_frame_media(request, row.transfer_syntax_uid)
     try:
         payloads = pixels.frames(svc.blobs.get(row.blob_key), numbers, syntax)
@@ -556,10 +577,9 @@ def rendered(request: Request) -> Response:
     quality = _quality(request.query_params.get("quality"))
     frame_list = request.path_params.get("frames")
     numbers = _frame_numbers(frame_list) if frame_list else [1]
-    row = instances.find(svc.db, _store(request), *_uids(request), with_metadata=False)[0]
-    data = svc.blobs.get(row.blob_key)
+    row = _one_instance(request)
     try:
-        images = [pixels.render(data, n, media_type, size, quality) for n in numbers]
+        images = render_frames(svc.blobs, row, numbers, Rendering(media_type, size, quality))
     except pixels.PixelError as exc:
         raise InvalidArgument(f"cannot render this instance: {exc}") from None
     if len(images) == 1 and not multipart:
@@ -604,7 +624,7 @@ def _quality(value: str | None) -> int:
 
 def bulk(request: Request) -> Response:
     svc = services(request)
-    row = instances.find(svc.db, _store(request), *_uids(request), with_metadata=False)[0]
+    row = _one_instance(request)
     for media_type, params in accepted(request):
         multipart = media_type == "multipart/related"
         part_type = params.get("type", "application/octet-stream").lower() if multipart else media_type
