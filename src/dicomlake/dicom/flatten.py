@@ -347,11 +347,22 @@ def _to_datetime(text: str) -> datetime:
     return value
 
 
-def _pn_group(text: str) -> dict[str, str]:
+_PN_PARTS: dict[str, tuple[tuple[str, str], ...]] = {}  # the same names recur across a study's instances
+
+
+def _pn_parts(text: str) -> tuple[tuple[str, str], ...]:
+    """(component, part) pairs of one group, the empty parts left out; memoized, so the caller makes a dict."""
+    value = _PN_PARTS.get(text)
+    if value is not None:
+        return value
     parts = text.split("^")
     if len(parts) > 5:  # more than five components is invalid; keep the rest with the suffix
         parts = [*parts[:4], "^".join(parts[4:])]
-    return {c: p for c, p in zip(_PN_COMPONENTS, parts, strict=False) if p}
+    value = tuple((c, p) for c, p in zip(_PN_COMPONENTS, parts, strict=False) if p)
+    if len(_PN_PARTS) >= _MEMO_LIMIT:
+        _PN_PARTS.clear()
+    _PN_PARTS[text] = value
+    return value
 
 
 def _to_pn(value: Any) -> dict[str, dict[str, str]]:
@@ -363,7 +374,7 @@ def _to_pn(value: Any) -> dict[str, dict[str, str]]:
     for group in _PN_GROUPS:
         text = value.get(group)
         if text:
-            out[group] = _pn_group(text)
+            out[group] = dict(_pn_parts(text))  # a new dict each time: rows are the caller's to change
     return out
 
 
@@ -435,9 +446,11 @@ def _convert(type_: str, repeated: bool, vr: str, values: list) -> Any:
 
 def _number_text(value: Any) -> str:
     """A number as the stored DICOM JSON writes it (orjson: shortest round trip, twice as fast as repr);
-    NaN and infinities, which JSON cannot hold, as Python writes them."""
+    NaN and infinities, which JSON cannot hold, as Python writes them. Strings stay as they are."""
     if type(value) is int:
         return str(value)
+    if type(value) is str:
+        return value
     if value is None:
         return ""
     text = orjson.dumps(value).decode()
@@ -508,7 +521,10 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
             entry = _entry(key)
         kind, name, expected, column, tag_name, extra = entry
         values = element.get("Value")
-        vr = element.get("vr")
+        try:
+            vr = element["vr"]
+        except KeyError:
+            vr = None
         if vr != expected:
             data_kind = _DATA.get(vr) if kind == _PRIVATE and values is not None else None
             if data_kind is not None:
@@ -516,7 +532,7 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
                 if data_kind == 1:
                     if len(values) == 1:
                         value = values[0]
-                        data = [value if type(value) is str else _number_text(value)]
+                        data = [str(value) if type(value) is int else _number_text(value)]
                     else:
                         data = _numbers_text(values)
                 elif data_kind == 0:
@@ -563,10 +579,15 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
                 value = values[0]
                 if len(values) != 1:
                     raise _Invalid(values)
-                if value is None:
+                if type(value) is str:
+                    row[name] = value
+                elif type(value) is int:  # IS, and DS values that are whole numbers
+                    row[name] = str(value)
+                elif value is None:
                     fields.append(column)
                     continue
-                row[name] = value if type(value) is str else _number_text(value)
+                else:
+                    row[name] = _number_text(value)
             elif kind == _INT1:
                 value = values[0]
                 if len(values) != 1 or type(value) is not int:
@@ -635,7 +656,12 @@ def _person_name(
     values = element.get("Value")
     if values:
         try:
-            value = _convert("RECORD", repeated, "PN", values)
+            if repeated:
+                value = [_to_pn(v) for v in values if v is not None]
+            elif len(values) != 1:
+                raise _Invalid(values)
+            else:
+                value = None if values[0] is None else _to_pn(values[0])
         except _CONVERSION_ERRORS:
             return _other(other, tag_name, values)
         if value is not None:
