@@ -655,6 +655,7 @@ def _person_name(
         return other
     values = element.get("Value")
     if values:
+        value: list | dict | None
         try:
             if repeated:
                 value = [_to_pn(v) for v in values if v is not None]
