@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import Server, Store, dicom_file, make_store, start_server
 from dicomlake.dicom import pixels
-from dicomlake.store.rendered import RenderedCache, Rendering
+from dicomlake.store.frames import Rendering, rendered_cache
 
 FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
@@ -54,6 +54,12 @@ def _png(address: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(response.content)))
 
 
+def _frame(address: str) -> bytes:
+    response = requests.get(address + "/frames/1", headers={"Accept": "application/octet-stream"}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.content
+
+
 def _error(response: requests.Response, code: int) -> str:
     assert response.status_code == code, response.text
     return str(response.json()["error"]["message"])
@@ -85,6 +91,7 @@ def test_servers_sharing_one_index_never_serve_a_stale_rendering(server: Server,
         there = here.replace(server.url, other.url)
         first = _png(there)
         assert np.array_equal(_png(there), first)  # cached by the other server now
+        first_frame = _frame(there)
 
         assert requests.delete(here, timeout=30).status_code == 200
         _error(requests.get(there + "/rendered", timeout=30), 404)
@@ -92,6 +99,7 @@ def test_servers_sharing_one_index_never_serve_a_stale_rendering(server: Server,
 
         assert not np.array_equal(_png(there), first)
         assert np.array_equal(_png(there), _png(here))
+        assert _frame(there) != first_frame and _frame(there) == _frame(here)
     finally:
         other.stop()
 
@@ -126,7 +134,7 @@ def test_frames_of_a_multiframe_instance_sliced_as_stored(store: Store) -> None:
 
 
 def test_rendered_cache_is_bounded_in_bytes_least_recent_out_first() -> None:
-    cache = RenderedCache(max_bytes=1000)
+    cache = rendered_cache(max_bytes=1000)
     rendering = Rendering("image/jpeg", None, 90)
     for n in range(20):
         cache.put((f"key{n}", 1, rendering), bytes(60))

@@ -129,7 +129,9 @@ def frame_count(data: bytes) -> int:
     return _nr_frames(ds)
 
 
-def frames(data: bytes, numbers: list[int], transfer_syntax: str = _EXPLICIT_LE) -> list[bytes]:
+def frames(
+    data: bytes, numbers: list[int], transfer_syntax: str = _EXPLICIT_LE, header: pixelheader.PixelHeader | None = None
+) -> list[bytes]:
     """Pixel data of the 1-based frame `numbers`, in order.
 
     `transfer_syntax` "*" or the stored syntax returns frames as stored: the concatenated fragments of each
@@ -138,9 +140,11 @@ def frames(data: bytes, numbers: list[int], transfer_syntax: str = _EXPLICIT_LE)
     BitsAllocated 1 frames are bit-packed starting at bit 0. Other syntaxes raise PixelError.
 
     Frames as stored, and native frames asked for uncompressed, are sliced out of the bytes where the header
-    walk (pixelheader) can place them; anything else reads the whole instance with pydicom."""
+    walk (pixelheader) can place them; anything else reads the whole instance with pydicom. `header`, if
+    given, is `pixelheader.read(data)` read before."""
     syntax = transfer_syntax.strip()
-    header = pixelheader.read(data) if isinstance(data, bytes) else None
+    if header is None and isinstance(data, bytes):
+        header = pixelheader.read(data)
     as_stored = syntax in ("*", header.transfer_syntax) if header is not None else False
     if header is not None and (as_stored or (not header.encapsulated and syntax in (_IMPLICIT_LE, _EXPLICIT_LE))):
         sliced = pixelheader.stored_frames(data, header, numbers)
@@ -176,19 +180,21 @@ def render(
     media_type: str = "image/jpeg",
     viewport: tuple[int, int] | None = None,
     quality: int = 90,
+    header: pixelheader.PixelHeader | None = None,
 ) -> bytes:
     """A consumer JPEG or PNG of one frame, as for DICOMweb /rendered.
 
     Greyscale goes through the Modality LUT (or rescale), then the VOI LUT or the first window (else the
     frame's min/max) to 8 bits, inverted for MONOCHROME1; colour is shown as RGB with palettes applied;
     binary segmentations show as 0/255. `viewport` (width, height) scales the image, up or down, to fit
-    inside that box keeping its aspect ratio."""
+    inside that box keeping its aspect ratio. `header`, if given, is `pixelheader.read(data)` read before."""
     fmt = _MEDIA_TYPES.get(media_type.strip().lower())
     if fmt is None:
         raise PixelError(f"cannot render as {media_type!r}; supported: image/jpeg, image/png")
     if not 1 <= quality <= 100:
         raise PixelError(f"quality must be between 1 and 100, not {quality}")
-    header = pixelheader.read(data) if isinstance(data, bytes) else None
+    if header is None and isinstance(data, bytes):
+        header = pixelheader.read(data)
     shown = _display_from_header(data, header, frame) if header is not None else None
     if shown is None:
         ds, _ = _load(data)
@@ -211,7 +217,8 @@ def render(
     if fmt == "JPEG":
         return _encode_jpeg(image, quality)
     out = io.BytesIO()
-    image.save(out, fmt)
+    # zlib level 1: a quarter of the default level's time for a 128x128 CT (0.26 against 1.16 ms), 14% larger.
+    image.save(out, fmt, compress_level=1)
     return out.getvalue()
 
 
@@ -295,7 +302,7 @@ def _grey_by_lookup(arr: np.ndarray, header: pixelheader.PixelHeader) -> np.ndar
     """Greyscale to 8 bits through rescale and window (or the frame's range), exactly as `_display_array`
     computes it, but once per stored value in the frame's range rather than once per pixel."""
     low, high = int(arr.min()), int(arr.max())
-    if high - low > 1 << 16:
+    if high - low >= arr.size // 2:  # a table as large as the frame saves nothing
         return _grey_values(arr, header)
     lookup = _grey_values(np.arange(low, high + 1, dtype=np.int64), header)
     return lookup[np.subtract(arr, low, dtype=np.int64)]
