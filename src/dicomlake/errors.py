@@ -30,6 +30,12 @@ class FailedPrecondition(DicomlakeError):
     status, http, code = "FAILED_PRECONDITION", 400, 9
 
 
+class PreconditionFailed(DicomlakeError):
+    """A conditional request (If-Match) on a resource that changed since the client read it (HTTP 412)."""
+
+    status, http, code = "FAILED_PRECONDITION", 412, 9
+
+
 class NotAcceptable(DicomlakeError):
     """No representation the client accepts can be produced (HTTP 406)."""
 

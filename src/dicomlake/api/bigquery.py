@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from dicomlake.api.resources import body_json, json, services
 from dicomlake.errors import DicomlakeError, InvalidArgument
-from dicomlake.warehouse import embedded, jobs, results
+from dicomlake.warehouse import embedded, inserts, jobs, results
 from dicomlake.warehouse.embedded import DatasetInfo, TableInfo, TableRef, Warehouse
 
 PREFIX = "/bigquery/v2/projects/{project}"
@@ -193,7 +193,7 @@ def _table_resource(info: TableInfo, location: str, full: bool = True) -> dict[s
     if not full:
         return out
     out.update(
-        etag=f'"{info.modified_ms}"',
+        etag=info.etag,
         lastModifiedTime=str(info.modified_ms),
         location=location,
         schema={"fields": info.fields},
@@ -289,7 +289,71 @@ async def table_item(request: Request) -> Response:
         await run_in_threadpool(embedded.delete_table, wh, ref)
         return Response(status_code=204)
     dataset = await run_in_threadpool(embedded.get_dataset, wh, ref.project, ref.dataset)
-    return json(_table_resource(await run_in_threadpool(embedded.get_table, wh, ref), dataset.location))
+    if request.method in ("PATCH", "PUT"):
+        info = await run_in_threadpool(_patch_table, wh, ref, body_json(await request.body()), request)
+    else:
+        info = await run_in_threadpool(embedded.get_table, wh, ref)
+    return json(_table_resource(info, dataset.location))
+
+
+# What tables.patch and tables.update change; the table's own read-only fields may come back as they were read.
+_PATCHABLE = {"schema", "description", "view"}
+_READ_ONLY = {
+    "kind", "id", "etag", "selfLink", "tableReference", "type", "creationTime", "lastModifiedTime", "location",
+    "numRows", "numBytes", "numLongTermBytes", "streamingBuffer",
+}  # fmt: skip
+
+
+def _patch_table(wh: Warehouse, ref: TableRef, body: dict[str, Any], request: Request) -> TableInfo:
+    """tables.patch (PATCH) and tables.update (PUT): a table's schema (columns may be added, none left out) and
+    description, or a view's query; `If-Match` makes it conditional on the table's etag."""
+    unsupported = sorted(set(body) - _PATCHABLE - _READ_ONLY)
+    if unsupported:
+        raise InvalidArgument(f"cannot change {', '.join(unsupported)} of a table: only schema, description, view")
+    view = _object(body, "view")
+    if view:
+        if view.get("useLegacySql"):
+            raise InvalidArgument("legacy SQL views are not supported: set view.useLegacySql to false")
+        return embedded.create_or_replace_view(wh, ref, _text(view, "query"))
+    schema = _object(body, "schema")
+    fields = schema.get("fields") if "schema" in body else None
+    if fields is not None and not isinstance(fields, list):
+        raise InvalidArgument("schema.fields must be a list of fields")
+    description = body.get("description")
+    if description is not None and not isinstance(description, str):
+        raise InvalidArgument("description must be a string")
+    if request.method == "PUT" and fields is None:
+        raise InvalidArgument("tables.update needs the table's whole resource, its schema included")
+    etag = request.headers.get("if-match")
+    return embedded.patch_table(wh, ref, fields=fields, description=description, etag=etag)
+
+
+@_bigquery_errors
+async def table_insert_all(request: Request) -> Response:
+    """tabledata.insertAll: rows as JSON into an existing table, checked against its schema row by row. Unless
+    skipInvalidRows, one invalid row stops them all (the others' errors say `stopped`). insertIds seen in the
+    last INSERT_ID_MEMORY rows of the table in this process are dropped, as BigQuery's best-effort
+    de-duplication does."""
+    wh, p = _warehouse(request), request.path_params
+    ref = TableRef(p["project"], p["dataset"], p["table"])
+    body = body_json(await request.body())
+    rows = body.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise InvalidArgument("rows must be a list of {insertId, json} objects")
+    if body.get("templateSuffix"):
+        raise InvalidArgument("templateSuffix is not supported: insert into the table itself")
+    errors = await run_in_threadpool(
+        inserts.insert_all,
+        wh,
+        ref,
+        rows,
+        skip_invalid=body.get("skipInvalidRows") is True,
+        ignore_unknown=body.get("ignoreUnknownValues") is True,
+    )
+    out: dict[str, Any] = {"kind": "bigquery#tableDataInsertAllResponse"}
+    if errors:
+        out["insertErrors"] = errors
+    return json(out)
 
 
 @_bigquery_errors
@@ -456,8 +520,9 @@ def routes() -> list[BaseRoute]:
         Route(PREFIX + "/datasets", datasets_collection, methods=["GET", "POST"]),
         Route(PREFIX + "/datasets/{dataset}", dataset_item, methods=["GET", "DELETE"]),
         Route(tables, tables_collection, methods=["GET", "POST"]),
-        Route(tables + "/{table}", table_item, methods=["GET", "DELETE"]),
+        Route(tables + "/{table}", table_item, methods=["GET", "PATCH", "PUT", "DELETE"]),
         Route(tables + "/{table}/data", table_data, methods=["GET"]),
+        Route(tables + "/{table}/insertAll", table_insert_all, methods=["POST"]),
         Route(PREFIX + "/queries", queries_collection, methods=["POST"]),
         Route(PREFIX + "/queries/{job}", query_results, methods=["GET"]),
         Route(PREFIX + "/jobs", jobs_collection, methods=["POST"]),

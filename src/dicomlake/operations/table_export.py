@@ -117,7 +117,7 @@ def process(
     # Every batch is fitted before the table is held, and all are appended at once: the table is held only to
     # append and commit, while the pool works on other shards.
     parts = map_in_pool(services, heartbeat, fit_rows, calls)
-    tables.append(ref, parts, lambda i: flat_rows(services, calls[i][0], calls[i][1]))
+    tables.append(ref, parts, lambda i: flat_rows(services, calls[i][0], calls[i][1]), f"export/{operation.pk}")
     # Instances deleted since the plan was made have no row to write; they count as done.
     result.success += len(keys)
     return result

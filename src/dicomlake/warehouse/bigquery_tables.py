@@ -5,8 +5,8 @@ dicomlake (`DICOMLAKE_BIGQUERY_URL`). Exports and streams write here instead of 
   only schema change BigQuery allows); a value whose column has another type moves into OtherElements as in
   the embedded tables, so no instance is lost.
 - Rows go with `tabledata.insertAll`, at most 500 rows or ~8 MB to a request, each request all or nothing.
-  Every row carries an insertId made of what identifies it (its UIDs and LastUpdated; for a stream, its
-  outbox event), so a batch sent again after a crash is dropped by BigQuery's de-duplication. That
+  Every row carries an insertId made of what identifies it (the export and the instance's UIDs; for a
+  stream, its outbox event), so a batch sent again after a crash is dropped by BigQuery's de-duplication. That
   de-duplication is best effort (about a minute on Google's service): a row can be written twice when a
   process dies between BigQuery's answer and the outbox's commit and its events are delivered much later.
 - A streamed table gets its `<table>_view` (spec §6.6) when this process first writes to it: a BigQuery view
@@ -40,6 +40,9 @@ MAX_ROWS_PER_REQUEST = 500
 MAX_BYTES_PER_REQUEST = 8 << 20  # BigQuery refuses requests over 10 MB
 # Schema changes another writer made between our read and our patch: read again and retry this often.
 PATCH_ATTEMPTS = 5
+# How long one call retries a BigQuery that does not answer (the client's own default is 10 minutes): a stream
+# gives up sooner and delivers on its next round, an export shard fails and is taken up again.
+RETRY = bigquery.DEFAULT_RETRY.with_timeout(15.0)
 
 
 class BigQueryTables:
@@ -65,23 +68,26 @@ class BigQueryTables:
 
     def truncate(self, ref: TableRef) -> None:
         with _translated(f"emptying {ref}"):
-            self._client(ref.project).query(f"TRUNCATE TABLE `{ref}`").result()
+            job = self._client(ref.project).query(f"TRUNCATE TABLE `{_table_id(ref)}`", retry=RETRY, job_retry=RETRY)
+            job.result(retry=RETRY)
 
     def known_schema(self, ref: TableRef) -> list[Field]:
         return self._schemas.get(ref, [])
 
-    def append(self, ref: TableRef, parts: list[dicom_tables.Fitted], rows_of: Callable[[int], list[FlatRow]]) -> None:
+    def append(
+        self, ref: TableRef, parts: list[dicom_tables.Fitted], rows_of: Callable[[int], list[FlatRow]], writer: str
+    ) -> None:
         fields = self._fields(ref)
         whole = dicom_tables.combine(parts)
         if whole is not None and not merge_schema(fields, whole.fields).conflicts:
-            self._insert(ref, whole, _row_ids(whole))
+            self._insert(ref, whole, _row_ids(writer, whole))
             return
         # A column came with two types (from two batches, or from another writer): part by part, fitting
         # again what conflicts with the table as it is now.
         for i, part in enumerate(parts):
             fields = self._fields(ref)
             fitted = part if not merge_schema(fields, part.fields).conflicts else dicom_tables.fit(fields, rows_of(i))
-            self._insert(ref, fitted, _row_ids(fitted))
+            self._insert(ref, fitted, _row_ids(writer, fitted))
 
     def deliver(self, ref: TableRef, rows: list[FlatRow], store_pk: int, events: list[int]) -> None:
         fitted = dicom_tables.fit(self._fields(ref, create=True), rows)
@@ -90,7 +96,7 @@ class BigQueryTables:
             view = bigquery.Table(_table_id(TableRef(ref.project, ref.dataset, ref.table + dicom_tables.VIEW_SUFFIX)))
             view.view_query = dicom_tables.view_query(ref)
             with _translated(f"creating the view of {ref}"):
-                self._client(ref.project).create_table(view, exists_ok=True)
+                self._client(ref.project).create_table(view, exists_ok=True, retry=RETRY)
             self._viewed.add(ref)
 
     # ---- tables ------------------------------------------------------------------------------------
@@ -111,13 +117,13 @@ class BigQueryTables:
         """The table as it is now (its schema remembered), None if missing; NOT_FOUND without its dataset."""
         client = self._client(ref.project)
         try:
-            table = client.get_table(_table_id(ref))
+            table = client.get_table(_table_id(ref), retry=RETRY)
         except api.NotFound:
             with _translated(f"looking up dataset {ref.project}.{ref.dataset}"):
-                client.get_dataset(f"{ref.project}.{ref.dataset}")
+                client.get_dataset(f"{ref.project}.{ref.dataset}", retry=RETRY)
             return None
-        except api.GoogleAPICallError as exc:
-            _raise(exc, f"looking up {ref}")
+        except (api.GoogleAPIError, OSError) as exc:
+            _translate(exc, f"looking up {ref}")
         if table.table_type == "VIEW":
             raise FailedPrecondition(f"{ref} is a view; DICOM rows go to tables")
         self._schemas[ref] = [_field(f.to_api_repr()) for f in table.schema]
@@ -126,7 +132,7 @@ class BigQueryTables:
     def _create(self, ref: TableRef, fields: list[Field]) -> None:
         table = bigquery.Table(_table_id(ref), schema=[bigquery.SchemaField.from_api_repr(dict(f)) for f in fields])
         with _translated(f"creating {ref}"):
-            self._client(ref.project).create_table(table, exists_ok=True)
+            self._client(ref.project).create_table(table, exists_ok=True, retry=RETRY)
 
     def _fields(self, ref: TableRef, create: bool = False) -> list[Field]:
         table = self._table(ref)
@@ -154,11 +160,11 @@ class BigQueryTables:
             table.schema = [bigquery.SchemaField.from_api_repr(dict(f)) for f in merged.fields]
             try:
                 # The table's etag goes with the patch: a schema another writer changed meanwhile is a 412.
-                self._client(ref.project).update_table(table, ["schema"])
+                self._client(ref.project).update_table(table, ["schema"], retry=RETRY)
             except api.PreconditionFailed:
                 continue
-            except api.GoogleAPICallError as exc:
-                _raise(exc, f"adding columns to {ref}")
+            except (api.GoogleAPIError, OSError) as exc:
+                _translate(exc, f"adding columns to {ref}")
             self._schemas[ref] = merged.fields
             return merged.fields
         raise Unavailable(f"the schema of {ref} kept changing while dicomlake widened it; will retry")
@@ -176,7 +182,7 @@ class BigQueryTables:
         for start, end in _chunks(rows):
             with _translated(f"writing rows to {ref}"):
                 errors = client.insert_rows(
-                    _table_id(ref), rows[start:end], selected_fields=schema, row_ids=row_ids[start:end]
+                    _table_id(ref), rows[start:end], selected_fields=schema, row_ids=row_ids[start:end], retry=RETRY
                 )
             if errors:
                 first = errors[0]
@@ -199,11 +205,10 @@ def _chunks(rows: list[dict[str, Any]]) -> Iterator[tuple[int, int]]:
         yield start, len(rows)
 
 
-def _row_ids(fitted: dicom_tables.Fitted) -> list[str]:
-    """Export rows' insertIds: the instance and its LastUpdated, the same however often a shard is repeated."""
-    names = [*dicom_tables.UID_COLUMNS, "LastUpdated"]
-    columns = [fitted.data.column(n).to_pylist() if n in fitted.data.column_names else None for n in names]
-    return [_insert_id("/".join("" if c is None else str(c[i]) for c in columns)) for i in range(fitted.data.num_rows)]
+def _row_ids(writer: str, fitted: dicom_tables.Fitted) -> list[str]:
+    """Export rows' insertIds: the export and the instance, the same however often a shard is repeated."""
+    columns = [fitted.data.column(name).to_pylist() for name in dicom_tables.UID_COLUMNS]
+    return [_insert_id("/".join([writer, *(str(c[i]) for c in columns)])) for i in range(fitted.data.num_rows)]
 
 
 def _insert_id(text: str) -> str:
@@ -233,7 +238,7 @@ def _credentials(url: str) -> Credentials:
 
 
 class _translated:
-    """BigQuery's errors as dicomlake's: a destination that is down or busy is Unavailable (streams retry)."""
+    """BigQuery's errors as dicomlake's, in the block (see `_translate`)."""
 
     def __init__(self, what: str) -> None:
         self.what = what
@@ -242,17 +247,20 @@ class _translated:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
-        if isinstance(exc, api.GoogleAPICallError):
-            _raise(exc, self.what)
-        if isinstance(exc, (ConnectionError, OSError)) and not isinstance(exc, DicomlakeError):
-            raise Unavailable(f"BigQuery did not answer while {self.what}: {exc}") from exc
+        if isinstance(exc, api.GoogleAPIError | OSError) and not isinstance(exc, DicomlakeError):
+            _translate(exc, self.what)
 
 
-def _raise(exc: api.GoogleAPICallError, what: str) -> NoReturn:
+def _translate(exc: api.GoogleAPIError | OSError, what: str) -> NoReturn:
+    """A destination that is down or busy is Unavailable (a stream tries again); what BigQuery refused says why."""
+    if isinstance(exc, api.RetryError):  # what the client retried until RETRY's time ran out
+        raise Unavailable(f"BigQuery did not answer while {what}: {exc.cause or exc}") from exc
+    if not isinstance(exc, api.GoogleAPICallError):
+        raise Unavailable(f"BigQuery did not answer while {what}: {exc}") from exc
     message = f"BigQuery answered {exc.code} while {what}: {exc.message}"
     if isinstance(exc, api.NotFound):
         raise NotFound(message) from exc
-    if isinstance(exc, (api.BadRequest, api.Conflict)):
+    if isinstance(exc, api.BadRequest | api.Conflict):
         raise InvalidArgument(message) from exc
     if isinstance(exc, api.Forbidden | api.Unauthorized):
         raise FailedPrecondition(message) from exc

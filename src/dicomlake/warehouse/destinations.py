@@ -34,9 +34,13 @@ class Destination(Protocol):
     def known_schema(self, ref: TableRef) -> list[Field]:
         """The table's columns as this process last saw them (empty if never): cheap, maybe stale."""
 
-    def append(self, ref: TableRef, parts: list[dicom_tables.Fitted], rows_of: Callable[[int], list[FlatRow]]) -> None:
+    def append(
+        self, ref: TableRef, parts: list[dicom_tables.Fitted], rows_of: Callable[[int], list[FlatRow]], writer: str
+    ) -> None:
         """Append an export shard: `parts` fitted to a schema the table may have outgrown; `rows_of(i)` makes
-        part i's rows again, to fit to the table as it is now where a column changed type meanwhile."""
+        part i's rows again, to fit to the table as it is now where a column changed type meanwhile. `writer`
+        names the export: its rows are written once however often the shard is repeated, while another
+        export's rows of the same instances are rows of their own."""
 
     def deliver(self, ref: TableRef, rows: list[FlatRow], store_pk: int, events: list[int]) -> None:
         """Append a stream's `rows` (one per outbox event in `events`) unless their event's row is there."""
@@ -64,7 +68,9 @@ class EmbeddedTables:
     def known_schema(self, ref: TableRef) -> list[Field]:
         return dicom_tables.known_schema(self.warehouse, ref)
 
-    def append(self, ref: TableRef, parts: list[dicom_tables.Fitted], rows_of: Callable[[int], list[FlatRow]]) -> None:
+    def append(
+        self, ref: TableRef, parts: list[dicom_tables.Fitted], rows_of: Callable[[int], list[FlatRow]], writer: str
+    ) -> None:
         # All parts go in one statement and one transaction: a shard repeated after a crash writes its rows once.
         with dicom_tables.open_table(self.warehouse, ref, bulk=True) as table:
             whole = dicom_tables.combine(parts)

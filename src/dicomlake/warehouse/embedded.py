@@ -23,7 +23,14 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from dicomlake.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from dicomlake.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PreconditionFailed,
+    Unavailable,
+)
 from dicomlake.warehouse import sql as bigquery_sql
 from dicomlake.warehouse.schema import Field, arrow_schema, duckdb_type, from_duckdb, merge, normalize, quote
 
@@ -133,6 +140,11 @@ class TableInfo:
     num_rows: int | None = None
     view_query: str | None = None
     description: str | None = None
+
+    @property
+    def etag(self) -> str:
+        """Changes whenever the table does (its schema, description or rows), as tables.patch's If-Match needs."""
+        return f'"{self.modified_ms}"'
 
 
 def check_project(project: str) -> None:
@@ -466,6 +478,39 @@ def evolve(wh: Warehouse, ref: TableRef, fields: list[Field] | list[dict[str, An
         if relation_kind(db, ref) != "TABLE":
             raise _table_missing(ref)
         return _evolve(db, ref, wanted)
+
+
+def patch_table(
+    wh: Warehouse,
+    ref: TableRef,
+    *,
+    fields: list[Field] | list[dict[str, Any]] | None = None,
+    description: str | None = None,
+    etag: str | None = None,
+) -> TableInfo:
+    """tables.patch of a table: `fields` is the whole new schema, which may add columns and nested fields (as
+    `evolve`) but not leave one out; `description` replaces the table's. With `etag` (If-Match), a table
+    changed since that etag was read raises PreconditionFailed and nothing changes."""
+    wanted = normalize(fields) if fields is not None else None
+    with connect(wh, ref.project, missing=_dataset_missing(ref.project, ref.dataset), write=True) as db:
+        require_dataset(db, ref)
+        info = _table_info(db, ref)
+        if info.type != "TABLE":
+            raise InvalidArgument(f"{ref} is a view: patch its view.query instead")
+        if etag is not None and etag != info.etag:
+            raise PreconditionFailed(f"Precondition check failed: {ref} changed since etag {etag} was read")
+        if wanted is not None:
+            given = {f["name"].casefold() for f in wanted}
+            missing = [f["name"] for f in info.fields if f["name"].casefold() not in given]
+            if missing:
+                raise InvalidArgument(
+                    f"Provided Schema does not match Table {ref}. Field {missing[0]} is missing in new schema"
+                )
+            _evolve(db, ref, wanted)
+        if description is not None:
+            db.conn.execute(f"COMMENT ON TABLE {db.name(ref.dataset, ref.table)} IS {_literal(description)}")
+            _touch(db, ref)
+        return _table_info(db, ref)
 
 
 def append(

@@ -71,6 +71,7 @@ _STATEMENT_TYPES = {
     exp.Update: "UPDATE",
     exp.Delete: "DELETE",
     exp.Merge: "MERGE",
+    exp.TruncateTable: "TRUNCATE_TABLE",
     exp.Drop: "DROP_TABLE",
     exp.Alter: "ALTER_TABLE",
 }
@@ -85,7 +86,17 @@ MAX_QUERY_CHARS = 1_000_000
 MAX_NESTING = 200
 # GENERATE_ARRAY and its date and timestamp kin build the whole array in memory, outside the engine's memory limit.
 MAX_ARRAY_ELEMENTS = 1_000_000
-_STATEMENTS = (exp.Query, exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Create, exp.Drop, exp.Alter)
+_STATEMENTS = (
+    exp.Query,
+    exp.Insert,
+    exp.Update,
+    exp.Delete,
+    exp.Merge,
+    exp.TruncateTable,
+    exp.Create,
+    exp.Drop,
+    exp.Alter,
+)
 _OBJECT_KINDS = {"TABLE", "VIEW", "SCHEMA"}
 # Functions of the engine a query may not call although the catalogue has them: what reads settings, variables or
 # the text of the running query, what only waits, and the raw series builders (GENERATE_ARRAY is bounded instead).
@@ -263,6 +274,10 @@ def _target(tree: exp.Expression) -> TableName | None:
     if isinstance(tree, exp.Query):
         return None
     node = tree.this if isinstance(tree.this, exp.Expression) else None
+    if isinstance(tree, exp.TruncateTable):
+        if len(tree.expressions) != 1:
+            raise InvalidQuery("TRUNCATE TABLE takes one table")
+        node = tree.expressions[0]
     if isinstance(tree, exp.Drop) and tree.args.get("tables"):
         node = tree.args["tables"][0]
     if isinstance(node, exp.Schema):
