@@ -162,3 +162,19 @@ def test_rendered_cache_keeps_each_rendering_apart(store: Store, viewport: str) 
         assert max(Image.open(io.BytesIO(sized.content)).size) == min(width, height)
         assert Image.open(io.BytesIO(plain.content)).size == (64, 64)
     assert not np.array_equal(_png(_instance_url(store, ds)), _png(_instance_url(other, ds)))
+
+
+def test_an_instance_whose_blob_is_lost_is_404_on_every_instance_route(store: Store) -> None:
+    ds = pydicom.dcmread(dicom_file("MR_small.dcm"))
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.1234.99.1"
+    _post(store, _bytes(ds))
+    (blob,) = (store.server.data_dir / "blobs").rglob(f"*{ds.SOPInstanceUID}.*.dcm")
+    blob.unlink()
+    address = _instance_url(store, ds)
+    for suffix, accept in [
+        ("", 'multipart/related; type="application/dicom"; transfer-syntax=*'),
+        ("", "application/dicom; transfer-syntax=*"),
+        ("/frames/1", FRAMES),
+        ("/rendered", "image/jpeg"),
+    ]:
+        assert "missing" in _error(requests.get(address + suffix, headers={"Accept": accept}, timeout=30), 404)

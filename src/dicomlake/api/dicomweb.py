@@ -434,6 +434,12 @@ def _retrieve(request: Request, single_part_allowed: bool) -> Response:
         return StreamingResponse(
             svc.blobs.stream(row.blob_key), headers={"Content-Length": str(row.blob_size)}, media_type=media_type
         )
+    if len(rows) == 1 and not to_convert and rows[0].blob_size <= IN_MEMORY_PART_BYTES:
+        # One small instance (what a viewer asks for): one body in memory, not a stream whose every chunk
+        # is a trip between threads; a lost blob is a 404 from the read itself.
+        row, boundary = rows[0], uuid.uuid4().hex
+        part = (f"application/dicom; transfer-syntax={row.transfer_syntax_uid}", svc.blobs.get(row.blob_key))
+        return Response(b"".join(write_parts(boundary, [part])), media_type=_instances_media(boundary, syntax))
     svc.blobs.require(row.blob_key for row in rows)  # a lost blob: 404 now, not a body cut short
     # Every conversion runs before the answer starts, so an instance that cannot be converted is a clean 406
     # instead of a body cut short; the converted copies wait in a scratch file, the rest stream from storage.
@@ -464,10 +470,12 @@ def _retrieve(request: Request, single_part_allowed: bool) -> Response:
             spool.close()
 
     boundary = uuid.uuid4().hex
+    return StreamingResponse(write_parts(boundary, bodies()), media_type=_instances_media(boundary, syntax))
+
+
+def _instances_media(boundary: str, syntax: str) -> str:
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    if syntax != "*":
-        media += f"; transfer-syntax={syntax}"
-    return StreamingResponse(write_parts(boundary, bodies()), media_type=media)
+    return media if syntax == "*" else f"{media}; transfer-syntax={syntax}"
 
 
 def _read_span(file: IO[bytes], start: int, length: int, chunk_size: int = 1 << 20) -> Iterator[bytes]:
