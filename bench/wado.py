@@ -3,7 +3,11 @@ client code: whole instances, series, /metadata, rendered images and frames."""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import corpus, servers
@@ -79,7 +83,15 @@ def operations(mr_series: int) -> list[Operation]:
         ),
         Operation("rendered JPEG (MR 64×64)", "image/jpeg", [f"{p}/rendered" for p in mr], 1),
         Operation("rendered PNG (MR 64×64)", "image/png", [f"{p}/rendered" for p in mr], 1),
-        Operation("rendered JPEG (CT 128×128)", "image/jpeg", [f"{p}/rendered" for p in ct], 1),
+        Operation(
+            "rendered JPEG (CT 128×128)",
+            "image/jpeg",
+            [f"{p}/rendered" for p in ct],
+            1,
+            note="five instances, so dicomlake answers nearly every request from its per-process cache of "
+            f"rendered images; the MR rows cycle through {mr_series * MR_SIZE} instances: their 1-client runs never "
+            "ask for one twice, their 4-client runs ask again for about a third",
+        ),
         Operation("frame 1 (MR)", MULTIPART_FRAMES, [f"{p}/frames/1" for p in mr], 1),
         Operation(
             f"frames 1–{MULTIFRAME_FRAMES} of a multi-frame instance",
@@ -91,12 +103,9 @@ def operations(mr_series: int) -> list[Operation]:
     ]
 
 
-def _measure(
-    target: servers.Target, op: Operation, requests: int, clients: tuple[int, ...], repeats: int, warmup: int
-) -> dict[str, Any]:
+def _getter(target: servers.Target, op: Operation, sizes: list[int]) -> Callable[[int], None]:
     urls = [f"{target.dicomweb}/{p}" for p in op.paths]
     expected = op.accept.split(";")[0]
-    sizes: list[int] = []
 
     def get(n: int) -> None:
         url = urls[n % len(urls)]
@@ -108,34 +117,48 @@ def _measure(
             )
         sizes.append(len(response.content))  # list.append is atomic: safe from the client threads
 
+    return get
+
+
+def _measure(
+    targets: list[servers.Target], op: Operation, requests: int, clients: tuple[int, ...], repeats: int, warmup: int
+) -> dict[str, dict[str, Any]]:
+    """Each server's runs of `op`, the servers taking turns run by run (in alternating order), so that a
+    change in what else the machine is doing falls on both alike."""
+    targets = [t for t in targets if t.name in op.servers]
+    sizes: dict[str, list[int]] = {t.name: [] for t in targets}
+    gets = {t.name: _getter(t, op, sizes[t.name]) for t in targets}
     count = max(10, round(requests * op.share))
-    run_concurrently(range(warmup), get, 1)
+    for get in gets.values():
+        run_concurrently(range(warmup), get, 1)
     offset = warmup
-    by_clients: dict[str, Any] = {}
+    measured: dict[str, dict[str, Any]] = {t.name: {} for t in targets}
     for clients_ in clients:
-        runs, latencies = [], []
-        for _ in range(repeats):
-            sizes.clear()
-            wall, run_latencies = run_concurrently(range(offset, offset + count), get, clients_)
-            offset += count
-            latencies += run_latencies
-            runs.append(
-                {
-                    "requests_per_s": round(count / wall, 1),
-                    "instances_per_s": round(count * op.instances_per_request / wall, 1),
-                    "mb_per_s": round(sum(sizes) / wall / 2**20, 2),
-                    "bytes_per_request": round(sum(sizes) / count),
-                }
-            )
-        runs.sort(key=lambda r: r["requests_per_s"])
-        median = runs[len(runs) // 2]
-        # Latencies pool every repeat: p99 of a few hundred requests rather than of one short run.
-        by_clients[f"clients={clients_}"] = {
-            **median,
-            **latency_summary(latencies),
-            "spread_instances_per_s": [runs[0]["instances_per_s"], runs[-1]["instances_per_s"]],
-        }
-    return by_clients
+        runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+        latencies: dict[str, list[float]] = {t.name: [] for t in targets}
+        for repeat in range(repeats):
+            for target in targets if repeat % 2 == 0 else targets[::-1]:
+                sizes[target.name].clear()
+                wall, run_latencies = run_concurrently(range(offset, offset + count), gets[target.name], clients_)
+                latencies[target.name] += run_latencies
+                runs[target.name].append(
+                    {
+                        "requests_per_s": round(count / wall, 1),
+                        "instances_per_s": round(count * op.instances_per_request / wall, 1),
+                        "mb_per_s": round(sum(sizes[target.name]) / wall / 2**20, 2),
+                        "bytes_per_request": round(sum(sizes[target.name]) / count),
+                    }
+                )
+            offset += count  # every server gets the same requests in a repeat
+        for name, server_runs in runs.items():
+            server_runs.sort(key=lambda r: r["requests_per_s"])
+            # Latencies pool every repeat: p99 of a few hundred requests rather than of one short run.
+            measured[name][f"clients={clients_}"] = {
+                **server_runs[len(server_runs) // 2],
+                **latency_summary(latencies[name]),
+                "spread_instances_per_s": [server_runs[0]["instances_per_s"], server_runs[-1]["instances_per_s"]],
+            }
+    return measured
 
 
 def run(
@@ -146,7 +169,8 @@ def run(
     warmup: int = 20,
     name: str = "wado",
 ) -> dict[str, Any]:
-    """Each operation runs `repeats` times per client count after a warm-up; the median run is reported."""
+    """Each operation runs `repeats` times per client count after a warm-up, on every server in turn; the
+    median run is reported."""
     items = corpus.make(_specs(mr_series))
     ops = operations(mr_series)
     results: dict[str, Any] = {
@@ -158,6 +182,7 @@ def run(
         "requests_per_run": requests,
         "repeats": repeats,
         "clients": list(clients),
+        "interleaved": True,
         "operations": {
             op.label: {
                 "accept": op.accept,
@@ -169,12 +194,23 @@ def run(
             for op in ops
         },
     }
-    for target in servers.each_target(results):
-        store_all(target.dicomweb, items, batch=50)
+    starts: list[tuple[str, Callable[[Path], AbstractContextManager[servers.Target]]]] = [
+        ("dicomlake", servers.dicomlake)
+    ]
+    if servers.orthanc_available():
+        starts.append(("orthanc", servers.orthanc))
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as running:
+        # Both servers run at once (the one not measured sits idle), so that their runs can alternate.
+        targets = []
+        for server, start in starts:
+            target = running.enter_context(start(Path(tmp)))
+            results.setdefault("versions", {})[server] = servers.version(server)
+            results.setdefault("durability", {})[server] = servers.DURABILITY[server]
+            store_all(target.dicomweb, items, batch=50)
+            targets.append(target)
         for op in ops:
-            if target.name in op.servers:
-                measured = _measure(target, op, requests, clients, repeats, warmup)
-                results["operations"][op.label]["servers"][target.name] = measured
+            for server, measured in _measure(targets, op, requests, clients, repeats, warmup).items():
+                results["operations"][op.label]["servers"][server] = measured
     for op in results["operations"].values():
         ours, theirs = op["servers"].get("dicomlake"), op["servers"].get("orthanc")
         if ours and theirs:
