@@ -28,6 +28,9 @@ LIMITS = {
     "DICOMLAKE_QUERY_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
     "DICOMLAKE_QUERY_MEMORY_MB": str(MEMORY_MB),
     "DICOMLAKE_QUERY_CONCURRENCY": "2",
+    # Queries only: without operations the server starts no pool processes, and its own process is all there is
+    # to measure.
+    "DICOMLAKE_OPERATION_THREADS": "0",
 }
 MB = 1 << 20
 # Never ends on its own, and holds next to no memory: one row per step.
