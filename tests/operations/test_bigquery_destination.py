@@ -145,6 +145,25 @@ def test_columns_are_added_as_instances_bring_them(sender: Server, bq: bigquery.
     assert rows(bq, f"SELECT Modality FROM `{uri[5:]}` ORDER BY Modality") == [{"Modality": "MR"}, {"Modality": "US"}]
 
 
+def test_a_column_another_tool_typed_otherwise_keeps_its_type_and_the_value_moves_to_other_elements(
+    sender: Server, bq: bigquery.Client
+) -> None:
+    # Rows (US, INTEGER in the DICOM schema) made a STRING column by someone else before the first export.
+    name = f"{bq.project}.dicom.typed"
+    bq.create_table(
+        bigquery.Table(
+            name, schema=[bigquery.SchemaField("SOPInstanceUID", "STRING"), bigquery.SchemaField("Rows", "STRING")]
+        )
+    )
+    store = make_store(sender)
+    stow(store, "MR_small.dcm")
+    assert "error" not in export(store, f"bq://{name}", writeDisposition="WRITE_APPEND")
+    (row,) = rows(bq, f"SELECT Rows, OtherElements FROM `{name}`")
+    assert row["Rows"] is None
+    assert {"Tag": "Tag_00280010", "Data": ["64"]} in row["OtherElements"]
+    assert bq.get_table(name).schema[1].field_type == "STRING"
+
+
 def streaming(server: Server, uri: str) -> Store:
     store = make_store(server)
     configs = [{"bigqueryDestination": {"tableUri": uri}}]

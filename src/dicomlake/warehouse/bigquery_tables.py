@@ -77,21 +77,18 @@ class BigQueryTables:
     def append(
         self, ref: TableRef, parts: list[dicom_tables.Fitted], rows_of: Callable[[int], list[FlatRow]], writer: str
     ) -> None:
-        fields = self._fields(ref)
         whole = dicom_tables.combine(parts)
-        if whole is not None and not merge_schema(fields, whole.fields).conflicts:
-            self._insert(ref, whole, _row_ids(writer, whole))
+        if whole is not None and self._insert(ref, whole, _row_ids(writer, whole)):
             return
         # A column came with two types (from two batches, or from another writer): part by part, fitting
         # again what conflicts with the table as it is now.
         for i, part in enumerate(parts):
-            fields = self._fields(ref)
-            fitted = part if not merge_schema(fields, part.fields).conflicts else dicom_tables.fit(fields, rows_of(i))
-            self._insert(ref, fitted, _row_ids(writer, fitted))
+            if not self._insert(ref, part, _row_ids(writer, part)):
+                self._refit_and_insert(ref, rows_of(i), lambda fitted: _row_ids(writer, fitted))
 
     def deliver(self, ref: TableRef, rows: list[FlatRow], store_pk: int, events: list[int]) -> None:
-        fitted = dicom_tables.fit(self._fields(ref, create=True), rows)
-        self._insert(ref, fitted, [_insert_id(f"stream/{store_pk}/{event}") for event in events])
+        ids = [_insert_id(f"stream/{store_pk}/{event}") for event in events]
+        self._refit_and_insert(ref, rows, lambda _: ids, create=True)
         if ref not in self._viewed:
             view = bigquery.Table(_table_id(TableRef(ref.project, ref.dataset, ref.table + dicom_tables.VIEW_SUFFIX)))
             view.view_query = dicom_tables.view_query(ref)
@@ -144,6 +141,21 @@ class BigQueryTables:
             assert table is not None
         return self._schemas[ref]
 
+    def _refit_and_insert(
+        self,
+        ref: TableRef,
+        rows: list[FlatRow],
+        ids_of: Callable[[dicom_tables.Fitted], list[str]],
+        create: bool = False,
+    ) -> None:
+        """Fit `rows` to the table as it is now and insert them; fitted again if another writer changed a column's
+        type in between."""
+        for _ in range(PATCH_ATTEMPTS):
+            fitted = dicom_tables.fit(self._fields(ref, create=create), rows)
+            if self._insert(ref, fitted, ids_of(fitted)):
+                return
+        raise Unavailable(f"the columns of {ref} kept changing type while dicomlake wrote to it; will retry")
+
     def _widen(self, ref: TableRef, wanted: list[Field]) -> list[Field]:
         """Add the fields of `wanted` the table lacks; the table's schema afterwards (_Conflict if one has another
         type there)."""
@@ -169,13 +181,15 @@ class BigQueryTables:
             return merged.fields
         raise Unavailable(f"the schema of {ref} kept changing while dicomlake widened it; will retry")
 
-    def _insert(self, ref: TableRef, fitted: dicom_tables.Fitted, row_ids: list[str]) -> None:
+    def _insert(self, ref: TableRef, fitted: dicom_tables.Fitted, row_ids: list[str]) -> bool:
+        """Widen the table to the rows' columns and insert them; False (nothing written) when a column of theirs
+        has another type in the table: fit them again."""
         if not fitted.data.num_rows:
-            return
+            return True
         try:
             self._widen(ref, fitted.fields)
         except _Conflict:
-            raise FailedPrecondition(f"a column of {ref} changed type while rows were written to it") from None
+            return False
         schema = [bigquery.SchemaField.from_api_repr(dict(f)) for f in fitted.fields]
         client = self._client(ref.project)
         rows = fitted.data.to_pylist()
@@ -187,6 +201,7 @@ class BigQueryTables:
             if errors:
                 first = errors[0]
                 raise InvalidArgument(f"BigQuery refused rows of {ref}: {first.get('errors', first)}")
+        return True
 
 
 class _Conflict(Exception):
