@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import dicom_file
-from dicomlake.dicom.flatten import ServiceColumns, delete_row, flatten
+from dicomlake.dicom.flatten import MAX_COLUMNS, ServiceColumns, count_columns, delete_row, flatten, merge_schema
 from dicomlake.dicom.parse import parse
 from dicomlake.errors import NotFound
 from dicomlake.warehouse import dicom_tables, embedded
@@ -137,3 +137,27 @@ def test_a_batch_whose_instances_were_all_deleted_appends_nothing(wh: Warehouse)
     with dicom_tables.open_table(wh, ref) as table:
         assert table.append(dicom_tables.fit([], []))
         assert not table.exists
+
+
+def test_elements_past_the_column_limit_go_to_dropped_tags() -> None:
+    """A table a few columns short of BigQuery's 10,000: a row's first new elements get columns, the rest are listed
+    in DroppedTags without their values, and the row keeps its UIDs and service columns."""
+    ct = row_of("CT_small.dcm")
+    existing = list(dicom_tables.BASE_FIELDS)
+    filler = MAX_COLUMNS - count_columns(existing) - 5
+    existing += [{"name": f"Filler{i}", "type": "STRING", "mode": "NULLABLE"} for i in range(filler)]
+
+    fitted = dicom_tables.fit(existing, [ct, row_of("CT_small.dcm")])
+
+    merged = merge_schema(existing, fitted.fields).fields
+    assert count_columns(merged) <= MAX_COLUMNS
+    added = [f["name"] for f in fitted.fields if f["name"] not in {e["name"] for e in existing}]
+    assert 0 < count_columns([f for f in fitted.fields if f["name"] in added]) <= 5
+    (row, again) = fitted.data.to_pylist()
+    dropped = [t["TagName"] for t in row["DroppedTags"]]
+    assert dropped and not set(dropped) & set(added)
+    assert "PatientName" in dropped or "PatientName" in added
+    for name in dropped:
+        assert name not in fitted.data.column_names
+    assert again["DroppedTags"] == row["DroppedTags"]  # the second row, same shapes, goes the same way
+    assert row["SOPInstanceUID"] == ct.row["SOPInstanceUID"] and row["LastUpdated"] is not None

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dicomlake.dicom.flatten import SERVICE_FIELDS, FlatRow, count_columns, demote, merge_schema
+from dicomlake.dicom.flatten import MAX_COLUMNS, SERVICE_FIELDS, FlatRow, count_columns, demote, merge_schema
 from dicomlake.errors import FailedPrecondition
 from dicomlake.warehouse.embedded import (
     META,
@@ -61,7 +61,9 @@ class Fitted:
 
 
 def fit(existing: list[Field], rows: list[FlatRow]) -> Fitted:
-    """Fit `rows` to the schema `existing` (demoting values whose column has another type, spec §1.14)."""
+    """Fit `rows` to the schema `existing`: values whose column has another type are demoted to OtherElements
+    (spec §1.14), and elements whose columns would take the table past MAX_COLUMNS (BigQuery's 10,000) are listed
+    in DroppedTags instead (spec §6.8), for the embedded tables and a real BigQuery alike."""
     schema = existing
     table_rows: list[dict[str, Any]] = []
     used: set[str] = set()
@@ -71,8 +73,11 @@ def fit(existing: list[Field], rows: list[FlatRow]) -> Fitted:
     # turns a merge of every column of every row into a few merges per batch.
     seen: dict[int, frozenset[str]] = {}
     shapes: dict[tuple, frozenset[str]] = {}
+    over_shapes: set[tuple] = set()
     alive: list[Field] = []  # keeps the ids in `seen` from being reused
     demoting = False
+    # Elements whose columns would take the table past BigQuery's column limit go to DroppedTags (spec §6.8).
+    over: set[int] = set()  # ids of such fields
     for flat in rows:
         new = []
         for f in flat.fields:
@@ -84,12 +89,19 @@ def fit(existing: list[Field], rows: list[FlatRow]) -> Fitted:
             else:
                 seen[id(f)] = known
                 alive.append(f)
+                if shape in over_shapes:
+                    over.add(id(f))
         if new:
             merged = merge_schema(schema, [f for f, _ in new])
-            if merged.conflicts:  # rare: find which of the fields conflict
-                demoting = True
+            if merged.conflicts or count_columns(merged.fields) > MAX_COLUMNS:  # rare: one field at a time
                 for f, shape in new:
                     one = merge_schema(schema, [f])
+                    if count_columns(one.fields) > MAX_COLUMNS and f["name"] not in _ALWAYS:
+                        over.add(id(f))
+                        over_shapes.add(shape)
+                        seen[id(f)] = shapes[shape] = frozenset()
+                        continue
+                    demoting = demoting or bool(one.conflicts)
                     schema = one.fields
                     seen[id(f)] = shapes[shape] = frozenset(one.conflicts)
             else:
@@ -97,15 +109,30 @@ def fit(existing: list[Field], rows: list[FlatRow]) -> Fitted:
                 for f, shape in new:
                     seen[id(f)] = shapes[shape] = frozenset()
             alive += (f for f, _ in new)
-            used.update(f["name"].casefold() for f, _ in new)
+            used.update(f["name"].casefold() for f, _ in new if id(f) not in over)
+        row = flat.row
+        if over and any(id(f) in over for f in flat.fields):
+            row = _drop(row, [f["name"] for f in flat.fields if id(f) in over])
+            used.add("droppedtags")
         conflicts = frozenset().union(*(seen[id(f)] for f in flat.fields)) if demoting else frozenset()
         if conflicts:
             used.update(("otherelements", "droppedtags"))
-            table_rows.append(demote(flat.row, conflicts))
+            table_rows.append(demote(row, conflicts))
         else:
-            table_rows.append(flat.row)
+            table_rows.append(row)
     fields = [f for f in schema if f["name"].casefold() in used]
     return Fitted(fields, _arrow_rows(fields, table_rows))
+
+
+# Columns every row has, whatever the limit: a row means nothing without its UIDs and service columns.
+_ALWAYS = frozenset([*UID_COLUMNS, *(f["name"] for f in SERVICE_FIELDS)])
+
+
+def _drop(row: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """A copy of `row` without the values of `names`, which DroppedTags lists instead."""
+    out = {k: v for k, v in row.items() if k not in names}
+    out["DroppedTags"] = [*(row.get("DroppedTags") or []), *({"TagName": n} for n in names)]
+    return out
 
 
 def combine(parts: list[Fitted]) -> Fitted | None:
