@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
+from conftest import throwaway_postgres
 from dicomlake.storage.db import Database, operations
 
 
@@ -50,3 +53,16 @@ def test_an_index_without_metadata_sizes_gains_them_and_their_index(tmp_path: Pa
     db.dispose()
     assert size == len(document.encode())  # bytes, not characters
     assert "ix_instances_sizes" in indexes
+
+
+def test_start_up_on_postgresql_warns_when_autovacuum_is_off(caplog: pytest.LogCaptureFixture) -> None:
+    """Without autovacuum nothing refreshes the planner's statistics, and searches slow down as the index grows."""
+    with throwaway_postgres("dicomlake_autovacuum") as url:
+        db = Database(url)
+        with db.read() as conn:
+            autovacuum = conn.exec_driver_sql("SHOW autovacuum").scalar()
+        with caplog.at_level(logging.WARNING, logger="dicomlake"):
+            db.create_schema()
+        db.dispose()
+    warned = any("autovacuum is off" in r.getMessage() for r in caplog.records)
+    assert warned == (autovacuum != "on"), (autovacuum, caplog.text)

@@ -8,6 +8,7 @@ ingest costs far more than the writes themselves."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
+
+log = logging.getLogger("dicomlake")
 
 if TYPE_CHECKING:
     import psycopg
@@ -249,6 +252,13 @@ class Database:
             for table in metadata.sorted_tables:
                 for index in table.indexes:
                     index.create(conn, checkfirst=True)
+            if not self.is_sqlite and conn.exec_driver_sql("SHOW autovacuum").scalar() != "on":
+                # Nothing else refreshes the planner's statistics: after a bulk load it keeps planning for empty
+                # tables and sorts every study of a store for a page of them (docs/configuration.md).
+                log.warning(
+                    "autovacuum is off on this PostgreSQL server: searches slow down as the index grows unless "
+                    "ANALYZE runs regularly; turn autovacuum on (postgresql.conf) or schedule VACUUM ANALYZE"
+                )
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
