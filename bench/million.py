@@ -49,9 +49,13 @@ def _searches(plan: list[corpus.Series]) -> dict[str, tuple[str, dict[str, str] 
     middle = plan[len(plan) // 2].study
     name = middle.patient.PatientName.split("^")[0]
     month = middle.StudyDate[:6]
+    half = len({s.study.StudyInstanceUID for s in plan}) // 2
     return {
         "all studies (limit 100)": ("studies", {"limit": "100"}),
-        "all studies, page at offset 40,000 (limit 25)": ("studies", {"limit": "25", "offset": "40000"}),
+        f"all studies, the page at offset {half:,} (half of them, limit 25)": (
+            "studies",
+            {"limit": "25", "offset": str(half)},
+        ),
         "PatientID exact": ("studies", {"PatientID": middle.patient.PatientID}),
         "PatientName prefix wildcard": ("studies", {"PatientName": f"{name[:3]}*", "limit": "100"}),
         "StudyDate one month + ModalitiesInStudy": (
