@@ -15,7 +15,7 @@ from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from conftest import all_dicom_files
-from dicomlake.dicom import pixelheader, pixels
+from dicomlake.dicom import bulkdata, pixelheader, pixels
 
 
 def _bytes(name: str) -> bytes:
@@ -180,3 +180,15 @@ def test_jpeg_encoded_with_pillows_tables_and_fidelity() -> None:
 
 def _pixels(image: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(image)))
+
+
+@pytest.mark.parametrize("path", READABLE, ids=lambda p: p.name)
+def test_native_pixel_bulk_data_sliced_equals_the_general_path(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = path.read_bytes()
+    with monkeypatch.context() as m:
+        _slow(m)
+        try:
+            expected = bulkdata.extract(data, "7FE00010")
+        except (bulkdata.BulkDataError, pixels.PixelError):
+            return
+    assert bulkdata.extract(data, "7fe00010") == expected

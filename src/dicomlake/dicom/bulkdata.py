@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from dicomlake.dicom import pixelheader
 from dicomlake.dicom.parse import PIXEL_DATA_TAGS, dictionary_vr
 
 # Bytes per value to swap when a big-endian file's value is sent little-endian. OB and UN are byte
@@ -46,6 +47,11 @@ def extract(data: bytes, path: str) -> bytes:
     if not _PATH.fullmatch(path):
         raise BulkDataError(f"bulk data path {path!r} must be TAG or TAG/ITEM/TAG... (tags as 8 hex digits)")
     parts = path.split("/")
+    if path.upper() == "7FE00010" and isinstance(data, bytes):
+        # Native pixel data of a little-endian file is its bytes as stored: sliced, without reading the file.
+        header = pixelheader.read(data)
+        if header is not None and not header.encapsulated:
+            return data[header.pixel_start : header.pixel_start + header.pixel_length]
     ds = pydicom.dcmread(io.BytesIO(data), force=True)
     current: Dataset = ds
     try:

@@ -1,7 +1,7 @@
 """Where an instance's pixels are and how to read them, from one walk of its header with struct: the Image
 Pixel attributes, the windowing and rescale values, and the byte span of each stored frame. It serves the
 frame and rendered requests, which need one frame and not a pydicom Dataset of the whole file (reading
-MR_small.dcm with pydicom takes 240 us; this walk takes 15).
+MR_small.dcm with pydicom takes 240 us; this walk 30 us, 80 for CT_small.dcm with its private groups).
 
 It reads what the common case holds, little-endian files with a file meta group, and says so by returning
 None for anything else (big-endian or deflated data, a value it cannot interpret, an element that
