@@ -420,7 +420,8 @@ def person_name_columns(prefix: str, value: Any) -> dict[str, str | None]:
 # ---- reading ----------------------------------------------------------------------------------
 
 KEY_COLUMNS = (instances.c.study_uid, instances.c.series_uid, instances.c.sop_uid)
-_ROW_COLUMNS = (
+# The columns of an InstanceRow, in its order (metadata last).
+ROW_COLUMNS = (
     instances.c.study_uid,
     instances.c.series_uid,
     instances.c.sop_uid,
@@ -443,7 +444,7 @@ def find(
     with_metadata: bool = True,
 ) -> list[InstanceRow]:
     """The instances of a study, series or one instance, in a stable order; NotFound if there are none."""
-    columns = _ROW_COLUMNS if with_metadata else _ROW_COLUMNS[:-1] + (sa.literal("").label("metadata"),)
+    columns = ROW_COLUMNS if with_metadata else ROW_COLUMNS[:-1] + (sa.literal("").label("metadata"),)
     query = sa.select(*columns).where(instances.c.store_pk == store.pk, instances.c.study_uid == study)
     if series_uid is not None:
         query = query.where(instances.c.series_uid == series_uid)

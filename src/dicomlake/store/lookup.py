@@ -16,20 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from dicomlake.storage.db import Database, datasets, dicom_stores, instances
-from dicomlake.store.instances import InstanceRow
+from dicomlake.store.instances import ROW_COLUMNS, InstanceRow
 
 _ONE_INSTANCE = (
-    sa.select(
-        instances.c.study_uid,
-        instances.c.series_uid,
-        instances.c.sop_uid,
-        instances.c.sop_class_uid,
-        instances.c.transfer_syntax_uid,
-        instances.c.number_of_frames,
-        instances.c.blob_key,
-        instances.c.blob_size,
-        instances.c.storage_class,
-    )
+    sa.select(*ROW_COLUMNS[:-1])  # all but the metadata
     .select_from(
         datasets.join(dicom_stores, dicom_stores.c.dataset_pk == datasets.c.pk).join(
             instances, instances.c.store_pk == dicom_stores.c.pk
