@@ -216,6 +216,40 @@ class Store:
         return f"{self.url}/dicomWeb"
 
 
+def stow(store: Store, data: bytes, headers: dict[str, str] | None = None) -> None:
+    """STOW-RS one instance as application/dicom; the test fails unless it is stored."""
+    response = requests.post(
+        f"{store.dicomweb}/studies",
+        data=data,
+        headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json", **(headers or {})},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+
+
+def eventually(check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+    """`check()`'s result once it stops raising (an assertion, a table not there yet); its error after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def bigquery_client(server: Server, prefix: str) -> Any:
+    """google-cloud-bigquery on the server's BigQuery API, in a project of the test's own."""
+    from google.cloud import bigquery
+
+    return bigquery.Client(
+        project=f"{prefix}-{uuid.uuid4().hex[:10]}",
+        credentials=google.auth.credentials.AnonymousCredentials(),
+        client_options={"api_endpoint": server.url},
+    )
+
+
 def make_store(server: Server, headers: dict[str, str] | None = None) -> Store:
     suffix = uuid.uuid4().hex[:10]
     store = Store(server, "test-project", "us-central1", f"ds_{suffix}", f"store_{suffix}")

@@ -13,21 +13,11 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import Server, Store, dicom_file, make_store, start_server
+from conftest import Server, Store, dicom_file, make_store, start_server, stow
 from dicomlake.dicom import pixels
 from dicomlake.store.frames import Rendering, rendered_cache
 
 FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-
-
-def _post(store: Store, data: bytes) -> None:
-    response = requests.post(
-        f"{store.dicomweb}/studies",
-        data=data,
-        headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json"},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
 
 
 def _instance_url(store: Store, ds: pydicom.Dataset) -> str:
@@ -67,7 +57,7 @@ def _error(response: requests.Response, code: int) -> str:
 
 def test_rendered_image_follows_an_instance_deleted_and_stored_again(store: Store) -> None:
     original = pydicom.dcmread(dicom_file("MR_small.dcm"))
-    _post(store, dicom_file("MR_small.dcm").read_bytes())
+    stow(store, dicom_file("MR_small.dcm").read_bytes())
     address = _instance_url(store, original)
     first = _png(address)
     assert np.array_equal(_png(address), first)  # the second answer, from the cache, is the same image
@@ -76,7 +66,7 @@ def test_rendered_image_follows_an_instance_deleted_and_stored_again(store: Stor
     assert "not found" in _error(requests.get(address + "/rendered", timeout=30), 404)
 
     inverted = _inverted(original)
-    _post(store, inverted)
+    stow(store, inverted)
     again = _png(address)
     assert not np.array_equal(again, first)
     assert np.array_equal(again, np.asarray(Image.open(io.BytesIO(pixels.render(inverted, 1, "image/png")))))
@@ -86,7 +76,7 @@ def test_servers_sharing_one_index_never_serve_a_stale_rendering(server: Server,
     other = start_server(server.data_dir, server.database_url)
     try:
         original = pydicom.dcmread(dicom_file("MR_small.dcm"))
-        _post(store, dicom_file("MR_small.dcm").read_bytes())
+        stow(store, dicom_file("MR_small.dcm").read_bytes())
         here = _instance_url(store, original)
         there = here.replace(server.url, other.url)
         first = _png(there)
@@ -95,7 +85,7 @@ def test_servers_sharing_one_index_never_serve_a_stale_rendering(server: Server,
 
         assert requests.delete(here, timeout=30).status_code == 200
         _error(requests.get(there + "/rendered", timeout=30), 404)
-        _post(store, _inverted(original))
+        stow(store, _inverted(original))
 
         assert not np.array_equal(_png(there), first)
         assert np.array_equal(_png(there), _png(here))
@@ -106,7 +96,7 @@ def test_servers_sharing_one_index_never_serve_a_stale_rendering(server: Server,
 
 def test_missing_dataset_store_or_instance_named_as_by_the_general_lookup(store: Store) -> None:
     ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
-    _post(store, dicom_file("CT_small.dcm").read_bytes())
+    stow(store, dicom_file("CT_small.dcm").read_bytes())
     address = _instance_url(store, ds)
     no_dataset = address.replace(f"/datasets/{store.dataset}/", "/datasets/nope/")
     no_store = address.replace(f"/dicomStores/{store.store}/", "/dicomStores/nope/")
@@ -123,7 +113,7 @@ def test_missing_dataset_store_or_instance_named_as_by_the_general_lookup(store:
 
 def test_frames_of_a_multiframe_instance_sliced_as_stored(store: Store) -> None:
     ds = pydicom.dcmread(dicom_file("emri_small.dcm"))
-    _post(store, dicom_file("emri_small.dcm").read_bytes())
+    stow(store, dicom_file("emri_small.dcm").read_bytes())
     response = requests.get(_instance_url(store, ds) + "/frames/10,1,5", headers={"Accept": FRAMES}, timeout=30)
     assert response.status_code == 200, response.text
     boundary = response.headers["content-type"].split("boundary=")[1].encode()
@@ -152,8 +142,8 @@ def test_rendered_cache_is_bounded_in_bytes_least_recent_out_first() -> None:
 def test_rendered_cache_keeps_each_rendering_apart(store: Store, viewport: str) -> None:
     ds = pydicom.dcmread(dicom_file("MR_small.dcm"))
     other = make_store(store.server)
-    _post(store, dicom_file("MR_small.dcm").read_bytes())
-    _post(other, _inverted(ds))
+    stow(store, dicom_file("MR_small.dcm").read_bytes())
+    stow(other, _inverted(ds))
     for target in (store, other):
         address = _instance_url(target, ds) + "/rendered"
         sized = requests.get(address, params={"viewport": viewport}, headers={"Accept": "image/png"}, timeout=30)
@@ -167,7 +157,7 @@ def test_rendered_cache_keeps_each_rendering_apart(store: Store, viewport: str) 
 def test_an_instance_whose_blob_is_lost_is_404_on_every_instance_route(store: Store) -> None:
     ds = pydicom.dcmread(dicom_file("MR_small.dcm"))
     ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.1234.99.1"
-    _post(store, _bytes(ds))
+    stow(store, _bytes(ds))
     (blob,) = (store.server.data_dir / "blobs").rglob(f"*{ds.SOPInstanceUID}.*.dcm")
     blob.unlink()
     address = _instance_url(store, ds)

@@ -13,21 +13,11 @@ import requests
 from googleapiclient.errors import HttpError
 from pydicom.uid import generate_uid
 
-from conftest import Server, Store, dicom_file, make_store, wait_all_done
+from conftest import Server, Store, dicom_file, make_store, stow, wait_all_done
 
 
 def metrics(healthcare: Any, store: Store) -> dict[str, str]:
     return healthcare.projects().locations().datasets().dicomStores().getDICOMStoreMetrics(name=store.name).execute()
-
-
-def stow(store: Store, data: bytes) -> None:
-    response = requests.post(
-        f"{store.dicomweb}/studies",
-        data=data,
-        headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json"},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
 
 
 def another_instance(name: str) -> bytes:

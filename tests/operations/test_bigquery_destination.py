@@ -7,7 +7,6 @@ down delays the stream without losing a row."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,10 @@ from typing import Any
 import pydicom
 import pytest
 import requests
-from google.api_core.exceptions import NotFound
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from conftest import Server, Store, dicom_file, make_store, start_server, wait_done
+from conftest import Server, Store, bigquery_client, dicom_file, eventually, make_store, start_server, wait_done
+from conftest import stow as stow_one
 
 FILES = ["CT_small.dcm", "MR_small.dcm", "SC_rgb.dcm", "US1_J2KR.dcm"]
 
@@ -41,11 +39,7 @@ def sender(tmp_path_factory: pytest.TempPathFactory, remote: Server) -> Iterator
 
 @pytest.fixture
 def bq(remote: Server) -> Iterator[bigquery.Client]:
-    client = bigquery.Client(
-        project=f"rb-{uuid.uuid4().hex[:10]}",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": remote.url},
-    )
+    client = bigquery_client(remote, "rb")
     client.create_dataset("dicom")
     yield client
     client.close()
@@ -53,13 +47,7 @@ def bq(remote: Server) -> Iterator[bigquery.Client]:
 
 def stow(store: Store, *names: str) -> None:
     for name in names:
-        response = requests.post(
-            f"{store.dicomweb}/studies",
-            data=dicom_file(name).read_bytes(),
-            headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json"},
-            timeout=60,
-        )
-        assert response.status_code == 200, response.text
+        stow_one(store, dicom_file(name).read_bytes())
 
 
 def export(store: Store, uri: str, **destination: Any) -> dict:
@@ -71,17 +59,6 @@ def export(store: Store, uri: str, **destination: Any) -> dict:
 
 def rows(bq: bigquery.Client, sql: str) -> list[dict]:
     return [dict(r.items()) for r in bq.query_and_wait(sql)]
-
-
-def eventually(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except (AssertionError, NotFound):  # not there yet
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def test_an_export_writes_the_rows_an_embedded_export_writes(
@@ -185,7 +162,7 @@ def test_a_stream_writes_each_instance_once_and_keeps_the_view(sender: Server, b
         assert len(got) == len(FILES), got
         return got
 
-    got = eventually(arrived)
+    got = eventually(arrived, timeout=30)
     assert {r["Type"] for r in got} == {"CREATE"}
     ct = pydicom.dcmread(dicom_file("CT_small.dcm"), stop_before_pixels=True)
     response = requests.delete(
@@ -199,7 +176,7 @@ def test_a_stream_writes_each_instance_once_and_keeps_the_view(sender: Server, b
             r["SOPInstanceUID"] for r in got
         } - {ct.SOPInstanceUID}
 
-    eventually(view_hides_the_deleted)
+    eventually(view_hides_the_deleted, timeout=30)
     assert len(rows(bq, f"SELECT * FROM `{name}` WHERE Type = 'DELETE'")) == 1
     assert bq.get_table(f"{name}_view").table_type == "VIEW"
 
@@ -208,18 +185,16 @@ def test_a_bigquery_that_is_down_delays_the_stream_and_loses_nothing(tmp_path: P
     remote = start_server(tmp_path / "bigquery")
     sender = start_server(tmp_path / "sender", extra_env={"DICOMLAKE_BIGQUERY_URL": remote.url})
     try:
-        client = bigquery.Client(
-            project="down-test", credentials=AnonymousCredentials(), client_options={"api_endpoint": remote.url}
-        )
+        client = bigquery_client(remote, "down")
         client.create_dataset("dicom")
-        store = streaming(sender, "bq://down-test.dicom.stream")
+        store = streaming(sender, f"bq://{client.project}.dicom.stream")
         stow(store, "CT_small.dcm")
-        eventually(lambda: _expect(client, 1))
+        eventually(lambda: _expect(client, 1), timeout=30)
         remote.stop()
         stow(store, "MR_small.dcm", "SC_rgb.dcm")  # acknowledged while the BigQuery is away
         time.sleep(1.5)  # several delivery rounds fail meanwhile
         remote.restart()
-        eventually(lambda: _expect(client, 3))
+        eventually(lambda: _expect(client, 3), timeout=30)
         time.sleep(1)
         _expect(client, 3)  # and no row twice
     finally:
@@ -228,7 +203,7 @@ def test_a_bigquery_that_is_down_delays_the_stream_and_loses_nothing(tmp_path: P
 
 
 def _expect(client: bigquery.Client, rows: int) -> None:
-    counted = list(client.query_and_wait("SELECT COUNT(*) AS n FROM `down-test.dicom.stream`"))[0]["n"]
+    counted = list(client.query_and_wait(f"SELECT COUNT(*) AS n FROM `{client.project}.dicom.stream`"))[0]["n"]
     assert counted == rows
 
 

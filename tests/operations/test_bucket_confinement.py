@@ -18,7 +18,7 @@ import requests
 from pydicom.uid import generate_uid
 from test_import import with_new_uids
 
-from conftest import Server, Store, dicom_file, make_store, new_bucket, start_server, wait_done, write
+from conftest import Server, Store, dicom_file, make_store, new_bucket, start_server, stow, wait_done, write
 
 SECRET = b"root:x:0:0:the-secret-line-of-passwd:/root:/bin/bash\n"
 
@@ -74,13 +74,6 @@ def log_entries(store: Store, operation: dict) -> list[dict]:
 def stored_sops(store: Store) -> set[str]:
     response = requests.get(f"{store.dicomweb}/instances?includefield=00080018", timeout=30)
     return set() if response.status_code == 204 else {i["00080018"]["Value"][0] for i in response.json()}
-
-
-def stow(store: Store, data: bytes) -> None:
-    response = requests.post(
-        f"{store.dicomweb}/studies", data=data, headers={"Content-Type": "application/dicom"}, timeout=30
-    )
-    assert response.status_code == 200, response.text
 
 
 def refused(response: requests.Response, store: Store, *words: str) -> str:

@@ -7,33 +7,35 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 import requests
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from conftest import Server, Store, dicom_file, make_store, new_bucket, start_server, wait_all_done, wait_done, write
+from conftest import (
+    Server,
+    Store,
+    bigquery_client,
+    dicom_file,
+    eventually,
+    make_store,
+    new_bucket,
+    start_server,
+    wait_all_done,
+    wait_done,
+    write,
+)
 
 # The warehouse is the same DuckDB whichever index the server uses: one backend is enough here.
 sqlite_only = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 
 
-def client_for(server: Server) -> bigquery.Client:
-    return bigquery.Client(
-        project=f"st-{uuid.uuid4().hex[:10]}",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": server.url},
-    )
-
-
 @pytest.fixture
 def bq(server: Server) -> Iterator[bigquery.Client]:
-    client = client_for(server)
+    client = bigquery_client(server, "st")
     client.create_dataset("stream")
     yield client
     client.close()
@@ -63,17 +65,6 @@ def stow(store: Store, name: str) -> pydicom.Dataset:
 def rows(bq: bigquery.Client, relation: str, columns: str = "SOPInstanceUID, Type") -> list[tuple]:
     sql = f"SELECT {columns} FROM `{bq.project}.stream.{relation}` ORDER BY LastUpdated"
     return [tuple(r.values()) for r in bq.query_and_wait(sql)]
-
-
-def eventually(check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 @sqlite_only
@@ -191,7 +182,7 @@ def test_a_missing_bigquery_dataset_logs_and_never_fails_the_stow(server: Server
 def test_no_row_is_lost_or_doubled_when_the_server_is_killed_right_after_stow(tmp_path: Path) -> None:
     server = start_server(tmp_path / "server")
     try:
-        bq = client_for(server)
+        bq = bigquery_client(server, "st")
         bq.create_dataset("stream")
         store = streaming_store(server, f"bq://{bq.project}.stream.instances")
         stored = [stow(store, name).SOPInstanceUID for name in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")]

@@ -17,7 +17,7 @@ import requests
 from browser_helpers import chromium, needs_chromium
 from pydicom.uid import generate_uid
 
-from conftest import Server, Store, dicom_file, make_store, new_bucket, start_server, wait_done, write
+from conftest import Server, Store, dicom_file, make_store, new_bucket, start_server, stow, wait_done, write
 
 pytestmark = needs_chromium
 
@@ -49,16 +49,6 @@ def page(browser: Any) -> Iterator[Any]:
     yield page
     context.close()
     assert not errors, errors
-
-
-def stow(store: Store, data: bytes, headers: dict[str, str] | None = None) -> None:
-    response = requests.post(
-        f"{store.dicomweb}/studies",
-        data=data,
-        headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json", **(headers or {})},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
 
 
 def second_slice(path: Path) -> bytes:
