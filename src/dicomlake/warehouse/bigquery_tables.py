@@ -50,6 +50,7 @@ class BigQueryTables:
         self.url = url.rstrip("/")
         self._clients: dict[str, bigquery.Client] = {}
         self._schemas: dict[TableRef, list[Field]] = {}
+        self._tables: dict[TableRef, bigquery.Table] = {}  # as last read, with its etag, for the next patch
         self._viewed: set[TableRef] = set()
         self._lock = threading.Lock()
 
@@ -124,6 +125,7 @@ class BigQueryTables:
         if table.table_type == "VIEW":
             raise FailedPrecondition(f"{ref} is a view; DICOM rows go to tables")
         self._schemas[ref] = [_field(f.to_api_repr()) for f in table.schema]
+        self._tables[ref] = table
         return table
 
     def _create(self, ref: TableRef, fields: list[Field]) -> None:
@@ -159,11 +161,14 @@ class BigQueryTables:
     def _widen(self, ref: TableRef, wanted: list[Field]) -> list[Field]:
         """Add the fields of `wanted` the table lacks; the table's schema afterwards (_Conflict if one has another
         type there)."""
+        # The table as last read (by the caller, just before): read again only when a patch finds it changed.
+        table = self._tables.get(ref)
         for _ in range(PATCH_ATTEMPTS):
-            table = self._table(ref)
             if table is None:
-                self._create(ref, dicom_tables.BASE_FIELDS)
-                continue
+                table = self._table(ref)
+                if table is None:
+                    self._create(ref, dicom_tables.BASE_FIELDS)
+                    continue
             merged = merge_schema(self._schemas[ref], wanted)
             if merged.conflicts:
                 raise _Conflict
@@ -172,12 +177,14 @@ class BigQueryTables:
             table.schema = [bigquery.SchemaField.from_api_repr(dict(f)) for f in merged.fields]
             try:
                 # The table's etag goes with the patch: a schema another writer changed meanwhile is a 412.
-                self._client(ref.project).update_table(table, ["schema"], retry=RETRY)
+                updated = self._client(ref.project).update_table(table, ["schema"], retry=RETRY)
             except api.PreconditionFailed:
+                table = None
                 continue
             except (api.GoogleAPIError, OSError) as exc:
                 _translate(exc, f"adding columns to {ref}")
             self._schemas[ref] = merged.fields
+            self._tables[ref] = updated
             return merged.fields
         raise Unavailable(f"the schema of {ref} kept changing while dicomlake widened it; will retry")
 

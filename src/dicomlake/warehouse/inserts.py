@@ -63,7 +63,8 @@ def insert_all(
     with _recent_lock:
         seen = _recent.setdefault(key, OrderedDict())
         fresh = [values for insert_id, values in good if insert_id is None or insert_id not in seen]
-    embedded.append(wh, ref, fields, fresh)
+    if fresh:  # rows all sent before: nothing to write
+        embedded.append(wh, ref, fields, fresh)
     with _recent_lock:
         for insert_id, _ in good:
             if insert_id is not None:
