@@ -53,6 +53,10 @@ class Settings:
     # Where `bq://` destinations of exports and streams go: empty for the embedded tables, else the base URL of a
     # BigQuery API (https://bigquery.googleapis.com for Google's; an emulator's; another dicomlake's).
     bigquery_url: str = ""
+    # Where the tables live (the BigQuery API's, and `bq://` destinations unless bigquery_url is set): Iceberg
+    # tables in the index database's catalog with their files under this URL (file://, s3://, gs://), or
+    # "duckdb" for one DuckDB file per project in the data dir. Empty means `<data dir>/tables`.
+    warehouse_url: str = ""
     # Proxies (addresses or networks, or "*") whose Forwarded / X-Forwarded-* headers are believed.
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
 
@@ -67,6 +71,12 @@ class Settings:
         if self.blob_url:
             return self.blob_url
         return (self.data_dir / "blobs").resolve().as_uri()
+
+    @property
+    def resolved_warehouse_url(self) -> str:
+        if self.warehouse_url:
+            return self.warehouse_url
+        return (self.data_dir / "tables").resolve().as_uri()
 
     @property
     def tokens(self) -> frozenset[str]:
@@ -126,9 +136,24 @@ def convert(name: str, raw: str) -> object:
         return tuple(_network(a) for a in raw.split(",") if a.strip())
     if name == "bigquery_url":
         return _base_url(raw, "DICOMLAKE_BIGQUERY_URL", "https://bigquery.googleapis.com")
+    if name == "warehouse_url":
+        return _warehouse_url(raw)
     if name == "auth_tokens":
         return frozenset(t.strip() for t in raw.split(",") if t.strip())
     return raw
+
+
+def _warehouse_url(raw: str) -> str:
+    text = raw.strip().rstrip("/")
+    if text in ("", "duckdb"):
+        return text
+    url = urlparse(text)
+    if url.scheme not in ("file", "s3", "gs") or (url.scheme != "file" and not url.netloc) or url.query:
+        raise ConfigError(
+            f"DICOMLAKE_WAREHOUSE_URL must be file:///PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or duckdb, "
+            f"got {raw!r}"
+        )
+    return text
 
 
 def _base_url(raw: str, setting: str, example: str) -> str:

@@ -12,6 +12,7 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicomlake.config import Settings
 from dicomlake.storage.blobs import BlobStore
@@ -19,6 +20,10 @@ from dicomlake.storage.buckets import Buckets
 from dicomlake.storage.db import Database
 from dicomlake.storage.journal import Journal
 from dicomlake.warehouse import destinations, jobs
+from dicomlake.warehouse.embedded import Warehouse
+
+if TYPE_CHECKING:
+    from dicomlake.warehouse.iceberg import IcebergWarehouse
 
 # One process per core, and one more: storing a file waits on the disk about as long as parsing it takes,
 # and the extra process parses while another waits.
@@ -38,6 +43,7 @@ class Services:
     _pool: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
     _pool_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _tables: destinations.Destination | None = field(default=None, init=False, repr=False)
+    _warehouse: Warehouse | IcebergWarehouse | None = field(default=None, init=False, repr=False)
 
     @property
     def cpu_pool(self) -> ProcessPoolExecutor:
@@ -59,8 +65,17 @@ class Services:
         """Where exports to tables and streams write their rows (`bq://` URIs)."""
         with self._pool_lock:
             if self._tables is None:
-                self._tables = destinations.for_settings(self.settings.data_dir, self.settings.bigquery_url)
+                self._tables = destinations.for_settings(
+                    self.settings.data_dir, self.settings.bigquery_url, self.warehouse
+                )
             return self._tables
+
+    @property
+    def warehouse(self) -> Warehouse | IcebergWarehouse:
+        """The tables of the BigQuery API: Iceberg (`--warehouse-url`) or the data dir's DuckDB files."""
+        if self._warehouse is None:
+            self._warehouse = open_warehouse(self.settings)
+        return self._warehouse
 
     def warm_pool(self) -> None:
         """Start every `cpu_pool` process now (they start one per task otherwise), e.g. while a listing runs."""
@@ -80,6 +95,15 @@ class Services:
             self._pool.shutdown(cancel_futures=True)
         self.blobs.journal.close()
         self.db.dispose()
+
+
+def open_warehouse(settings: Settings) -> Warehouse | IcebergWarehouse:
+    url = settings.resolved_warehouse_url
+    if url == "duckdb":
+        return Warehouse.in_data_dir(settings.data_dir)
+    from dicomlake.warehouse.iceberg import IcebergWarehouse  # pyiceberg takes a second to import
+
+    return IcebergWarehouse(settings.resolved_database_url, url, settings.data_dir / "warehouse")
 
 
 def open_services(settings: Settings, create_schema: bool = True) -> Services:

@@ -53,8 +53,8 @@ def error_response(exc: DicomlakeError) -> Response:
     return Response(orjson.dumps(body), status_code=exc.http, media_type="application/json")
 
 
-def _warehouse(request: Request) -> Warehouse:
-    return Warehouse.in_data_dir(services(request).settings.data_dir)
+def _warehouse(request: Request) -> Warehouse | IcebergWarehouse:
+    return services(request).warehouse
 
 
 def _int_param(request: Request, name: str, default: int | None = None) -> int | None:
@@ -217,16 +217,14 @@ async def datasets_collection(request: Request) -> Response:
         if reference.get("projectId", project) != project:
             raise InvalidArgument("datasetReference.projectId must be the project of the request path")
         info = await run_in_threadpool(
-            embedded.create_dataset,
-            wh,
-            project,
+            wh.create_dataset, project,
             _text(reference, "datasetId"),
             location=_text(body, "location") or None,
             description=_text(body, "description") or None,
             labels=_labels(body),
         )
         return json(_dataset_resource(info))
-    infos = await run_in_threadpool(embedded.list_datasets, wh, project, include_hidden=_bool_param(request, "all"))
+    infos = await run_in_threadpool(wh.list_datasets, project, include_hidden=_bool_param(request, "all"))
     page, token = _page(request, infos)
     out: dict[str, Any] = {"kind": "bigquery#datasetList", "etag": f'"{len(infos)}"'}
     if page:
@@ -241,14 +239,12 @@ async def dataset_item(request: Request) -> Response:
     wh, p = _warehouse(request), request.path_params
     if request.method == "DELETE":
         await run_in_threadpool(
-            embedded.delete_dataset,
-            wh,
-            p["project"],
+            wh.delete_dataset, p["project"],
             p["dataset"],
             delete_contents=_bool_param(request, "deleteContents"),
         )
         return Response(status_code=204)
-    return json(_dataset_resource(await run_in_threadpool(embedded.get_dataset, wh, p["project"], p["dataset"])))
+    return json(_dataset_resource(await run_in_threadpool(wh.get_dataset, p["project"], p["dataset"])))
 
 
 # ---- tables -----------------------------------------------------------------------------------
@@ -257,7 +253,7 @@ async def dataset_item(request: Request) -> Response:
 @_bigquery_errors
 async def tables_collection(request: Request) -> Response:
     wh, p = _warehouse(request), request.path_params
-    dataset = await run_in_threadpool(embedded.get_dataset, wh, p["project"], p["dataset"])
+    dataset = await run_in_threadpool(wh.get_dataset, p["project"], p["dataset"])
     if request.method == "POST":
         body = body_json(await request.body())
         ref = TableRef(p["project"], p["dataset"], _text(_object(body, "tableReference"), "tableId"))
@@ -265,13 +261,13 @@ async def tables_collection(request: Request) -> Response:
         if view:
             if view.get("useLegacySql"):
                 raise InvalidArgument("legacy SQL views are not supported: set view.useLegacySql to false")
-            info = await run_in_threadpool(embedded.create_or_replace_view, wh, ref, _text(view, "query"))
+            info = await run_in_threadpool(wh.create_or_replace_view, ref, _text(view, "query"))
         else:
             fields = _object(body, "schema").get("fields") or []
             description = _text(body, "description") or None
-            info = await run_in_threadpool(embedded.create_table, wh, ref, fields, description=description)
+            info = await run_in_threadpool(wh.create_table, ref, fields, description=description)
         return json(_table_resource(info, dataset.location))
-    infos = await run_in_threadpool(embedded.list_tables, wh, p["project"], p["dataset"])
+    infos = await run_in_threadpool(wh.list_tables, p["project"], p["dataset"])
     page, token = _page(request, infos)
     out: dict[str, Any] = {"kind": "bigquery#tableList", "etag": f'"{len(infos)}"', "totalItems": len(infos)}
     if page:
@@ -286,13 +282,13 @@ async def table_item(request: Request) -> Response:
     wh, p = _warehouse(request), request.path_params
     ref = TableRef(p["project"], p["dataset"], p["table"])
     if request.method == "DELETE":
-        await run_in_threadpool(embedded.delete_table, wh, ref)
+        await run_in_threadpool(wh.delete_table, ref)
         return Response(status_code=204)
-    dataset = await run_in_threadpool(embedded.get_dataset, wh, ref.project, ref.dataset)
+    dataset = await run_in_threadpool(wh.get_dataset, ref.project, ref.dataset)
     if request.method in ("PATCH", "PUT"):
         info = await run_in_threadpool(_patch_table, wh, ref, body_json(await request.body()), request)
     else:
-        info = await run_in_threadpool(embedded.get_table, wh, ref)
+        info = await run_in_threadpool(wh.get_table, ref)
     return json(_table_resource(info, dataset.location))
 
 
@@ -314,7 +310,7 @@ def _patch_table(wh: Warehouse, ref: TableRef, body: dict[str, Any], request: Re
     if view:
         if view.get("useLegacySql"):
             raise InvalidArgument("legacy SQL views are not supported: set view.useLegacySql to false")
-        return embedded.create_or_replace_view(wh, ref, _text(view, "query"))
+        return wh.create_or_replace_view(ref, _text(view, "query"))
     schema = _object(body, "schema")
     fields = schema.get("fields") if "schema" in body else None
     if fields is not None and not isinstance(fields, list):
@@ -325,7 +321,7 @@ def _patch_table(wh: Warehouse, ref: TableRef, body: dict[str, Any], request: Re
     if request.method == "PUT" and fields is None:
         raise InvalidArgument("tables.update needs the table's whole resource, its schema included")
     etag = request.headers.get("if-match")
-    return embedded.patch_table(wh, ref, fields=fields, description=description, etag=etag)
+    return wh.patch_table(ref, fields=fields, description=description, etag=etag)
 
 
 @_bigquery_errors
@@ -364,7 +360,7 @@ async def table_data(request: Request) -> Response:
     start = _start(request)
     count = _int_param(request, "maxResults") or results.MAX_PAGE_ROWS
     selected = [c.strip() for c in request.query_params.get("selectedFields", "").split(",") if c.strip()]
-    fields, page, total = await run_in_threadpool(embedded.read_rows, wh, ref, start, count, selected or None)
+    fields, page, total = await run_in_threadpool(wh.read_rows, ref, start, count, selected or None)
     page = page.slice(0, results.page_rows(page))
     out: dict[str, Any] = {"kind": "bigquery#tableDataList", "etag": f'"{total}"', "totalRows": str(total)}
     if page.num_rows:

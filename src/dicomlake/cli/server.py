@@ -58,11 +58,16 @@ from dicomlake.dimse.processes import ListenerProcesses
     help="Send bq:// exports and streams to this BigQuery API, e.g. https://bigquery.googleapis.com "
     "(default: the embedded tables; env DICOMLAKE_BIGQUERY_URL).",
 )
+@click.option(
+    "--warehouse-url",
+    help="Where the tables' Iceberg files go: file:///PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, or duckdb for "
+    "the DuckDB files of the data dir (env DICOMLAKE_WAREHOUSE_URL).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
 def serve(**flags: object) -> None:
     """Run the DICOMweb and Healthcare API server."""
     try:
-        for name in ("cors_origins", "forwarded_allow_ips", "bigquery_url"):
+        for name in ("cors_origins", "forwarded_allow_ips", "bigquery_url", "warehouse_url"):
             if flags[name] is not None:
                 flags[name] = convert(name, str(flags[name]))
         settings = load(**flags)
@@ -84,6 +89,11 @@ def serve(**flags: object) -> None:
     help="Send bq:// exports and streams to this BigQuery API, e.g. https://bigquery.googleapis.com "
     "(default: the embedded tables; env DICOMLAKE_BIGQUERY_URL).",
 )
+@click.option(
+    "--warehouse-url",
+    help="Where the tables' Iceberg files go: file:///PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, or duckdb for "
+    "the DuckDB files of the data dir (env DICOMLAKE_WAREHOUSE_URL).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
 def worker(**flags: object) -> None:
     """Run long-running operations and stream delivery until stopped, sharing them with every other worker and
@@ -92,8 +102,9 @@ def worker(**flags: object) -> None:
     from dicomlake.startup import working
 
     try:
-        if flags["bigquery_url"] is not None:
-            flags["bigquery_url"] = convert("bigquery_url", str(flags["bigquery_url"]))
+        for name in ("bigquery_url", "warehouse_url"):
+            if flags[name] is not None:
+                flags[name] = convert(name, str(flags[name]))
         settings = load(**flags)
     except ConfigError as exc:
         _fail(str(exc))
@@ -152,3 +163,4 @@ def _export(settings: Settings) -> None:
     os.environ["DICOMLAKE_CORS_ORIGINS"] = ",".join(settings.cors_origins)
     os.environ["DICOMLAKE_FORWARDED_ALLOW_IPS"] = ",".join(settings.forwarded_allow_ips)
     os.environ["DICOMLAKE_BIGQUERY_URL"] = settings.bigquery_url
+    os.environ["DICOMLAKE_WAREHOUSE_URL"] = settings.resolved_warehouse_url

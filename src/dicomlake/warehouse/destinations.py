@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dicomlake.dicom.flatten import FlatRow
 from dicomlake.warehouse import dicom_tables
 from dicomlake.warehouse.embedded import TableRef, Warehouse, truncate
+
+if TYPE_CHECKING:
+    from dicomlake.warehouse.iceberg import IcebergWarehouse
 from dicomlake.warehouse.schema import Field
 
 
@@ -85,11 +88,18 @@ class EmbeddedTables:
         dicom_tables.write(self.warehouse, ref, rows, stream=(store_pk, events), hold=self.HOLD_SECONDS)
 
 
-def for_settings(data_dir: Path, bigquery_url: str) -> Destination:
-    """The embedded tables of `data_dir`, or the BigQuery API at `bigquery_url` when one is set."""
+def for_settings(
+    data_dir: Path, bigquery_url: str, warehouse: Warehouse | IcebergWarehouse | None = None
+) -> Destination:
+    """The warehouse's tables (the embedded ones of `data_dir` unless another is given), or the BigQuery API at
+    `bigquery_url` when one is set."""
     if bigquery_url:
         # google-cloud-bigquery is loaded only by processes that write to a BigQuery API.
         from dicomlake.warehouse.bigquery_tables import BigQueryTables
 
         return BigQueryTables(bigquery_url)
-    return EmbeddedTables(Warehouse.in_data_dir(data_dir))
+    if warehouse is None or isinstance(warehouse, Warehouse):
+        return EmbeddedTables(warehouse or Warehouse.in_data_dir(data_dir))
+    from dicomlake.warehouse.iceberg import IcebergTables
+
+    return IcebergTables(warehouse)

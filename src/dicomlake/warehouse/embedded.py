@@ -96,6 +96,49 @@ class Warehouse:
         check_project(project)
         return self.root / f"{project}.duckdb"
 
+    # The calls of the BigQuery API, named and taking what `iceberg.IcebergWarehouse`'s take.
+    def create_dataset(self, *args: Any, **kwargs: Any) -> Any:
+        return create_dataset(self, *args, **kwargs)
+
+    def get_dataset(self, *args: Any, **kwargs: Any) -> Any:
+        return get_dataset(self, *args, **kwargs)
+
+    def list_datasets(self, *args: Any, **kwargs: Any) -> Any:
+        return list_datasets(self, *args, **kwargs)
+
+    def delete_dataset(self, *args: Any, **kwargs: Any) -> Any:
+        return delete_dataset(self, *args, **kwargs)
+
+    def create_table(self, *args: Any, **kwargs: Any) -> Any:
+        return create_table(self, *args, **kwargs)
+
+    def get_table(self, *args: Any, **kwargs: Any) -> Any:
+        return get_table(self, *args, **kwargs)
+
+    def list_tables(self, *args: Any, **kwargs: Any) -> Any:
+        return list_tables(self, *args, **kwargs)
+
+    def delete_table(self, *args: Any, **kwargs: Any) -> Any:
+        return delete_table(self, *args, **kwargs)
+
+    def patch_table(self, *args: Any, **kwargs: Any) -> Any:
+        return patch_table(self, *args, **kwargs)
+
+    def append(self, *args: Any, **kwargs: Any) -> Any:
+        return append(self, *args, **kwargs)
+
+    def truncate(self, *args: Any, **kwargs: Any) -> Any:
+        return truncate(self, *args, **kwargs)
+
+    def row_count(self, *args: Any, **kwargs: Any) -> Any:
+        return row_count(self, *args, **kwargs)
+
+    def read_rows(self, *args: Any, **kwargs: Any) -> Any:
+        return read_rows(self, *args, **kwargs)
+
+    def create_or_replace_view(self, *args: Any, **kwargs: Any) -> Any:
+        return create_or_replace_view(self, *args, **kwargs)
+
 
 @dataclass(frozen=True)
 class TableRef:

@@ -38,7 +38,7 @@ def insert_all(
     wh: Warehouse, ref: TableRef, rows: list[dict[str, Any]], *, skip_invalid: bool, ignore_unknown: bool
 ) -> list[dict[str, Any]]:
     """Append `rows` ({insertId, json}) to the table; the insertErrors of those that were not appended."""
-    info = embedded.get_table(wh, ref)
+    info = wh.get_table(ref)
     if info.type != "TABLE":
         raise InvalidArgument(f"{ref} is a view; rows can only be inserted into tables")
     fields = info.fields
@@ -64,7 +64,7 @@ def insert_all(
         seen = _recent.setdefault(key, OrderedDict())
         fresh = [values for insert_id, values in good if insert_id is None or insert_id not in seen]
     if fresh:  # rows all sent before: nothing to write
-        embedded.append(wh, ref, fields, fresh)
+        wh.append(ref, fields, fresh)
     with _recent_lock:
         for insert_id, _ in good:
             if insert_id is not None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import orjson
@@ -19,6 +19,9 @@ from dicomlake.errors import InvalidArgument, NotFound
 from dicomlake.warehouse import embedded, results
 from dicomlake.warehouse.embedded import Db, TableRef, Warehouse
 from dicomlake.warehouse.schema import Field, from_duckdb, quote
+
+if TYPE_CHECKING:
+    from dicomlake.warehouse.iceberg import IcebergWarehouse
 from dicomlake.warehouse.sql import DENIED_FUNCTIONS, InvalidQuery, Statement, TableName, engine_functions, parse
 
 BATCH_ROWS = 65_536
@@ -52,7 +55,7 @@ class Summary:
 
 
 def run(
-    wh: Warehouse,
+    wh: Warehouse | IcebergWarehouse,
     project: str,
     sql: str,
     *,
@@ -70,7 +73,27 @@ def run(
     named = {t.project for t in statement.tables}
     if not statement.returns_rows and len(named) == 1:
         project = named.pop()
-    with _session(wh, project, statement) as (db, catalog_of):
+    if not isinstance(wh, Warehouse):
+        # Iceberg: a statement whose commit met another process's runs again on the tables as they are now.
+        iceberg = wh
+        return iceberg.run(
+            lambda: _run(
+                iceberg.session(project, statement, write=not dry_run), project, statement, results_path, dry_run, stop
+            ),
+            "the tables of the statement",
+        )
+    return _run(_session(wh, project, statement), project, statement, results_path, dry_run, stop)
+
+
+def _run(
+    session: AbstractContextManager[tuple[Db, Callable[[str], str | None]]],
+    project: str,
+    statement: Statement,
+    results_path: Path | None,
+    dry_run: bool,
+    stop: StopCheck | None,
+) -> Summary:
+    with session as (db, catalog_of):
         for name in statement.tables if statement.returns_rows else ():
             _require(db if name.project == project else Db(db.conn, str(catalog_of(name.project))), name)
         duck_sql = statement.to_duckdb(catalog_of)

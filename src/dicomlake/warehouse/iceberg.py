@@ -1,0 +1,863 @@
+"""BigQuery datasets and tables as Apache Iceberg tables that every process and machine shares: the catalog in the
+index database (pyiceberg's SQL catalog: SQLite by default, the shared PostgreSQL at scale), data and metadata
+files under the warehouse URL (`file://`, `s3://`, `gs://`). A dataset is the namespace `(project, dataset)`, a
+table the Iceberg table `(project, dataset, table)`; RECORD columns are structs, REPEATED ones lists.
+
+Every write is one Iceberg commit, and a commit that finds the table changed by another process meanwhile is
+tried again on the table as it is now. Queries run on DuckDB over the Parquet files of the tables' current
+snapshots (`session`): they read a snapshot, so they neither wait for a writer nor make one wait.
+
+What BigQuery has and Iceberg does not is kept in properties: a dataset's location, labels, description and
+times, and its views (BigQuery SQL, expanded when a query names them) in the namespace's; a table's description
+and creation time in the table's. Outside readers (pyiceberg, DuckDB, Polars, Spark, Trino) open the same catalog
+and read the tables as they are."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import duckdb
+import orjson
+import pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    NoSuchNamespaceError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.table import Table as IcebergTable
+
+from dicomlake.dicom.flatten import FlatRow, merge_schema
+from dicomlake.errors import AlreadyExists, InvalidArgument, NotFound, PreconditionFailed, Unavailable
+from dicomlake.warehouse import dicom_tables, embedded
+from dicomlake.warehouse import sql as bigquery_sql
+from dicomlake.warehouse.embedded import (
+    DEFAULT_LOCATION,
+    META,
+    DatasetInfo,
+    DatasetInUse,
+    Db,
+    TableInfo,
+    TableRef,
+    check_dataset,
+    check_project,
+    check_table,
+)
+from dicomlake.warehouse.schema import Field, duckdb_type, from_duckdb, merge, normalize, quote
+
+# How long a commit that keeps meeting other processes' commits is tried again before it fails (UNAVAILABLE).
+COMMIT_TIMEOUT = 60.0
+# Properties of every table: metadata files of replaced versions are deleted after a few commits.
+TABLE_PROPERTIES = {
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "8",
+    "write.parquet.compression-codec": "zstd",
+}
+_VIEW = "dicomlake.view."  # namespace property per view: {"query", "created", "modified"}
+_CREATED = "dicomlake.created"
+_MODIFIED = "dicomlake.modified"
+_LOCATION = "dicomlake.location"
+_LABELS = "dicomlake.labels"
+_DESCRIPTION = "comment"  # the property Iceberg engines show as a table's or namespace's comment
+# Snapshot summary properties: which writer (an export shard) or which stream events a commit's rows came from.
+WRITER = "dicomlake.writer"
+EVENTS = "dicomlake.events"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _dataset_missing(project: str, dataset: str) -> NotFound:
+    return NotFound(f"Not found: Dataset {project}:{dataset}")
+
+
+def _table_missing(ref: TableRef) -> NotFound:
+    return NotFound(f"Not found: Table {ref}")
+
+
+def catalog_uri(database_url: str) -> str:
+    """The SQLAlchemy URL pyiceberg's catalog connects with: the index database's, with psycopg for PostgreSQL."""
+    for prefix in ("postgresql://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg://" + database_url[len(prefix) :]
+    return database_url
+
+
+_catalogs: dict[tuple[str, str], SqlCatalog] = {}
+_catalogs_guard = threading.Lock()
+
+
+class IcebergWarehouse:
+    """The Iceberg tables of one catalog (the index database) and one warehouse location. `root` is this process's
+    own folder for query results, spill files and job records."""
+
+    def __init__(self, database_url: str, location: str, root: Path) -> None:
+        self.uri = catalog_uri(database_url)
+        self.location = location.rstrip("/")
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"IcebergWarehouse({self.location!r})"
+
+    @property
+    def catalog(self) -> SqlCatalog:
+        key = (self.uri, self.location)
+        with _catalogs_guard:
+            catalog = _catalogs.get(key)
+            if catalog is None:
+                catalog = _catalogs[key] = SqlCatalog(
+                    "dicomlake", uri=self.uri, warehouse=self.location, pool_pre_ping="true", **_io_properties()
+                )
+            return catalog
+
+    # ---- datasets -----------------------------------------------------------------------------
+
+    def create_dataset(
+        self,
+        project: str,
+        dataset: str,
+        *,
+        location: str | None = None,
+        description: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> DatasetInfo:
+        check_project(project)
+        check_dataset(dataset)
+        if dataset.casefold() == META:
+            raise InvalidArgument(f"dataset id {META} is reserved by dicomlake")
+        if any(name.casefold() == dataset.casefold() for name in self._dataset_names(project)):
+            raise AlreadyExists(f"Already Exists: Dataset {project}:{dataset}")
+        now = str(_now_ms())
+        properties = {
+            _CREATED: now,
+            _MODIFIED: now,
+            _LOCATION: location or DEFAULT_LOCATION,
+            _LABELS: orjson.dumps(dict(labels or {})).decode(),
+        }
+        if description:
+            properties[_DESCRIPTION] = description
+        try:
+            self.catalog.create_namespace((project, dataset), properties)
+        except NamespaceAlreadyExistsError:
+            raise AlreadyExists(f"Already Exists: Dataset {project}:{dataset}") from None
+        return self.get_dataset(project, dataset)
+
+    def get_dataset(self, project: str, dataset: str) -> DatasetInfo:
+        return _dataset_info(project, dataset, self._properties(project, dataset))
+
+    def list_datasets(self, project: str, *, include_hidden: bool = False) -> list[DatasetInfo]:
+        check_project(project)
+        return [
+            self.get_dataset(project, name)
+            for name in sorted(self._dataset_names(project))
+            if include_hidden or not name.startswith("_")
+        ]
+
+    def delete_dataset(self, project: str, dataset: str, *, delete_contents: bool = False) -> None:
+        properties = self._properties(project, dataset)
+        tables = self.catalog.list_tables((project, dataset))
+        views = [k for k in properties if k.startswith(_VIEW)]
+        if (tables or views) and not delete_contents:
+            raise DatasetInUse(f"Dataset {project}:{dataset} is still in use")
+        for identifier in tables:
+            self.catalog.purge_table(identifier)
+        self.catalog.drop_namespace((project, dataset))
+
+    def _dataset_names(self, project: str) -> list[str]:
+        try:
+            namespaces = self.catalog.list_namespaces((project,))
+        except NoSuchNamespaceError:
+            return []
+        return [ns[1] for ns in namespaces if len(ns) == 2]
+
+    def _properties(self, project: str, dataset: str) -> dict[str, str]:
+        check_project(project)
+        try:
+            return self.catalog.load_namespace_properties((project, dataset))
+        except NoSuchNamespaceError:
+            raise _dataset_missing(project, dataset) from None
+
+    # ---- tables -------------------------------------------------------------------------------
+
+    def create_table(
+        self, ref: TableRef, fields: list[Field] | list[dict[str, Any]], *, description: str | None = None
+    ) -> TableInfo:
+        check_table(ref.table)
+        wanted = normalize(fields)
+        if not wanted:
+            raise InvalidArgument(f"table {ref} needs at least one column")
+        properties = self._properties(ref.project, ref.dataset)
+        if self._kind(ref, properties, exact=False) is not None:
+            raise AlreadyExists(f"Already Exists: Table {ref}")
+        self._create(ref, wanted, description)
+        return self.get_table(ref)
+
+    def _create(self, ref: TableRef, fields: list[Field], description: str | None = None) -> IcebergTable:
+        properties = {**TABLE_PROPERTIES, _CREATED: str(_now_ms())}
+        if description:
+            properties[_DESCRIPTION] = description
+        try:
+            return self.catalog.create_table(_ident(ref), schema=arrow_schema(fields), properties=properties)
+        except TableAlreadyExistsError:
+            return self.load(ref)  # made by another process meanwhile
+
+    def load(self, ref: TableRef) -> IcebergTable:
+        try:
+            return self.catalog.load_table(_ident(ref))
+        except NoSuchTableError:
+            self._properties(ref.project, ref.dataset)
+            raise _table_missing(ref) from None
+
+    def find(self, ref: TableRef) -> IcebergTable | None:
+        """The table, or None when it does not exist (its dataset must)."""
+        try:
+            return self.catalog.load_table(_ident(ref))
+        except NoSuchTableError:
+            self._properties(ref.project, ref.dataset)
+            return None
+
+    def get_table(self, ref: TableRef) -> TableInfo:
+        properties = self._properties(ref.project, ref.dataset)
+        view = _view(properties, ref.table)
+        if view is not None:
+            return TableInfo(
+                ref,
+                "VIEW",
+                view["created"],
+                view["modified"],
+                self._view_fields(ref, view["query"]),
+                None,
+                view["query"],
+            )
+        table = self.load(ref)
+        return _table_info(ref, table)
+
+    def list_tables(self, project: str, dataset: str) -> list[TableInfo]:
+        properties = self._properties(project, dataset)
+        infos = [
+            TableInfo(TableRef(project, dataset, identifier[-1]), "TABLE", 0, 0)
+            for identifier in self.catalog.list_tables((project, dataset))
+        ]
+        for key, value in properties.items():
+            if key.startswith(_VIEW):
+                view = orjson.loads(value)
+                infos.append(
+                    TableInfo(TableRef(project, dataset, key[len(_VIEW) :]), "VIEW", view["created"], view["modified"])
+                )
+        return sorted(infos, key=lambda info: info.ref.table)
+
+    def delete_table(self, ref: TableRef) -> None:
+        properties = self._properties(ref.project, ref.dataset)
+        if _view(properties, ref.table) is not None:
+            self.catalog.update_namespace_properties((ref.project, ref.dataset), removals={_VIEW + ref.table})
+            return
+        try:
+            self.catalog.purge_table(_ident(ref))
+        except NoSuchTableError:
+            raise _table_missing(ref) from None
+
+    def patch_table(
+        self,
+        ref: TableRef,
+        *,
+        fields: list[Field] | list[dict[str, Any]] | None = None,
+        description: str | None = None,
+        etag: str | None = None,
+    ) -> TableInfo:
+        """tables.patch of a table (see `embedded.patch_table`), as one commit that fails with PreconditionFailed
+        when `etag` no longer names the table as it is."""
+        wanted = normalize(fields) if fields is not None else None
+        properties = self._properties(ref.project, ref.dataset)
+        if _view(properties, ref.table) is not None:
+            raise InvalidArgument(f"{ref} is a view: patch its view.query instead")
+
+        def attempt() -> None:
+            table = self.load(ref)
+            info = _table_info(ref, table)
+            if etag is not None and etag != info.etag:
+                raise PreconditionFailed(f"Precondition check failed: {ref} changed since etag {etag} was read")
+            with table.transaction() as tx:
+                if wanted is not None:
+                    given = {f["name"].casefold() for f in wanted}
+                    missing = [f["name"] for f in info.fields if f["name"].casefold() not in given]
+                    if missing:
+                        raise InvalidArgument(
+                            f"Provided Schema does not match Table {ref}. Field {missing[0]} is missing in new schema"
+                        )
+                    merged, additions = merge(info.fields, wanted)
+                    if additions:
+                        with tx.update_schema() as update:
+                            update.union_by_name(arrow_schema(merged))
+                if description is not None:
+                    tx.set_properties({_DESCRIPTION: description})
+
+        committing(attempt, f"table {ref}")
+        return self.get_table(ref)
+
+    def evolve(self, table: IcebergTable, fields: list[Field]) -> tuple[IcebergTable, list[Field]]:
+        """Widen `table` to the union of its schema and `fields` (SchemaConflict for a changed type), as one
+        commit when anything is added."""
+        current = table_fields(table)
+        merged, additions = merge(current, fields)
+        if additions:
+            with table.update_schema() as update:
+                update.union_by_name(arrow_schema(merged))
+        return table, merged
+
+    def append(
+        self, ref: TableRef, fields: list[Field] | list[dict[str, Any]], rows: Iterable[Mapping[str, Any]]
+    ) -> int:
+        """Add rows (see `embedded.append`), creating the table or widening it first, in one commit."""
+        check_table(ref.table)
+        wanted = normalize(fields)
+        rows = list(rows)
+        properties = self._properties(ref.project, ref.dataset)
+        if _view(properties, ref.table) is not None:
+            raise InvalidArgument(f"{ref} is a view; rows can only be added to tables")
+
+        def attempt() -> None:
+            table = self.find(ref) or self._create(ref, wanted)
+            merged, additions = merge(table_fields(table), wanted)
+            data = embedded._arrow_rows(merged, rows) if rows else None
+            with table.transaction() as tx:
+                if additions:
+                    with tx.update_schema() as update:
+                        update.union_by_name(arrow_schema(merged))
+                if data is not None:
+                    tx.append(fit_to(data, tx.table_metadata.schema().as_arrow()))
+
+        committing(attempt, f"table {ref}")
+        return len(rows)
+
+    def truncate(self, ref: TableRef) -> None:
+        properties = self._properties(ref.project, ref.dataset)
+        if _view(properties, ref.table) is not None:
+            raise _table_missing(ref)
+        committing(lambda: self.load(ref).delete(AlwaysTrue()), f"table {ref}")
+
+    def row_count(self, ref: TableRef) -> int:
+        return _row_count(self.load(ref))
+
+    def read_rows(
+        self, ref: TableRef, start: int, count: int, columns: list[str] | None = None
+    ) -> tuple[list[Field], pa.Table, int]:
+        """Rows `start` .. `start + count` of a table in file order (tabledata.list)."""
+        properties = self._properties(ref.project, ref.dataset)
+        if _view(properties, ref.table) is not None:
+            raise InvalidArgument(f"Cannot list a table of type VIEW: {ref}")
+        table = self.load(ref)
+        fields = table_fields(table)
+        if columns:
+            by_name = {f["name"].casefold(): f for f in fields}
+            unknown = [c for c in columns if c.casefold() not in by_name]
+            if unknown:
+                raise InvalidArgument(f"selectedFields names unknown columns: {', '.join(unknown)}")
+            fields = [by_name[c.casefold()] for c in columns]
+        total = _row_count(table)
+        conn = connect(self.root, _local_files(table))
+        try:
+            relation = conn.sql(scan_sql(table, [f["name"] for f in fields]))
+            data = relation.limit(int(count), offset=int(start)).to_arrow_table()
+        finally:
+            conn.close()
+        return fields, data, total
+
+    # ---- views --------------------------------------------------------------------------------
+
+    def create_or_replace_view(self, ref: TableRef, query: str) -> TableInfo:
+        """Create or replace the view `ref`: BigQuery SQL over tables of its own project, kept as written."""
+        check_table(ref.table)
+        properties = self._properties(ref.project, ref.dataset)
+        statement = bigquery_sql.parse(query, ref.project)
+        if not statement.returns_rows:
+            raise bigquery_sql.InvalidQuery("a view is defined by a query (SELECT ...)")
+        others = sorted({t.project for t in statement.tables} - {ref.project})
+        if others:
+            raise bigquery_sql.InvalidQuery(
+                f"a view can only read tables of its own project, not of {', '.join(others)}"
+            )
+        if self._kind(ref, properties, exact=False) == "TABLE":
+            raise AlreadyExists(f"Already Exists: Table {ref} (a table, not a view)")
+        self._view_fields(ref, query)  # it must run
+        old = _view(properties, ref.table)
+        now = _now_ms()
+        record = {"query": query, "created": old["created"] if old else now, "modified": now}
+        self.catalog.update_namespace_properties(
+            (ref.project, ref.dataset), updates={_VIEW + ref.table: orjson.dumps(record).decode()}
+        )
+        return self.get_table(ref)
+
+    def _view_fields(self, ref: TableRef, query: str) -> list[Field]:
+        statement = bigquery_sql.parse(query, ref.project)
+        with self.session(ref.project, statement) as (db, catalog_of):
+            try:
+                relation = db.conn.sql(statement.to_duckdb(catalog_of))
+            except duckdb.Error as exc:
+                raise bigquery_sql.InvalidQuery(str(exc).splitlines()[0]) from None
+            return [from_duckdb(n, t) for n, t in zip(relation.columns, relation.types, strict=True)]
+
+    def _kind(self, ref: TableRef, properties: dict[str, str], exact: bool = True) -> str | None:
+        for key in properties:
+            if key.startswith(_VIEW) and _same(key[len(_VIEW) :], ref.table, exact):
+                return "VIEW"
+        for identifier in self.catalog.list_tables((ref.project, ref.dataset)):
+            if _same(identifier[-1], ref.table, exact):
+                return "TABLE"
+        return None
+
+    # ---- queries ------------------------------------------------------------------------------
+
+    @contextmanager
+    def session(
+        self, project: str, statement: bigquery_sql.Statement, *, write: bool = True
+    ) -> Iterator[tuple[Db, Callable[[str], str | None]]]:
+        """A DuckDB connection in which every table and view the statement names is found where
+        `statement.to_duckdb(catalog_of)` names it: tables as views over their current snapshot's files, a view as
+        its query. A statement that changes data gets its target as a table of its own, written back as one commit
+        when the block ends without an error (and run again by the caller if that commit meets another)."""
+        projects = [project, *sorted({t.project for t in statement.tables} - {project})]
+        aliases = {p: f"project_{i}" for i, p in enumerate(projects)}
+        target = statement.target if write and not statement.returns_rows else None
+        plan = _Plan(self, aliases)
+        for name in statement.tables:
+            plan.add(TableRef(name.project, name.dataset, name.table), materialize=name == target)
+        if target is not None:
+            plan.datasets.add((target.project, target.dataset))
+        conn = connect(self.root, plan.files)
+        try:
+            for p in projects:
+                conn.execute(f"ATTACH ':memory:' AS {quote(aliases[p])}")
+            db = Db(conn, aliases[project])
+            for p, dataset in sorted(plan.datasets):
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(aliases[p])}.{quote(dataset)}")
+            for p in projects:
+                embedded._ensure_meta(Db(conn, aliases[p]))
+            for statement_sql in plan.statements:
+                conn.execute(statement_sql)
+            yield db, aliases.get
+            if target is not None:
+                self._write_back(Db(conn, aliases[target.project]), plan, target, statement)
+        finally:
+            conn.close()
+
+    def _write_back(self, db: Db, plan: _Plan, target: bigquery_sql.TableName, statement: Any) -> None:
+        ref = TableRef(target.project, target.dataset, target.table)
+        kind = embedded._catalog_kind(db, ref)
+        before = plan.tables.get(ref)
+        had_view = plan.views.get(ref)
+        if kind == "TABLE":
+            name = db.name(ref.dataset, ref.table)
+            data = db.conn.sql(f"FROM {name}").to_arrow_table()
+            fields = embedded._fields(db, ref)
+            if had_view is not None:
+                self.catalog.update_namespace_properties((ref.project, ref.dataset), removals={_VIEW + ref.table})
+            if before is None:
+                if self.find(ref) is not None:
+                    raise AlreadyExists(f"Already Exists: Table {ref}")
+                table = self._create(ref, fields)
+                if data.num_rows:
+                    table.append(fit_to(data, table.schema().as_arrow()))
+                return
+            _, merged = self.evolve(before, fields)
+            table = before.refresh() if merged != table_fields(before) else before
+            if table.metadata.current_snapshot_id != before.metadata.current_snapshot_id:
+                raise CommitFailedException(f"{ref} changed while the statement ran")
+            table.overwrite(fit_to(data, table.schema().as_arrow()))
+        elif kind == "VIEW":
+            tree = statement.tree.expression if hasattr(statement, "tree") else None
+            if tree is None:
+                raise InvalidArgument("CREATE VIEW needs AS SELECT ...")
+            self.create_or_replace_view(ref, tree.sql(dialect="bigquery"))
+        elif before is not None:
+            self.catalog.purge_table(_ident(ref))
+        elif had_view is not None:
+            self.catalog.update_namespace_properties((ref.project, ref.dataset), removals={_VIEW + ref.table})
+
+    def run(self, attempt: Callable[[], Any], what: str) -> Any:
+        return committing(attempt, what)
+
+
+class _Plan:
+    """What a query session sets up: the schemas, the tables' views (or tables) and the views' definitions, in an
+    order that lets each view find what it reads."""
+
+    def __init__(self, wh: IcebergWarehouse, aliases: dict[str, str]) -> None:
+        self.wh, self.aliases = wh, aliases
+        self.datasets: set[tuple[str, str]] = set()
+        self.tables: dict[TableRef, IcebergTable] = {}
+        self.views: dict[TableRef, str] = {}
+        self.files: list[str] = []
+        self.statements: list[str] = []
+        self._properties: dict[tuple[str, str], dict[str, str]] = {}
+        self._seen: set[TableRef] = set()
+
+    def add(self, ref: TableRef, *, materialize: bool = False, depth: int = 0) -> None:
+        if ref in self._seen:
+            return
+        self._seen.add(ref)
+        if ref.project not in self.aliases:
+            raise bigquery_sql.InvalidQuery(f"a view can only read tables of its own project, not of {ref.project}")
+        key = (ref.project, ref.dataset)
+        if key not in self._properties:
+            try:
+                self._properties[key] = self.wh._properties(ref.project, ref.dataset)
+            except NotFound:
+                if materialize:
+                    raise NotFound(f"Not found: Dataset {ref.project}:{ref.dataset}") from None
+                raise NotFound(f"Not found: Dataset {ref.project}:{ref.dataset} was not found in location US") from None
+        self.datasets.add(key)
+        name = ".".join(quote(p) for p in (self.aliases[ref.project], ref.dataset, ref.table))
+        view = _view(self._properties[key], ref.table)
+        if view is not None:
+            if depth > 16:
+                raise bigquery_sql.InvalidQuery(f"view {ref} reads itself")
+            statement = bigquery_sql.parse(view["query"], ref.project)
+            for inner in statement.tables:
+                self.add(TableRef(inner.project, inner.dataset, inner.table), depth=depth + 1)
+            self.views[ref] = view["query"]
+            self.statements.append(f"CREATE VIEW {name} AS {statement.to_duckdb(self.aliases.get)}")
+            return
+        table = self.wh.find(ref)
+        if table is None:
+            if materialize:
+                return  # CREATE TABLE makes it
+            raise NotFound(f"Not found: Table {ref.project}:{ref.dataset}.{ref.table} was not found in location US")
+        self.tables[ref] = table
+        self.files += _local_files(table)
+        kind = "TABLE" if materialize else "VIEW"
+        self.statements.append(f"CREATE {kind} {name} AS {scan_sql(table)}")
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def committing(attempt: Callable[[], Any], what: str) -> Any:
+    """Call `attempt()` until its commit does not meet another process's, for up to COMMIT_TIMEOUT seconds."""
+    deadline = time.monotonic() + COMMIT_TIMEOUT
+    delay = 0.01
+    while True:
+        try:
+            return attempt()
+        except CommitFailedException:
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"{what} kept changing under this commit for {COMMIT_TIMEOUT:g} s; try again"
+                ) from None
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.5)
+
+
+def _ident(ref: TableRef) -> tuple[str, str, str]:
+    check_project(ref.project)
+    return (ref.project, ref.dataset, ref.table)
+
+
+def _same(a: str, b: str, exact: bool) -> bool:
+    return a == b or (not exact and a.casefold() == b.casefold())
+
+
+def _view(properties: Mapping[str, str], table: str) -> dict[str, Any] | None:
+    value = properties.get(_VIEW + table)
+    return orjson.loads(value) if value is not None else None
+
+
+def _dataset_info(project: str, dataset: str, properties: Mapping[str, str]) -> DatasetInfo:
+    return DatasetInfo(
+        project,
+        dataset,
+        int(properties.get(_CREATED, 0)),
+        int(properties.get(_MODIFIED, properties.get(_CREATED, 0))),
+        properties.get(_LOCATION, DEFAULT_LOCATION),
+        properties.get(_DESCRIPTION),
+        orjson.loads(properties.get(_LABELS, "{}")),
+    )
+
+
+def _table_info(ref: TableRef, table: IcebergTable) -> TableInfo:
+    properties = table.metadata.properties
+    created = int(properties.get(_CREATED, table.metadata.last_updated_ms))
+    return TableInfo(
+        ref,
+        "TABLE",
+        created,
+        table.metadata.last_updated_ms,
+        table_fields(table),
+        _row_count(table),
+        description=properties.get(_DESCRIPTION),
+    )
+
+
+def _row_count(table: IcebergTable) -> int:
+    snapshot = table.current_snapshot()
+    if snapshot is None or snapshot.summary is None:
+        return 0
+    return int(snapshot.summary.get("total-records") or 0)
+
+
+_types = threading.local()
+
+
+def table_fields(table: IcebergTable) -> list[Field]:
+    """The table's columns as BigQuery fields (REQUIRED where Iceberg's are), read back the way DuckDB sees them."""
+    schema = table.schema()
+    conn = getattr(_types, "conn", None)
+    if conn is None:
+        conn = _types.conn = duckdb.connect(config={"enable_external_access": False})
+    relation = conn.from_arrow(schema.as_arrow().empty_table())
+    required = {f.name for f in schema.fields if f.required}
+    return [from_duckdb(n, t, n not in required) for n, t in zip(relation.columns, relation.types, strict=True)]
+
+
+def arrow_schema(fields: list[Field]) -> pa.Schema:
+    """The Arrow schema an Iceberg table of `fields` is made from: REQUIRED columns not nullable."""
+    from dicomlake.warehouse.schema import arrow_type
+
+    return pa.schema([pa.field(f["name"], arrow_type(f), nullable=f["mode"] != "REQUIRED") for f in fields])
+
+
+def fit_to(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`data` with the nullability the table asks of each of its columns (pyiceberg refuses a nullable column for a
+    required one): columns keep their own types, absent ones are filled by pyiceberg."""
+    fields = []
+    by_name = {f.name: f for f in schema}
+    for f in data.schema:
+        wanted = by_name.get(f.name)
+        fields.append(f.with_nullable(wanted.nullable) if wanted is not None else f)
+    target = pa.schema(fields)
+    if target == data.schema:
+        return data
+    try:
+        return data.cast(target)
+    except (pa.ArrowInvalid, ValueError) as exc:
+        raise InvalidArgument(f"rows do not fit the table's schema: {exc}") from None
+
+
+def _local_files(table: IcebergTable) -> list[str]:
+    return [_local_path(task.file.file_path) for task in table.scan().plan_files()]
+
+
+def _local_path(uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return parsed.path if parsed.scheme else uri
+    raise Unavailable(f"queries read local warehouse files only for now, not {parsed.scheme}:// ({uri})")
+
+
+def scan_sql(table: IcebergTable, columns: list[str] | None = None) -> str:
+    """A DuckDB SELECT of the table's current snapshot, with exactly the table's columns and types: files written
+    before a column was added hold none of it (NULL), and structs are cast to their widest form."""
+    schema = table.schema()
+    fields = {f["name"]: f for f in table_fields(table)}
+    wanted = columns if columns is not None else [f.name for f in schema.fields]
+    tasks = list(table.scan().plan_files())
+    present: set[int] = set()
+    for task in tasks:
+        present.update(task.file.value_counts.keys())
+        present.update(task.file.null_value_counts.keys())
+    selects = []
+    for name in wanted:
+        field = fields[name]
+        iceberg_field = schema.find_field(name)
+        ids = {iceberg_field.field_id, *_leaf_ids(iceberg_field.field_type)}
+        kind = duckdb_type(field)
+        if tasks and ids & present:
+            selects.append(f"CAST({quote(name)} AS {kind}) AS {quote(name)}")
+        else:
+            selects.append(f"CAST(NULL AS {kind}) AS {quote(name)}")
+    if not tasks:
+        return f"SELECT {', '.join(selects)} WHERE false"
+    paths = ", ".join("'" + _local_path(task.file.file_path).replace("'", "''") + "'" for task in tasks)
+    return f"SELECT {', '.join(selects)} FROM read_parquet([{paths}], union_by_name = true)"
+
+
+def _leaf_ids(kind: Any) -> list[int]:
+    ids: list[int] = []
+    for child in getattr(kind, "fields", ()) or ():
+        ids.append(child.field_id)
+        ids += _leaf_ids(child.field_type)
+    element = getattr(kind, "element_field", None)
+    if element is not None:
+        ids.append(element.field_id)
+        ids += _leaf_ids(element.field_type)
+    return ids
+
+
+def connect(root: Path, files: list[str]) -> duckdb.DuckDBPyConnection:
+    """A query's DuckDB instance: the sandbox (nothing reachable but `files`, the Parquet files of the tables it
+    reads, and that for good) and the memory limit of every DuckDB instance, spilling under this process's
+    folder."""
+    spill = root / "tmp"
+    spill.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in embedded.CONFIG.items() if k != "enable_external_access"}
+    conn = duckdb.connect(config={**config, "temp_directory": str(spill)})
+    try:
+        conn.execute("SET allowed_paths = ?", [list(dict.fromkeys(files))])
+        conn.execute("SET enable_external_access = false")
+        conn.execute("SET lock_configuration = true")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _io_properties() -> dict[str, str]:
+    """pyiceberg's file IO settings for s3:// warehouses, from the variables the blob store reads too."""
+    import os
+
+    properties = {}
+    for variable, key in (
+        ("AWS_ENDPOINT_URL", "s3.endpoint"),
+        ("AWS_ACCESS_KEY_ID", "s3.access-key-id"),
+        ("AWS_SECRET_ACCESS_KEY", "s3.secret-access-key"),
+        ("AWS_REGION", "s3.region"),
+        ("AWS_DEFAULT_REGION", "s3.region"),
+    ):
+        if os.environ.get(variable) and key not in properties:
+            properties[key] = os.environ[variable]
+    return properties
+
+
+@dataclass(frozen=True)
+class StreamMark:
+    """The stream events a commit's rows came from, as a snapshot property: `store:first-last,first-last`."""
+
+    store_pk: int
+    events: tuple[int, ...]
+
+    def text(self) -> str:
+        ranges = []
+        events = sorted(self.events)
+        start = prev = events[0]
+        for pk in events[1:]:
+            if pk != prev + 1:
+                ranges.append(f"{start}-{prev}")
+                start = pk
+            prev = pk
+        ranges.append(f"{start}-{prev}")
+        return f"{self.store_pk}:{','.join(ranges)}"
+
+
+def held_events(table: IcebergTable, store_pk: int, low: int, high: int) -> set[int]:
+    """Events of store `store_pk` between `low` and `high` whose rows a snapshot of the table already holds."""
+    held: set[int] = set()
+    for snapshot in table.metadata.snapshots:
+        text = (snapshot.summary.additional_properties if snapshot.summary else {}).get(EVENTS)
+        if not text:
+            continue
+        store, _, ranges = text.partition(":")
+        if int(store) != store_pk:
+            continue
+        for part in ranges.split(","):
+            first, _, last = part.partition("-")
+            a, b = int(first), int(last)
+            if b >= low and a <= high:
+                held.update(range(max(a, low), min(b, high) + 1))
+    return held
+
+
+def written_by(table: IcebergTable, writer: str) -> bool:
+    """Whether a snapshot of the table holds the rows of `writer` (an export shard)."""
+    return any(
+        snapshot.summary is not None and snapshot.summary.additional_properties.get(WRITER) == writer
+        for snapshot in table.metadata.snapshots
+    )
+
+
+class IcebergTables:
+    """The Iceberg tables every process shares (`warehouse/py`). Each call is one commit, tried again on
+    the table as it is now when another process committed meanwhile; which export shard or which stream events
+    a commit's rows came from is a property of its snapshot, so a repeated shard or redelivered event adds
+    nothing."""
+
+    def __init__(self, warehouse: IcebergWarehouse) -> None:
+        self.warehouse = warehouse
+        self._schemas: dict[TableRef, list[Field]] = {}
+        self._views: set[TableRef] = set()  # the views of streamed tables known to exist
+
+    def has_rows(self, ref: TableRef) -> bool | None:
+        table = self._table(ref)
+        return None if table is None else _row_count(table) > 0
+
+    def ensure(self, ref: TableRef) -> None:
+        if self._table(ref) is None:
+            self.warehouse._create(ref, dicom_tables.BASE_FIELDS)
+
+    def truncate(self, ref: TableRef) -> None:
+        self.warehouse.truncate(ref)
+
+    def known_schema(self, ref: TableRef) -> list[Field]:
+        return self._schemas.get(ref, [])
+
+    def append(
+        self, ref: TableRef, parts: list[dicom_tables.Fitted], rows_of: Callable[[int], list[FlatRow]], writer: str
+    ) -> None:
+        def attempt() -> None:
+            table = self._table(ref) or self.warehouse._create(ref, dicom_tables.BASE_FIELDS)
+            if written_by(table, writer):
+                return
+            fields = table_fields(table)
+            fitted = [self._refit(fields, part, lambda i=i: rows_of(i)) for i, part in enumerate(parts)]
+            self._commit(table, fitted, {WRITER: writer})
+
+        committing(attempt, f"table {ref}")
+
+    def deliver(self, ref: TableRef, rows: list[FlatRow], store_pk: int, events: list[int]) -> None:
+        mark = StreamMark(store_pk, tuple(events)).text()
+
+        def attempt() -> None:
+            table = self._table(ref)
+            if table is None:
+                table = self.warehouse._create(ref, dicom_tables.BASE_FIELDS)
+            held = held_events(table, store_pk, min(events), max(events))
+            fresh = [row for pk, row in zip(events, rows, strict=True) if pk not in held]
+            if fresh:
+                fitted = dicom_tables.fit(table_fields(table), fresh)
+                self._commit(table, [fitted], {EVENTS: mark})
+
+        committing(attempt, f"table {ref}")
+        view = TableRef(ref.project, ref.dataset, ref.table + dicom_tables.VIEW_SUFFIX)
+        if view not in self._views:
+            if self.warehouse._kind(view, self.warehouse._properties(view.project, view.dataset)) is None:
+                self.warehouse.create_or_replace_view(view, dicom_tables.view_query(ref))
+            self._views.add(view)
+
+    def _table(self, ref: TableRef) -> IcebergTable | None:
+        table = self.warehouse.find(ref)
+        if table is not None and table.metadata is not None:
+            self._schemas[ref] = table_fields(table)
+        return table
+
+    @staticmethod
+    def _refit(
+        fields: list[Field], part: dicom_tables.Fitted, rows: Callable[[], list[FlatRow]]
+    ) -> dicom_tables.Fitted:
+        """`part` as it is when its columns fit the table's, else its rows fitted again to the table."""
+        if merge_schema(fields, part.fields).conflicts:
+            return dicom_tables.fit(fields, rows())
+        return part
+
+    def _commit(self, table: IcebergTable, parts: list[dicom_tables.Fitted], mark: dict[str, str]) -> None:
+        """Widen the table to the parts' columns and append their rows, in one commit."""
+        fields = table_fields(table)
+        for part in parts:
+            fields = merge_schema(fields, part.fields).fields
+        data = [part.data for part in parts if part.data.num_rows]
+        with table.transaction() as tx:
+            if len(fields) != len(table_fields(table)) or fields != table_fields(table):
+                with tx.update_schema() as update:
+                    update.union_by_name(arrow_schema(fields))
+            if data:
+                whole = pa.concat_tables(data, promote_options="permissive")
+                tx.append(fit_to(whole, tx.table_metadata.schema().as_arrow()), snapshot_properties=mark)
