@@ -181,3 +181,69 @@ def test_garbage_is_refused_and_http_and_dimse_go_on(dimse: DimseServer, garbage
         assoc.release()
     assert requests.get(target.store.url, timeout=10).status_code == 200
     assert "Traceback" not in (dimse.server.data_dir / "server.log").read_text()
+
+
+def _new_mr(patient: str = "Lean^Path") -> pydicom.Dataset:
+    ds = pydicom.dcmread(MR)
+    ds.SOPInstanceUID = generate_uid()
+    ds.PatientName = patient
+    return ds
+
+
+def test_echoes_stores_and_duplicates_interleaved_on_one_association_are_each_answered(dimse: DimseServer) -> None:
+    """C-STOREs are answered by the listener's own hot path and C-ECHOs by pynetdicom, on one association."""
+    target = ae_store(dimse)
+    first, second = _new_mr(), _new_mr()
+    assoc = _associate(dimse, target.ae_title)
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+        assert assoc.send_c_store(first).Status == 0x0000
+        assert assoc.send_c_echo().Status == 0x0000
+        assert assoc.send_c_store(first).Status == 0x0000  # a duplicate
+        assert assoc.send_c_store(second).Status == 0x0000
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+    for ds in (first, second):
+        data = _retrieve(target.store, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        assert pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_a_client_taking_only_small_pdus_is_answered_in_pdus_it_takes(dimse: DimseServer) -> None:
+    """The listener's own answer is one PDU; a peer too small for it is answered by pynetdicom, fragmented."""
+    target = ae_store(dimse)
+    ds = _new_mr()
+    ae = AE("SMALLPDU")
+    ae.maximum_pdu_size = 128
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=target.ae_title)
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    assert _retrieve(target.store, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x00\x00\x00\x09\x01\x03\x08\x00\x10\x00\xff\xff\xff",  # a command set that cannot be decoded
+        b"\x00\x00\x00\x63\x01\x03\x00\x00",  # a PDV item longer than its PDU
+        b"\x00\x00\x00\x06\x01\x00abcd",  # a data set fragment with no command before it
+    ],
+)
+def test_a_bad_p_data_on_an_established_association_ends_it_cleanly(dimse: DimseServer, body: bytes) -> None:
+    target = ae_store(dimse)
+    assoc = _associate(dimse, target.ae_title)
+    assert assoc.send_c_store(_new_mr()).Status == 0x0000
+    assoc.dul.socket.send(b"\x04\x00" + len(body).to_bytes(4, "big") + body)
+    assoc.dul.join(timeout=30)  # the listener aborts, or closes
+    assert not assoc.is_established or assoc.send_c_echo() is not None
+    assoc.abort()
+    again = _associate(dimse, target.ae_title)
+    try:
+        assert again.send_c_store(_new_mr()).Status == 0x0000
+    finally:
+        again.release()
+    assert "Traceback" not in (dimse.server.data_dir / "server.log").read_text()

@@ -30,8 +30,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomlake.dicom.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, file_meta
 from dicomlake.dimse import commitment, query, retrieve
+from dicomlake.dimse.lean_store import StoreAnswer, StoreRequest
 from dicomlake.dimse.peers import Peers
-from dicomlake.dimse.reactor import WakingRequestHandler
+from dicomlake.dimse.reactor import CStoreHandler, WakingRequestHandler
 from dicomlake.dimse.session import Session, attach, session_of
 from dicomlake.dimse.sop_classes import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -168,6 +169,7 @@ class Listener:
             evt_handlers=handlers,
             request_handler=WakingRequestHandler,
         )
+        self._server.c_store = self._c_store
         self._server.daemon_threads = True
         ae._servers.append(self._server)  # as AE.start_server does: the server's shutdown() takes it off
         self._thread = threading.Thread(target=self._server.serve_forever, name="dimse-listener", daemon=True)
@@ -249,14 +251,33 @@ class Listener:
         return SUCCESS
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
-        session = self._session(event)
+        # The C-STOREs pynetdicom hands over; those of an established association mostly come to `_c_store` instead.
         request = event.request
         assert isinstance(request, C_STORE)  # the request of an EVT_C_STORE
         sop_class_uid, sop_instance_uid = request.AffectedSOPClassUID, request.AffectedSOPInstanceUID
+        session = self._session(event)
         if request.DataSet is None or not sop_class_uid or not sop_instance_uid:
-            return self._failed(session, CANNOT_UNDERSTAND, "a C-STORE without a data set or its SOP UIDs")
-        body = request.DataSet.getvalue()
-        meta = file_meta(sop_class_uid, sop_instance_uid, event.context.transfer_syntax, session.calling)
+            answer = self._failed(session, CANNOT_UNDERSTAND, "a C-STORE without a data set or its SOP UIDs")
+        else:
+            body = request.DataSet.getvalue()
+            answer = self._store(session, sop_class_uid, sop_instance_uid, event.context.transfer_syntax, body)
+        if answer.error_comment is None:
+            return answer.status
+        status = Dataset()
+        status.Status = answer.status
+        status.ErrorComment = answer.error_comment[:64]  # LO
+        return status
+
+    def _c_store(self, assoc: Association, request: StoreRequest, body: bytes, transfer_syntax: str) -> StoreAnswer:
+        """A C-STORE-RQ read by `lean_store` on an association this listener accepted."""
+        session = session_of(assoc)
+        assert session is not None, "a C-STORE on an association that was not accepted"
+        return self._store(session, request.sop_class_uid, request.sop_instance_uid, transfer_syntax, body)
+
+    def _store(
+        self, session: Session, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, body: bytes
+    ) -> StoreAnswer:
+        meta = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax, session.calling)
         data = meta + body
         session.bytes_received += len(body)
         self.counters.add(bytes_received=len(body))
@@ -268,12 +289,12 @@ class Listener:
         if isinstance(result, instances.Stored):
             session.stored += 1
             self.counters.add(stored=1)
-            return SUCCESS
+            return StoreAnswer(SUCCESS)
         if result.duplicate:
             # A modality resends what it is not sure was received: the first copy is kept, and this is success.
             session.duplicates += 1
             self.counters.add(duplicates=1)
-            return SUCCESS
+            return StoreAnswer(SUCCESS)
         status = CANNOT_UNDERSTAND if result.reason == instances.CANNOT_UNDERSTAND else PROCESSING_FAILURE
         log.warning(
             "C-STORE of %s from %s into %s refused: %s",
@@ -304,17 +325,17 @@ class Listener:
         assert session is not None, "a service requested on an association that was not accepted"
         return session
 
-    def _failed(self, session: Session, status: int, why: str) -> Dataset:
+    def _failed(self, session: Session, status: int, why: str) -> StoreAnswer:
         session.failed += 1
         self.counters.add(failed=1)
-        answer = Dataset()
-        answer.Status = status
-        answer.ErrorComment = why[:64]  # LO
-        return answer
+        return StoreAnswer(status, why)
 
 
 class _SharedPortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server on a port that every listener process of the server binds."""
+    """pynetdicom's threaded server on a port that every listener process of the server binds, whose
+    associations store their C-STOREs with `c_store` (read by `WakingRequestHandler`)."""
+
+    c_store: CStoreHandler | None = None
 
     def server_bind(self) -> None:
         assert self.socket is not None  # made by TCPServer.__init__ before it binds

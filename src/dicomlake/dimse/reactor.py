@@ -9,12 +9,16 @@ every primitive queued for sending writes to, the association thread on an event
 primitive queued for it. Nothing else of pynetdicom changes (PDUs, the state machine, negotiation,
 services, events), and an idle association costs no CPU.
 
-The classes below use pynetdicom's internals (queue attributes, `_run_reactor`): the dependency is pinned
-to the 3.0 series, and the tests run every service over these classes."""
+When given a C-STORE handler, the DUL thread also takes plain C-STORE-RQs itself once the association is
+established (`lean_store` says which and why): it stores each and writes its answer straight to the socket.
+
+The classes below use pynetdicom's internals (queue attributes, `_run_reactor`, `_read_pdu_data`, `_decode_pdu`):
+the dependency is pinned to the 3.0 series, and the tests run every service over these classes."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import select
@@ -26,11 +30,24 @@ from typing import Any
 
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from dicomlake.dimse.lean_store import P_DATA_TF, Abort, Forward, Splitter, StoreAnswer, StoreRequest, encode_response
+
+log = logging.getLogger("dicomlake.dimse")
 
 # How long a blocked thread waits before it looks at its timers (ARTIM, idle network timeout) anyway.
 TICK_SECONDS = 0.05
+# A peer whose PDUs may be shorter than this gets its C-STOREs answered by pynetdicom, which can fragment them.
+LEAN_MINIMUM_PEER_PDU = 1024
+# PS3.4 Annex B: the status pynetdicom answers when a C-STORE handler raises.
+HANDLER_FAILED = 0xC211
+
+# Stores one C-STORE-RQ's data set (as sent, in the context's transfer syntax) and says how to answer it.
+CStoreHandler = Callable[[Association, StoreRequest, bytes, str], StoreAnswer]
 
 
 class _WakingQueue(queue.Queue[Any]):
@@ -81,12 +98,45 @@ class _BlockingSocket(AssociationSocket):
 
     def recv(self, nr_bytes: int) -> bytearray:
         data = super().recv(nr_bytes)
+        self._ack_now()
+        return data
+
+    def _ack_now(self) -> None:
         # Acknowledge at once: a peer with Nagle's algorithm on (DCMTK's default) holds the rest of a message
         # back until its first segment is acknowledged, and Linux would wait up to 40 ms to do that. The flag
         # does not stick, so it is set again after every read.
         if self.socket is not None:
             with contextlib.suppress(OSError):
                 self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
+    def peek_header(self) -> bytes:
+        """The next PDU's 6-byte header if that much has arrived (fewer bytes otherwise), without reading it."""
+        sock = self.socket
+        if sock is None or isinstance(sock, ssl.SSLSocket):
+            return b""
+        try:
+            return sock.recv(6, socket.MSG_PEEK)
+        except OSError:
+            return b""
+
+    def read_exactly(self, size: int) -> bytearray | None:
+        """`size` bytes, read into one buffer; None if the connection ends or fails first."""
+        sock = self.socket
+        if sock is None:
+            return None
+        data = bytearray(size)
+        view = memoryview(data)
+        got = 0
+        try:
+            while got < size:
+                n = sock.recv_into(view[got:])
+                if n == 0:
+                    return None
+                got += n
+        except OSError:
+            return None
+        finally:
+            self._ack_now()
         return data
 
     def close(self) -> None:
@@ -102,11 +152,81 @@ class _BlockingSocket(AssociationSocket):
                     os.close(fd)
 
 
+class _LeanDUL(DULServiceProvider):
+    """pynetdicom's DUL service provider, with the C-STORE-RQs of an established association read, stored and
+    answered in its own thread by `c_store`; every other PDU is pynetdicom's to read or is handed to it."""
+
+    def __init__(self, assoc: Association, c_store: CStoreHandler) -> None:
+        super().__init__(assoc)
+        self._c_store = c_store
+        self._splitter = Splitter(self._accepts)
+
+    def _read_pdu_data(self) -> None:
+        sock = self.socket
+        if self._splitter.aborted or not self._in_data_transfer() or not isinstance(sock, _BlockingSocket):
+            super()._read_pdu_data()
+            return
+        header = sock.peek_header()
+        maximum = self.assoc.acceptor.maximum_length or 0
+        # Anything but a whole P-DATA-TF header of a length this side offered is pynetdicom's to read and judge.
+        if len(header) < 6 or header[0] != P_DATA_TF or not 0 < int.from_bytes(header[2:6], "big") <= maximum:
+            super()._read_pdu_data()
+            return
+        pdu = sock.read_exactly(6 + int.from_bytes(header[2:6], "big"))
+        if pdu is None:
+            self.event_queue.put("Evt17")  # the connection closed mid-PDU
+            return
+        for action in self._splitter.feed(memoryview(pdu)[6:]):
+            if isinstance(action, Forward):
+                self._hand_over(action.pdu)
+            elif isinstance(action, Abort):
+                log.warning("DIMSE association from %s aborted: %s", self.assoc.requestor.address, action.why)
+                self.event_queue.put("Evt19")  # an invalid PDU: the state machine sends the A-ABORT
+            else:
+                self._store(sock, action.request, action.dataset)
+
+    def _in_data_transfer(self) -> bool:
+        assoc = self.assoc
+        return self.state_machine.current_state == "Sta6" and assoc.is_established and not assoc._sent_release
+
+    def _accepts(self, request: StoreRequest) -> bool:
+        context = self.assoc._accepted_cx.get(request.context_id)
+        if context is None or context.abstract_syntax != request.sop_class_uid:
+            return False
+        peer_maximum = self.assoc.requestor.maximum_length
+        return not peer_maximum or peer_maximum >= LEAN_MINIMUM_PEER_PDU
+
+    def _hand_over(self, pdu: bytes) -> None:
+        # What pynetdicom's own `_read_pdu_data` does with a PDU it has read.
+        try:
+            decoded, event = self._decode_pdu(bytearray(pdu))
+        except Exception:
+            log.warning("an undecodable P-DATA-TF PDU from %s", self.assoc.requestor.address)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(decoded)
+
+    def _store(self, sock: _BlockingSocket, request: StoreRequest, dataset: bytes) -> None:
+        transfer_syntax = self.assoc._accepted_cx[request.context_id].transfer_syntax[0]
+        try:
+            answer = self._c_store(self.assoc, request, dataset, transfer_syntax)
+        except Exception:
+            log.exception("C-STORE of %s failed", request.sop_instance_uid)
+            answer = StoreAnswer(HANDLER_FAILED, "the instance could not be stored (see the server log)")
+        sock.send(encode_response(request, answer))
+
+
 class WakingAssociation(Association):
     """An acceptor association whose thread sleeps until a message, a release or an abort arrives."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, ae: ApplicationEntity, mode: str, c_store: CStoreHandler | None = None) -> None:
+        super().__init__(ae, mode)
+        if c_store is not None:
+            self.dul = _LeanDUL(self, c_store)
+            # pynetdicom hands its timeouts to the DUL it made first.
+            self.acse_timeout = self.ae.acse_timeout
+            self.network_timeout = self.ae.network_timeout
         self._wakeup = threading.Event()
         self.dul.to_user_queue = _WakingQueue(self._wakeup.set)
         self.dimse.msg_queue = _WakingQueue(self._wakeup.set)
@@ -178,7 +298,7 @@ class WakingRequestHandler(RequestHandler):
 
     def _create_association(self) -> Association:
         # The steps of pynetdicom's own handler, with the classes above.
-        assoc = WakingAssociation(self.ae, MODE_ACCEPTOR)
+        assoc = WakingAssociation(self.ae, MODE_ACCEPTOR, getattr(self.server, "c_store", None))
         assoc._server = self.server
         assoc.name = f"DIMSE {self.client_address[0]}:{self.client_address[1]}"
         assoc.attach(_BlockingSocket(assoc, self.request))
