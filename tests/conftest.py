@@ -149,6 +149,19 @@ def start_server(data_dir: Path, database_url: str = "", extra_env: dict[str, st
     return server
 
 
+def warehouse_of(server: Server) -> Any:
+    """The tables of a running server, opened in the test's process as another dicomlake process would."""
+    from dicomlake.config import Settings
+    from dicomlake.services import open_warehouse
+
+    settings = Settings(
+        data_dir=server.data_dir,
+        database_url=server.database_url,
+        warehouse_url=server.env.get("DICOMLAKE_WAREHOUSE_URL", ""),
+    )
+    return open_warehouse(settings)
+
+
 def write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

@@ -26,9 +26,8 @@ from bigquery_rows import (
     expected_dicomweb_paths,
     expected_latest_studies,
 )
-from conftest import Server
-from dicomlake.warehouse import embedded
-from dicomlake.warehouse.embedded import TableRef, Warehouse
+from conftest import Server, warehouse_of
+from dicomlake.warehouse.embedded import TableRef
 
 # The warehouse is the same DuckDB whichever index the server uses: one backend is enough here.
 pytestmark = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
@@ -39,9 +38,9 @@ def project(server: Server) -> str:
     """A project of this module's own, with the dataset `dicom` and its table `instances` filled through the
     warehouse module, as an export does."""
     name = f"bq-{uuid.uuid4().hex[:10]}"
-    wh = Warehouse.in_data_dir(server.data_dir)
-    embedded.create_dataset(wh, name, "dicom")
-    embedded.append(wh, TableRef(name, "dicom", "instances"), SCHEMA, all_rows())
+    wh = warehouse_of(server)
+    wh.create_dataset(name, "dicom")
+    wh.append(TableRef(name, "dicom", "instances"), SCHEMA, all_rows())
     return name
 
 

@@ -10,9 +10,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from bigquery_rows import SCHEMA, all_rows
-from conftest import start_server
-from dicomlake.warehouse import embedded
-from dicomlake.warehouse.embedded import TableRef, Warehouse
+from conftest import start_server, warehouse_of
+from dicomlake.warehouse.embedded import TableRef
 
 
 def test_several_server_processes_share_tables_and_the_pages_of_each_others_jobs(tmp_path: Path) -> None:
@@ -22,9 +21,7 @@ def test_several_server_processes_share_tables_and_the_pages_of_each_others_jobs
             project="shared", credentials=AnonymousCredentials(), client_options={"api_endpoint": srv.url}
         )
         bq.create_dataset("dicom")
-        embedded.append(
-            Warehouse.in_data_dir(srv.data_dir), TableRef("shared", "dicom", "instances"), SCHEMA, all_rows()
-        )
+        warehouse_of(srv).append(TableRef("shared", "dicom", "instances"), SCHEMA, all_rows())
         everyone = sorted(r["SOPInstanceUID"] for r in all_rows())
         sql = "SELECT SOPInstanceUID FROM dicom.instances ORDER BY SOPInstanceUID"
 

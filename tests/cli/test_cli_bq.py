@@ -12,9 +12,8 @@ import pytest
 from cli_helpers import run, sqlite_server
 
 from bigquery_rows import LATEST_STUDIES, SCHEMA, all_rows, expected_latest_studies
-from conftest import Server, free_port
-from dicomlake.warehouse import embedded
-from dicomlake.warehouse.embedded import TableRef, Warehouse
+from conftest import Server, free_port, warehouse_of
+from dicomlake.warehouse.embedded import TableRef
 
 pytestmark = sqlite_server
 
@@ -23,9 +22,9 @@ pytestmark = sqlite_server
 def project(server: Server) -> str:
     """A project with the dataset `dicom` and its filled table `instances`."""
     name = f"cli-{uuid.uuid4().hex[:10]}"
-    wh = Warehouse.in_data_dir(server.data_dir)
-    embedded.create_dataset(wh, name, "dicom")
-    embedded.append(wh, TableRef(name, "dicom", "instances"), SCHEMA, all_rows())
+    wh = warehouse_of(server)
+    wh.create_dataset(name, "dicom")
+    wh.append(TableRef(name, "dicom", "instances"), SCHEMA, all_rows())
     return name
 
 

@@ -34,6 +34,7 @@ from pyiceberg.exceptions import (
     NoSuchNamespaceError,
     NoSuchTableError,
     TableAlreadyExistsError,
+    ValidationException,
 )
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table as IcebergTable
@@ -63,7 +64,20 @@ TABLE_PROPERTIES = {
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "8",
     "write.parquet.compression-codec": "zstd",
+    # Appends merge the manifests once there are this many, so planning a scan reads a few files, not one per commit.
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "16",
 }
+# Streams commit often. After a commit `maintain` bounds what that leaves: data files smaller than SMALL_FILE_BYTES
+# are rewritten as one once there are more than MAX_SMALL_FILES of them; snapshots older than KEEP_SECONDS are
+# expired (but never the last KEEP_SNAPSHOTS: their summaries say which stream events and export shards a table
+# holds, which a redelivery after a crash asks within a lease, see operations/streaming.py), and the schemas no
+# snapshot uses removed; files that no snapshot names any more are deleted after ORPHAN_SECONDS.
+SMALL_FILE_BYTES = 32 << 20
+MAX_SMALL_FILES = 16
+KEEP_SECONDS = 900
+KEEP_SNAPSHOTS = 32
+ORPHAN_SECONDS = 3600
 _VIEW = "dicomlake.view."  # namespace property per view: {"query", "created", "modified"}
 _CREATED = "dicomlake.created"
 _MODIFIED = "dicomlake.modified"
@@ -184,6 +198,7 @@ class IcebergWarehouse:
 
     def _properties(self, project: str, dataset: str) -> dict[str, str]:
         check_project(project)
+        check_dataset(dataset)
         try:
             return self.catalog.load_namespace_properties((project, dataset))
         except NoSuchNamespaceError:
@@ -417,6 +432,81 @@ class IcebergWarehouse:
                 return "TABLE"
         return None
 
+    # ---- upkeep -------------------------------------------------------------------------------
+
+    def maintain(self, ref: TableRef) -> None:
+        """Compact the table's small files, expire its old snapshots and unused schemas, delete orphan files
+        (see MAX_SMALL_FILES). Each step is one commit against the table as read; one that meets another process's
+        commit is left for the next time. Readers keep reading the snapshot they started on."""
+        table = self.find(ref)
+        if table is None:
+            return
+        try:
+            table = self._compact(table)
+            self._expire(table)
+        except (CommitFailedException, ValidationException):
+            return  # another process committed meanwhile (pyiceberg refuses a rewrite beside a new append)
+
+    def _compact(self, table: IcebergTable) -> IcebergTable:
+        small = [t for t in table.scan().plan_files() if t.file.file_size_in_bytes < SMALL_FILE_BYTES]
+        if len(small) <= MAX_SMALL_FILES:
+            return table
+        from pyiceberg.io.pyarrow import _dataframe_to_data_files  # pyiceberg has no public rewrite of files yet
+
+        conn = connect(self.root, _local_files(table, small))
+        try:
+            data = conn.sql(scan_sql(table, tasks=small)).to_arrow_table()
+        finally:
+            conn.close()
+        data = fit_to(data, table.schema().as_arrow())
+        with table.transaction() as tx:
+            properties = {"dicomlake.compacted": str(len(small))}
+            with tx.update_snapshot(snapshot_properties=properties).overwrite() as rewrite:
+                for task in small:
+                    rewrite.delete_data_file(task.file)
+                for data_file in _dataframe_to_data_files(
+                    table_metadata=tx.table_metadata, df=data, io=table.io, write_uuid=rewrite.commit_uuid
+                ):
+                    rewrite.append_data_file(data_file)
+        return table.refresh()
+
+    def _expire(self, table: IcebergTable) -> None:
+        from pyiceberg.table.update import RemoveSchemasUpdate
+
+        snapshots = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms)
+        cutoff = _now_ms() - KEEP_SECONDS * 1000
+        old = [s.snapshot_id for s in snapshots[:-KEEP_SNAPSHOTS] if s.timestamp_ms < cutoff]
+        if old:
+            table.maintenance.expire_snapshots().by_ids(old).commit()
+            table = table.refresh()
+        used = {s.schema_id for s in table.metadata.snapshots} | {table.metadata.current_schema_id}
+        unused = [s.schema_id for s in table.metadata.schemas if s.schema_id not in used]
+        if unused:
+            with table.transaction() as tx:
+                tx._apply((RemoveSchemasUpdate(schema_ids=unused),))  # no public call for it in pyiceberg 0.12
+            table = table.refresh()
+        if old:
+            self._delete_orphans(table)
+
+    def _delete_orphans(self, table: IcebergTable) -> None:
+        """Delete the data files under a local table's folder that no snapshot names and that are older than
+        ORPHAN_SECONDS (younger ones may belong to a commit in progress)."""
+        parsed = urlparse(table.metadata.location)
+        if parsed.scheme not in ("", "file"):
+            return
+        folder = Path(parsed.path) / "data"
+        if not folder.is_dir():
+            return
+        named = set()
+        for snapshot in table.metadata.snapshots:
+            for manifest in snapshot.manifests(table.io):
+                for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+                    named.add(_local_path(entry.data_file.file_path))
+        cutoff = time.time() - ORPHAN_SECONDS
+        for path in folder.rglob("*.parquet"):
+            if str(path) not in named and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+
     # ---- queries ------------------------------------------------------------------------------
 
     @contextmanager
@@ -561,6 +651,8 @@ def committing(attempt: Callable[[], Any], what: str) -> Any:
 
 def _ident(ref: TableRef) -> tuple[str, str, str]:
     check_project(ref.project)
+    check_dataset(ref.dataset)
+    check_table(ref.table)
     return (ref.project, ref.dataset, ref.table)
 
 
@@ -644,8 +736,8 @@ def fit_to(data: pa.Table, schema: pa.Schema) -> pa.Table:
         raise InvalidArgument(f"rows do not fit the table's schema: {exc}") from None
 
 
-def _local_files(table: IcebergTable) -> list[str]:
-    return [_local_path(task.file.file_path) for task in table.scan().plan_files()]
+def _local_files(table: IcebergTable, tasks: list[Any] | None = None) -> list[str]:
+    return [_local_path(task.file.file_path) for task in (table.scan().plan_files() if tasks is None else tasks)]
 
 
 def _local_path(uri: str) -> str:
@@ -655,13 +747,15 @@ def _local_path(uri: str) -> str:
     raise Unavailable(f"queries read local warehouse files only for now, not {parsed.scheme}:// ({uri})")
 
 
-def scan_sql(table: IcebergTable, columns: list[str] | None = None) -> str:
-    """A DuckDB SELECT of the table's current snapshot, with exactly the table's columns and types: files written
-    before a column was added hold none of it (NULL), and structs are cast to their widest form."""
+def scan_sql(table: IcebergTable, columns: list[str] | None = None, tasks: list[Any] | None = None) -> str:
+    """A DuckDB SELECT of the table's current snapshot (or of the files of `tasks`), with exactly the table's
+    columns and types: files written before a column was added hold none of it (NULL), and structs are cast to
+    their widest form."""
     schema = table.schema()
     fields = {f["name"]: f for f in table_fields(table)}
     wanted = columns if columns is not None else [f.name for f in schema.fields]
-    tasks = list(table.scan().plan_files())
+    if tasks is None:
+        tasks = list(table.scan().plan_files())
     present: set[int] = set()
     for task in tasks:
         present.update(task.file.value_counts.keys())
@@ -776,7 +870,7 @@ def written_by(table: IcebergTable, writer: str) -> bool:
 
 
 class IcebergTables:
-    """The Iceberg tables every process shares (`warehouse/py`). Each call is one commit, tried again on
+    """`IcebergWarehouse` as the destination of exports and streams. Each call is one commit, tried again on
     the table as it is now when another process committed meanwhile; which export shard or which stream events
     a commit's rows came from is a property of its snapshot, so a repeated shard or redelivered event adds
     nothing."""
@@ -785,6 +879,7 @@ class IcebergTables:
         self.warehouse = warehouse
         self._schemas: dict[TableRef, list[Field]] = {}
         self._views: set[TableRef] = set()  # the views of streamed tables known to exist
+        self._commits: dict[TableRef, int] = {}
 
     def has_rows(self, ref: TableRef) -> bool | None:
         table = self._table(ref)
@@ -812,6 +907,7 @@ class IcebergTables:
             self._commit(table, fitted, {WRITER: writer})
 
         committing(attempt, f"table {ref}")
+        self._after_commit(ref)
 
     def deliver(self, ref: TableRef, rows: list[FlatRow], store_pk: int, events: list[int]) -> None:
         mark = StreamMark(store_pk, tuple(events)).text()
@@ -827,11 +923,20 @@ class IcebergTables:
                 self._commit(table, [fitted], {EVENTS: mark})
 
         committing(attempt, f"table {ref}")
+        self._after_commit(ref)
         view = TableRef(ref.project, ref.dataset, ref.table + dicom_tables.VIEW_SUFFIX)
         if view not in self._views:
             if self.warehouse._kind(view, self.warehouse._properties(view.project, view.dataset)) is None:
                 self.warehouse.create_or_replace_view(view, dicom_tables.view_query(ref))
             self._views.add(view)
+
+    # Every this many commits of a process to a table, the process looks after the table (`maintain`).
+    MAINTAIN_EVERY = 8
+
+    def _after_commit(self, ref: TableRef) -> None:
+        count = self._commits[ref] = self._commits.get(ref, 0) + 1
+        if count % self.MAINTAIN_EVERY == 0:
+            self.warehouse.maintain(ref)
 
     def _table(self, ref: TableRef) -> IcebergTable | None:
         table = self.warehouse.find(ref)
