@@ -133,10 +133,11 @@ class _BlockingSocket(AssociationSocket):
                 if n == 0:
                     return None
                 got += n
+                # After every read, not once at the end: a peer with Nagle's algorithm on sends the rest of
+                # a PDU only when what it sent so far is acknowledged.
+                self._ack_now()
         except OSError:
             return None
-        finally:
-            self._ack_now()
         return data
 
     def close(self) -> None:
