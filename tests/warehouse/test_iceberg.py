@@ -103,6 +103,35 @@ def test_redelivered_stream_events_and_repeated_export_shards_are_written_once(w
     assert wh.get_table(TableRef("proj", "ds", "t_view")).type == "VIEW"
 
 
+def test_streamed_rows_are_visible_at_once_and_counted_once_across_flushes(
+    wh: IcebergWarehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(iceberg, "FLUSH_ROWS", 3)
+    tables = IcebergTables(wh)
+    tables.deliver(REF, [row_of("CT_small.dcm"), row_of("MR_small.dcm")], 1, [1, 2])
+    assert iceberg._row_count(wh.load(REF)) == 0  # still in the streaming buffer...
+    assert select(wh, "SELECT Modality FROM t_view ORDER BY Modality", tmp_path) == [
+        {"Modality": "CT"},
+        {"Modality": "MR"},
+    ]
+    assert wh.row_count(REF) == 2 and wh.read_rows(REF, 0, 10, ["Modality"])[2] == 2
+
+    tables.deliver(REF, [row_of("CT_small.dcm")], 1, [3])  # the third row: flushed, in one commit
+    assert iceberg._row_count(wh.load(REF)) == 3 and wh.buffer.pending("proj.ds.t") == []
+    tables.deliver(REF, [row_of("MR_small.dcm")], 1, [3])  # redelivered after the flush: nothing new
+    # A flush that committed but died before it forgot its entries leaves them behind: they are not read twice.
+    tables.deliver(REF, [row_of("MR_small.dcm")], 1, [4])
+    table = wh.load(REF)
+    entries = wh.buffer.pending("proj.ds.t")
+    with table.transaction() as tx:
+        tx.append(iceberg.fit_to(wh._buffered_rows(table, entries), table.schema().as_arrow()))
+        tx.set_properties({iceberg.FLUSHED: str(entries[-1].id)})
+    assert wh.row_count(REF) == 4
+    assert select(wh, "SELECT count(*) AS c FROM t", tmp_path) == [{"c": 4}]
+    query.run(wh, "proj", "DELETE FROM ds.t WHERE Modality = 'MR'")
+    assert wh.row_count(REF) == 2 and wh.buffer.pending("proj.ds.t") == []
+
+
 def _deliver_from_another_process(folder: str, first_event: int, count: int) -> None:
     tables = IcebergTables(warehouse_in(Path(folder)))
     for event in range(first_event, first_event + count):
@@ -129,19 +158,20 @@ def test_small_files_history_and_schemas_stay_bounded(
     monkeypatch.setattr(iceberg, "KEEP_SNAPSHOTS", 4)
     monkeypatch.setattr(iceberg, "ORPHAN_SECONDS", 0)
     tables = IcebergTables(wh)
-    for event in range(80):
+    for event in range(40):
         # Every fifth row brings a new column: the table evolves as it streams.
         extra = {f"0011{event:04X}": {"vr": "LO", "Value": ["x"]}} if event % 5 == 0 else {}
         tables.deliver(REF, [row_of("CT_small.dcm", **extra)], 1, [event])
+        wh.flush(REF)  # a commit each time, as a long stream's flushes make
     table = wh.load(REF)
     files = list(table.scan().plan_files())
-    assert wh.row_count(REF) == 80
+    assert wh.row_count(REF) == 40
     assert len(files) <= iceberg.MAX_SMALL_FILES + IcebergTables.MAINTAIN_EVERY
     assert len(table.metadata.snapshots) <= 4 + IcebergTables.MAINTAIN_EVERY
     assert len(table.metadata.schemas) <= 4 + IcebergTables.MAINTAIN_EVERY
     on_disk = list((tmp_path / "tables").rglob("*.parquet"))
     assert len(on_disk) <= len(files) + 2 * IcebergTables.MAINTAIN_EVERY
-    assert select(wh, "SELECT count(*) AS c FROM t", tmp_path) == [{"c": 80}]
+    assert select(wh, "SELECT count(*) AS c FROM t", tmp_path) == [{"c": 40}]
 
 
 def test_outside_readers_open_the_tables_through_the_same_catalog(wh: IcebergWarehouse, tmp_path: Path) -> None:
@@ -149,6 +179,7 @@ def test_outside_readers_open_the_tables_through_the_same_catalog(wh: IcebergWar
 
     tables = IcebergTables(wh)
     tables.deliver(REF, [row_of("CT_small.dcm"), row_of("MR_small.dcm")], 1, [1, 2])
+    wh.flush(REF)  # outside readers see the rows that left the streaming buffer
     catalog = SqlCatalog("dicomlake", uri=f"sqlite:///{tmp_path / 'index.sqlite'}")
     table = catalog.load_table("proj.ds.t")
     modalities = sorted(table.scan(selected_fields=("Modality",)).to_arrow().column("Modality").to_pylist())
@@ -163,6 +194,7 @@ def test_outside_readers_open_the_tables_through_the_same_catalog(wh: IcebergWar
     assert sorted(frame["Modality"].to_list()) == ["CT", "MR"]
     # The reader holds its snapshot while dicomlake goes on writing.
     tables.deliver(REF, [row_of("CT_small.dcm")], 1, [3])
+    wh.flush(REF)
     assert table.scan().to_arrow().num_rows == 2 and catalog.load_table("proj.ds.t").scan().to_arrow().num_rows == 3
 
 

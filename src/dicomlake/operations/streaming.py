@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,8 @@ log = logging.getLogger("dicomlake.streaming")
 
 LOG_TYPE = "type.googleapis.com/google.cloud.healthcare.logging.DicomStreamLogEntry"
 BATCH = 1000
+# How often a process looks for streamed rows that waited long enough in a streaming buffer (warehouse/iceberg.py).
+FLUSH_INTERVAL = 2.0
 
 
 class Streamer:
@@ -52,9 +55,13 @@ class Streamer:
             self._thread.join()
 
     def _loop(self) -> None:
+        flushed = time.monotonic()
         while not self._stop.is_set():
             try:
                 delivered = self.deliver()
+                if time.monotonic() - flushed >= FLUSH_INTERVAL:
+                    flushed = time.monotonic()
+                    self.services.tables.flush_due()
             except Exception:
                 log.exception("stream delivery failed; retrying")
                 delivered = 0

@@ -99,6 +99,9 @@ class BigQueryTables:
 
     # ---- tables ------------------------------------------------------------------------------------
 
+    def flush_due(self) -> None:
+        pass  # BigQuery's own streaming buffer
+
     def _client(self, project: str) -> bigquery.Client:
         with self._lock:
             client = self._clients.get(project)

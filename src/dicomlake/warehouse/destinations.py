@@ -48,6 +48,9 @@ class Destination(Protocol):
     def deliver(self, ref: TableRef, rows: list[FlatRow], store_pk: int, events: list[int]) -> None:
         """Append a stream's `rows` (one per outbox event in `events`) unless their event's row is there."""
 
+    def flush_due(self) -> None:
+        """Move rows that waited long enough in a streaming buffer into their tables (where there is one)."""
+
 
 class EmbeddedTables:
     """The embedded warehouse (`warehouse/embedded.py`, DuckDB files in the data dir)."""
@@ -86,6 +89,9 @@ class EmbeddedTables:
 
     def deliver(self, ref: TableRef, rows: list[FlatRow], store_pk: int, events: list[int]) -> None:
         dicom_tables.write(self.warehouse, ref, rows, stream=(store_pk, events), hold=self.HOLD_SECONDS)
+
+    def flush_due(self) -> None:
+        pass  # every delivery is written to the table itself
 
 
 def for_settings(

@@ -15,6 +15,7 @@ and read the tables as they are."""
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -56,6 +57,7 @@ from dicomlake.warehouse.embedded import (
     check_table,
 )
 from dicomlake.warehouse.schema import Field, duckdb_type, from_duckdb, merge, normalize, quote
+from dicomlake.warehouse.stream_buffer import FLUSHED, Entry, StreamBuffer
 
 # How long a commit that keeps meeting other processes' commits is tried again before it fails (UNAVAILABLE).
 COMMIT_TIMEOUT = 60.0
@@ -73,6 +75,10 @@ TABLE_PROPERTIES = {
 # expired (but never the last KEEP_SNAPSHOTS: their summaries say which stream events and export shards a table
 # holds, which a redelivery after a crash asks within a lease, see operations/streaming.py), and the schemas no
 # snapshot uses removed; files that no snapshot names any more are deleted after ORPHAN_SECONDS.
+# A stream's rows wait in the streaming buffer (stream_buffer.py), visible to queries, until FLUSH_ROWS of them
+# or FLUSH_SECONDS have gathered: then they are appended in one commit.
+FLUSH_ROWS = 5000
+FLUSH_SECONDS = 10.0
 SMALL_FILE_BYTES = 32 << 20
 MAX_SMALL_FILES = 16
 KEEP_SECONDS = 900
@@ -110,6 +116,7 @@ def catalog_uri(database_url: str) -> str:
 
 
 _catalogs: dict[tuple[str, str], SqlCatalog] = {}
+_buffers: dict[tuple[str, str], StreamBuffer] = {}
 _catalogs_guard = threading.Lock()
 
 
@@ -135,6 +142,85 @@ class IcebergWarehouse:
                     "dicomlake", uri=self.uri, warehouse=self.location, pool_pre_ping="true", **_io_properties()
                 )
             return catalog
+
+    @property
+    def buffer(self) -> StreamBuffer:
+        """The streaming buffer (`stream_buffer.py`), in the catalog's database."""
+        key = (self.uri, self.location)
+        with _catalogs_guard:
+            found = _buffers.get(key)
+        if found is None:
+            found = StreamBuffer(self.catalog.engine)
+            with _catalogs_guard:
+                _buffers[key] = found
+        return found
+
+    def read(self, ref: TableRef) -> tuple[IcebergTable | None, list[Entry]]:
+        """The table as it is now and its buffered rows that it does not hold yet (the buffer is read first: an
+        entry flushed meanwhile is then held by the table and left out)."""
+        entries = self.buffer.pending(_table_id(ref))
+        table = self.find(ref)
+        if table is None:
+            return None, []
+        mark = flushed_mark(table)
+        return table, [e for e in entries if e.id > mark]
+
+    def flush(self, ref: TableRef, *, wait: bool = False) -> None:
+        """Append the table's buffered rows to it in one commit (nothing when another process is flushing it,
+        unless `wait`: then wait for that flush and flush again)."""
+        table_id = _table_id(ref)
+        deadline = time.monotonic() + COMMIT_TIMEOUT
+        while not self.buffer.lease(table_id):
+            if not wait:
+                return
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"the streaming buffer of {ref} stayed busy for {COMMIT_TIMEOUT:g} s; try again")
+            time.sleep(0.05)
+        try:
+
+            def attempt() -> tuple[int, bool]:
+                table, entries = self.read(ref)
+                if table is None or not entries:
+                    return (flushed_mark(table) if table is not None else 0), False
+                data = self._buffered_rows(table, entries)
+                with table.transaction() as tx:
+                    tx.append(fit_to(data, tx.table_metadata.schema().as_arrow()))
+                    tx.set_properties({FLUSHED: str(entries[-1].id)})
+                return entries[-1].id, True
+
+            # The entries up to the mark are the table's now, also those of a flush that died before forgetting them.
+            mark, committed = committing(attempt, f"table {ref}")
+            if mark:
+                self.buffer.flushed(table_id, mark)
+        finally:
+            self.buffer.release(table_id)
+        if committed:
+            self.maintain(ref)
+
+    def flush_due(self, ref: TableRef | None = None) -> None:
+        """Flush the tables (or one) whose buffer holds FLUSH_ROWS rows or rows older than FLUSH_SECONDS."""
+        refs = [ref] if ref is not None else [_ref_of(t) for t in self.buffer.tables()]
+        for each in refs:
+            table = self.find(each)
+            if table is None:
+                self.buffer.drop(_table_id(each))
+                continue
+            rows, oldest = self.buffer.summary(_table_id(each), flushed_mark(table))
+            if rows >= FLUSH_ROWS or (oldest is not None and oldest < _now_ms() - FLUSH_SECONDS * 1000):
+                self.flush(each)
+
+    def _buffered_rows(self, table: IcebergTable, entries: list[Entry]) -> pa.Table:
+        """The entries' rows as one Arrow table of the table's columns."""
+        conn = connect(self.root, [])
+        try:
+            names = [f"_buffer_{i}" for i in range(len(entries))]
+            for name, entry in zip(names, entries, strict=True):
+                conn.register(name, entry.data)
+            return conn.sql(
+                buffer_sql(table, dict(zip(names, (e.data.schema for e in entries), strict=True)))
+            ).to_arrow_table()
+        finally:
+            conn.close()
 
     # ---- datasets -----------------------------------------------------------------------------
 
@@ -187,6 +273,7 @@ class IcebergWarehouse:
             raise DatasetInUse(f"Dataset {project}:{dataset} is still in use")
         for identifier in tables:
             self.catalog.purge_table(identifier)
+            self.buffer.drop(".".join(identifier))
         self.catalog.drop_namespace((project, dataset))
 
     def _dataset_names(self, project: str) -> list[str]:
@@ -282,6 +369,7 @@ class IcebergWarehouse:
             self.catalog.purge_table(_ident(ref))
         except NoSuchTableError:
             raise _table_missing(ref) from None
+        self.buffer.drop(_table_id(ref))
 
     def patch_table(
         self,
@@ -360,10 +448,15 @@ class IcebergWarehouse:
         properties = self._properties(ref.project, ref.dataset)
         if _view(properties, ref.table) is not None:
             raise _table_missing(ref)
+        self.flush(ref, wait=True)
         committing(lambda: self.load(ref).delete(AlwaysTrue()), f"table {ref}")
 
     def row_count(self, ref: TableRef) -> int:
-        return _row_count(self.load(ref))
+        """The rows of the table's files and of its streaming buffer."""
+        table, entries = self.read(ref)
+        if table is None:
+            raise _table_missing(ref)
+        return _row_count(table) + sum(e.rows for e in entries)
 
     def read_rows(
         self, ref: TableRef, start: int, count: int, columns: list[str] | None = None
@@ -372,7 +465,9 @@ class IcebergWarehouse:
         properties = self._properties(ref.project, ref.dataset)
         if _view(properties, ref.table) is not None:
             raise InvalidArgument(f"Cannot list a table of type VIEW: {ref}")
-        table = self.load(ref)
+        table, entries = self.read(ref)
+        if table is None:
+            raise _table_missing(ref)
         fields = table_fields(table)
         if columns:
             by_name = {f["name"].casefold(): f for f in fields}
@@ -380,10 +475,10 @@ class IcebergWarehouse:
             if unknown:
                 raise InvalidArgument(f"selectedFields names unknown columns: {', '.join(unknown)}")
             fields = [by_name[c.casefold()] for c in columns]
-        total = _row_count(table)
+        total = _row_count(table) + sum(e.rows for e in entries)
         conn = connect(self.root, _local_files(table))
         try:
-            relation = conn.sql(scan_sql(table, [f["name"] for f in fields]))
+            relation = conn.sql(_register_scan(conn, table, entries, [f["name"] for f in fields]))
             data = relation.limit(int(count), offset=int(start)).to_arrow_table()
         finally:
             conn.close()
@@ -534,8 +629,12 @@ class IcebergWarehouse:
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(aliases[p])}.{quote(dataset)}")
             for p in projects:
                 embedded._ensure_meta(Db(conn, aliases[p]))
+            scans = [
+                _register_scan(conn, plan.tables[ref], entries, prefix=f"_buffer_{i}_")
+                for i, (ref, entries) in enumerate(plan.buffered.items())
+            ]
             for statement_sql in plan.statements:
-                conn.execute(statement_sql)
+                conn.execute(re.sub(r"\{scan:(\d+)\}", lambda m: scans[int(m.group(1))], statement_sql))
             yield db, aliases.get
             if target is not None:
                 self._write_back(Db(conn, aliases[target.project]), plan, target, statement)
@@ -590,6 +689,7 @@ class _Plan:
         self.views: dict[TableRef, str] = {}
         self.files: list[str] = []
         self.statements: list[str] = []
+        self.buffered: dict[TableRef, list[Entry]] = {}
         self._properties: dict[tuple[str, str], dict[str, str]] = {}
         self._seen: set[TableRef] = set()
 
@@ -619,7 +719,9 @@ class _Plan:
             self.views[ref] = view["query"]
             self.statements.append(f"CREATE VIEW {name} AS {statement.to_duckdb(self.aliases.get)}")
             return
-        table = self.wh.find(ref)
+        if materialize:
+            self.wh.flush(ref, wait=True)  # the statement changes the table's files: its buffer goes there first
+        table, entries = self.wh.read(ref)
         if table is None:
             if materialize:
                 return  # CREATE TABLE makes it
@@ -627,7 +729,8 @@ class _Plan:
         self.tables[ref] = table
         self.files += _local_files(table)
         kind = "TABLE" if materialize else "VIEW"
-        self.statements.append(f"CREATE {kind} {name} AS {scan_sql(table)}")
+        self.buffered[ref] = entries
+        self.statements.append(f"CREATE {kind} {name} AS {{scan:{len(self.buffered) - 1}}}")
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -776,6 +879,53 @@ def scan_sql(table: IcebergTable, columns: list[str] | None = None, tasks: list[
     return f"SELECT {', '.join(selects)} FROM read_parquet([{paths}], union_by_name = true)"
 
 
+def _register_scan(
+    conn: duckdb.DuckDBPyConnection,
+    table: IcebergTable,
+    entries: list[Entry],
+    columns: list[str] | None = None,
+    prefix: str = "_buffer_",
+) -> str:
+    """The SELECT of the table's files and of its buffered `entries` (registered on `conn` as Arrow tables)."""
+    files = scan_sql(table, columns)
+    if not entries:
+        return files
+    schemas = {}
+    for i, entry in enumerate(entries):
+        conn.register(f"{prefix}{i}", entry.data)
+        schemas[f"{prefix}{i}"] = entry.data.schema
+    return f"{files} UNION ALL {buffer_sql(table, schemas, columns)}"
+
+
+def buffer_sql(table: IcebergTable, sources: dict[str, pa.Schema], columns: list[str] | None = None) -> str:
+    """A SELECT of Arrow tables registered under the names of `sources`, with the table's columns and types."""
+    fields = table_fields(table)
+    wanted = columns if columns is not None else [f["name"] for f in fields]
+    by_name = {f["name"]: f for f in fields}
+    parts = []
+    for source, schema in sources.items():
+        present = set(schema.names)
+        selects = [
+            f"CAST({quote(n) if n in present else 'NULL'} AS {duckdb_type(by_name[n])}) AS {quote(n)}" for n in wanted
+        ]
+        parts.append(f"SELECT {', '.join(selects)} FROM {quote(source)}")
+    return " UNION ALL ".join(parts)
+
+
+def flushed_mark(table: IcebergTable) -> int:
+    """The last streaming buffer entry whose rows the table holds."""
+    return int(table.metadata.properties.get(FLUSHED, 0))
+
+
+def _table_id(ref: TableRef) -> str:
+    return ".".join(_ident(ref))
+
+
+def _ref_of(table_id: str) -> TableRef:
+    project, dataset, table = table_id.rsplit(".", 2)  # dataset and table ids hold no dot
+    return TableRef(project, dataset, table)
+
+
 def _leaf_ids(kind: Any) -> list[int]:
     ids: list[int] = []
     for child in getattr(kind, "fields", ()) or ():
@@ -910,25 +1060,33 @@ class IcebergTables:
         self._after_commit(ref)
 
     def deliver(self, ref: TableRef, rows: list[FlatRow], store_pk: int, events: list[int]) -> None:
-        mark = StreamMark(store_pk, tuple(events)).text()
+        """Put the rows of the events not seen yet in the streaming buffer, visible at once; new columns widen the
+        table first (one commit, rare once a stream has seen its kinds of instances)."""
+        table = self._table(ref) or self.warehouse._create(ref, dicom_tables.BASE_FIELDS)
+        fields = table_fields(table)
+        fitted = dicom_tables.fit(fields, rows)
+        if merge_schema(fields, fitted.fields).fields != fields:
 
-        def attempt() -> None:
-            table = self._table(ref)
-            if table is None:
-                table = self.warehouse._create(ref, dicom_tables.BASE_FIELDS)
-            held = held_events(table, store_pk, min(events), max(events))
-            fresh = [row for pk, row in zip(events, rows, strict=True) if pk not in held]
-            if fresh:
-                fitted = dicom_tables.fit(table_fields(table), fresh)
-                self._commit(table, [fitted], {EVENTS: mark})
+            def widen() -> IcebergTable:
+                current = self.warehouse.load(ref)
+                return self.warehouse.evolve(current, merge_schema(table_fields(current), fitted.fields).fields)[0]
 
-        committing(attempt, f"table {ref}")
-        self._after_commit(ref)
+            table = committing(widen, f"table {ref}")
+            table = table.refresh()
+            fields = table_fields(table)
+            if merge_schema(fields, fitted.fields).conflicts:  # another process widened it another way
+                fitted = dicom_tables.fit(fields, rows)
+        data = fit_to(fitted.data, table.schema().as_arrow())
+        self.warehouse.buffer.add(_table_id(ref), data, store_pk, events)
         view = TableRef(ref.project, ref.dataset, ref.table + dicom_tables.VIEW_SUFFIX)
         if view not in self._views:
             if self.warehouse._kind(view, self.warehouse._properties(view.project, view.dataset)) is None:
                 self.warehouse.create_or_replace_view(view, dicom_tables.view_query(ref))
             self._views.add(view)
+        self.warehouse.flush_due(ref)
+
+    def flush_due(self) -> None:
+        self.warehouse.flush_due()
 
     # Every this many commits of a process to a table, the process looks after the table (`maintain`).
     MAINTAIN_EVERY = 8

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from dicomlake.errors import InvalidArgument
-from dicomlake.warehouse import embedded
 from dicomlake.warehouse.embedded import TableRef, Warehouse
 from dicomlake.warehouse.schema import Field
 

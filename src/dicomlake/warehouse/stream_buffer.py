@@ -1,0 +1,180 @@
+"""The streaming buffer of the Iceberg tables: streamed rows are visible to queries the moment they are delivered,
+and reach the table's Parquet files in bulk. An Iceberg commit costs a few hundred milliseconds and leaves a file
+and a snapshot behind, so a stream that committed each delivery would be slow to show its rows and would fill the
+table with small files; BigQuery answers the same problem with its own streaming buffer.
+
+The buffer is two tables in the catalog's database (the index database, shared by every process and machine):
+`dicomlake_stream_buffer` holds each delivery's rows as an Arrow IPC stream, and `dicomlake_stream_events` the stream
+events they came from (a redelivered event adds nothing). A flush appends the buffered rows of a table to it in
+one Iceberg commit that also sets the table property `dicomlake.flushed` to the last buffer entry it holds, then
+deletes those entries: a reader takes the buffer, then the table, and counts only the entries above the table's
+mark, so a row is read exactly once whichever moment a flush commits. Deliveries to one table take turns (an
+advisory lock on PostgreSQL; SQLite writes one at a time anyway), so entry ids grow in commit order."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+FLUSHED = "dicomlake.flushed"
+# Events stay known this long after their rows were flushed: a redelivery after a crash comes within a lease.
+KEEP_EVENTS_SECONDS = 900
+# How long a flush may take before another process may take over a table's flushes.
+FLUSH_LEASE_SECONDS = 120
+
+_metadata = sa.MetaData()
+_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+buffer = sa.Table(
+    "dicomlake_stream_buffer",
+    _metadata,
+    sa.Column("id", _id, primary_key=True, autoincrement=True),
+    sa.Column("table_id", sa.String(3200), nullable=False, index=True),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    # Ids are never used again (SQLite would reuse them once the entries were flushed): a table's mark counts on it.
+    sqlite_autoincrement=True,
+)
+events = sa.Table(
+    "dicomlake_stream_events",
+    _metadata,
+    sa.Column("table_id", sa.String(3200), primary_key=True),
+    sa.Column("store_pk", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("event_pk", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False, index=True),
+)
+flushes = sa.Table(
+    "dicomlake_stream_flushes",
+    _metadata,
+    sa.Column("table_id", sa.String(3200), primary_key=True),
+    sa.Column("until_ms", sa.BigInteger, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    rows: int
+    created_ms: int
+    data: pa.Table
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _ipc(data: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        writer.write_table(data)
+    return sink.getvalue().to_pybytes()
+
+
+class StreamBuffer:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.postgresql = engine.dialect.name == "postgresql"
+        _metadata.create_all(engine)
+
+    def add(self, table_id: str, data: pa.Table, store_pk: int, event_pks: list[int]) -> int:
+        """Buffer the rows of `data` (row i from event `event_pks[i]`) whose event is not known yet, in one
+        transaction; how many were added."""
+        with self.engine.begin() as conn:
+            if self.postgresql:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(table_id)})
+            held = {
+                pk
+                for (pk,) in conn.execute(
+                    sa.select(events.c.event_pk).where(
+                        events.c.table_id == table_id,
+                        events.c.store_pk == store_pk,
+                        events.c.event_pk.between(min(event_pks), max(event_pks)),
+                    )
+                )
+            }
+            fresh = [pk not in held for pk in event_pks]
+            if not any(fresh):
+                return 0
+            if not all(fresh):
+                data = data.filter(pa.array(fresh))
+            now = _now_ms()
+            conn.execute(
+                events.insert(),
+                [
+                    {"table_id": table_id, "store_pk": store_pk, "event_pk": pk, "created_ms": now}
+                    for pk, new in zip(event_pks, fresh, strict=True)
+                    if new
+                ],
+            )
+            conn.execute(buffer.insert().values(table_id=table_id, rows=data.num_rows, created_ms=now, data=_ipc(data)))
+            return data.num_rows
+
+    def pending(self, table_id: str, above: int = 0) -> list[Entry]:
+        """The buffered entries of a table above `above`, oldest first."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(buffer.c.id, buffer.c.rows, buffer.c.created_ms, buffer.c.data)
+                .where(buffer.c.table_id == table_id, buffer.c.id > above)
+                .order_by(buffer.c.id)
+            ).all()
+        return [Entry(i, rows, created, pa.ipc.open_stream(data).read_all()) for i, rows, created, data in found]
+
+    def summary(self, table_id: str, above: int = 0) -> tuple[int, int | None]:
+        """Rows buffered for a table above `above`, and when the oldest of them came (ms), without reading them."""
+        with self.engine.connect() as conn:
+            rows, oldest = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(buffer.c.rows), 0), sa.func.min(buffer.c.created_ms)).where(
+                    buffer.c.table_id == table_id, buffer.c.id > above
+                )
+            ).one()
+        return int(rows), oldest
+
+    def tables(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return [t for (t,) in conn.execute(sa.select(buffer.c.table_id).distinct())]
+
+    def flushed(self, table_id: str, upto: int) -> None:
+        """Forget the entries up to `upto` (the table holds their rows) and the events flushed long ago."""
+        with self.engine.begin() as conn:
+            conn.execute(buffer.delete().where(buffer.c.table_id == table_id, buffer.c.id <= upto))
+            conn.execute(
+                events.delete().where(
+                    events.c.table_id == table_id, events.c.created_ms < _now_ms() - KEEP_EVENTS_SECONDS * 1000
+                )
+            )
+
+    def drop(self, table_id: str) -> None:
+        """Forget everything of a table that was truncated or deleted."""
+        with self.engine.begin() as conn:
+            for t in (buffer, events, flushes):
+                conn.execute(t.delete().where(t.c.table_id == table_id))
+
+    def lease(self, table_id: str) -> bool:
+        """Take the table's flushes for FLUSH_LEASE_SECONDS; False when another process holds them."""
+        now = _now_ms()
+        until = now + FLUSH_LEASE_SECONDS * 1000
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                flushes.update().where(flushes.c.table_id == table_id, flushes.c.until_ms < now).values(until_ms=until)
+            ).rowcount
+            if taken:
+                return True
+            try:
+                with conn.begin_nested():
+                    conn.execute(flushes.insert().values(table_id=table_id, until_ms=until))
+            except IntegrityError:
+                return False
+            return True
+
+    def release(self, table_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(flushes.update().where(flushes.c.table_id == table_id).values(until_ms=0))
+
+
+def _lock_key(table_id: str) -> int:
+    return zlib.crc32(table_id.encode()) - (1 << 31)
