@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 from dicomlake.api.resources import body_json, json, services
 from dicomlake.errors import DicomlakeError, InvalidArgument
 from dicomlake.warehouse import embedded, inserts, jobs, results
-from dicomlake.warehouse.embedded import DatasetInfo, TableInfo, TableRef, Warehouse
+from dicomlake.warehouse.embedded import AnyWarehouse, DatasetInfo, TableInfo, TableRef
 
 PREFIX = "/bigquery/v2/projects/{project}"
 # jobs.query and jobs.getQueryResults wait this long for a job when the request does not say (BigQuery's default).
@@ -53,7 +53,7 @@ def error_response(exc: DicomlakeError) -> Response:
     return Response(orjson.dumps(body), status_code=exc.http, media_type="application/json")
 
 
-def _warehouse(request: Request) -> Warehouse | IcebergWarehouse:
+def _warehouse(request: Request) -> AnyWarehouse:
     return services(request).warehouse
 
 
@@ -115,7 +115,7 @@ def _labels(body: dict[str, Any]) -> dict[str, str]:
     return labels
 
 
-async def _wait(wh: Warehouse, job: jobs.Job, timeout_ms: int | None) -> jobs.Job:
+async def _wait(wh: AnyWarehouse, job: jobs.Job, timeout_ms: int | None) -> jobs.Job:
     """The job once done, or as it is after timeoutMs (at most MAX_WAIT_MS): the request waits on the event loop,
     holding none of the threads that every other request needs."""
     deadline = time.monotonic() + min(timeout_ms or 0, MAX_WAIT_MS) / 1000
@@ -300,7 +300,7 @@ _READ_ONLY = {
 }  # fmt: skip
 
 
-def _patch_table(wh: Warehouse, ref: TableRef, body: dict[str, Any], request: Request) -> TableInfo:
+def _patch_table(wh: AnyWarehouse, ref: TableRef, body: dict[str, Any], request: Request) -> TableInfo:
     """tables.patch (PATCH) and tables.update (PUT): a table's schema (columns may be added, none left out) and
     description, or a view's query; `If-Match` makes it conditional on the table's etag."""
     unsupported = sorted(set(body) - _PATCHABLE - _READ_ONLY)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import duckdb
 import orjson
@@ -33,6 +33,9 @@ from dicomlake.errors import (
 )
 from dicomlake.warehouse import sql as bigquery_sql
 from dicomlake.warehouse.schema import Field, arrow_schema, duckdb_type, from_duckdb, merge, normalize, quote
+
+if TYPE_CHECKING:
+    from dicomlake.warehouse.iceberg import IcebergWarehouse
 
 LOCK_TIMEOUT = 30.0
 # Every server, worker and pool process may open the files: each keeps its buffers small (DuckDB's default
@@ -138,6 +141,10 @@ class Warehouse:
 
     def create_or_replace_view(self, *args: Any, **kwargs: Any) -> Any:
         return create_or_replace_view(self, *args, **kwargs)
+
+
+# Either kind of warehouse, for the code above both (the BigQuery API, its jobs and inserts).
+AnyWarehouse: TypeAlias = "Warehouse | IcebergWarehouse"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ and read the tables as they are."""
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import threading
@@ -578,7 +579,7 @@ class IcebergWarehouse:
         unused = [s.schema_id for s in table.metadata.schemas if s.schema_id not in used]
         if unused:
             with table.transaction() as tx:
-                tx._apply((RemoveSchemasUpdate(schema_ids=unused),))  # no public call for it in pyiceberg 0.12
+                tx._apply((RemoveSchemasUpdate.model_validate({"schema-ids": unused}),))  # no public call for it in pyiceberg 0.12
             table = table.refresh()
         if old:
             self._delete_orphans(table)
@@ -1053,7 +1054,7 @@ class IcebergTables:
             if written_by(table, writer):
                 return
             fields = table_fields(table)
-            fitted = [self._refit(fields, part, lambda i=i: rows_of(i)) for i, part in enumerate(parts)]
+            fitted = [self._refit(fields, part, functools.partial(rows_of, i)) for i, part in enumerate(parts)]
             self._commit(table, fitted, {WRITER: writer})
 
         committing(attempt, f"table {ref}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomlake.errors import InvalidArgument
-from dicomlake.warehouse.embedded import TableRef, Warehouse
+from dicomlake.warehouse.embedded import AnyWarehouse, TableRef
 from dicomlake.warehouse.schema import Field
 
 # The insertIds of a table's last rows this process keeps, to drop a row sent again (a client retrying).
@@ -34,7 +34,7 @@ class _Invalid(Exception):
 
 
 def insert_all(
-    wh: Warehouse, ref: TableRef, rows: list[dict[str, Any]], *, skip_invalid: bool, ignore_unknown: bool
+    wh: AnyWarehouse, ref: TableRef, rows: list[dict[str, Any]], *, skip_invalid: bool, ignore_unknown: bool
 ) -> list[dict[str, Any]]:
     """Append `rows` ({insertId, json}) to the table; the insertErrors of those that were not appended."""
     info = wh.get_table(ref)

@@ -27,7 +27,7 @@ from dicomlake.errors import AlreadyExists, DicomlakeError, InvalidArgument, Not
 from dicomlake.storage.journal import process_alive
 from dicomlake.warehouse import embedded, query, results
 from dicomlake.warehouse import sql as bigquery_sql
-from dicomlake.warehouse.embedded import DEFAULT_LOCATION, Warehouse, check_project
+from dicomlake.warehouse.embedded import DEFAULT_LOCATION, AnyWarehouse, check_project
 from dicomlake.warehouse.schema import Field
 
 log = logging.getLogger("dicomlake.warehouse")
@@ -140,7 +140,7 @@ class Job:
 
 
 def start(
-    wh: Warehouse,
+    wh: AnyWarehouse,
     project: str,
     sql: str,
     *,
@@ -202,12 +202,12 @@ def start(
     return job
 
 
-def dry_run(wh: Warehouse, project: str, sql: str, default_dataset: tuple[str, str] | None = None) -> list[Field]:
+def dry_run(wh: AnyWarehouse, project: str, sql: str, default_dataset: tuple[str, str] | None = None) -> list[Field]:
     """The schema a query would return, without running it."""
     return query.run(wh, project, sql, default_dataset=default_dataset, dry_run=True).fields
 
 
-def get(wh: Warehouse, project: str, job_id: str) -> Job:
+def get(wh: AnyWarehouse, project: str, job_id: str) -> Job:
     check_project(project)
     if not _JOB_ID.fullmatch(job_id):
         raise NotFound(f"Not found: Job {project}:{job_id[:200]}")
@@ -228,7 +228,7 @@ def get(wh: Warehouse, project: str, job_id: str) -> Job:
     return job
 
 
-def cancel(wh: Warehouse, project: str, job_id: str) -> Job:
+def cancel(wh: AnyWarehouse, project: str, job_id: str) -> Job:
     """jobs.cancel: ask the job to stop (its process interrupts it within query.WATCH_INTERVAL); the job as it is
     now."""
     job = get(wh, project, job_id)
@@ -238,7 +238,7 @@ def cancel(wh: Warehouse, project: str, job_id: str) -> Job:
 
 
 def query_results(
-    wh: Warehouse,
+    wh: AnyWarehouse,
     job: Job,
     *,
     start: int = 0,
@@ -272,7 +272,7 @@ def query_results(
     return response
 
 
-def _stop_check(wh: Warehouse, job: Job) -> query.StopCheck:
+def _stop_check(wh: AnyWarehouse, job: Job) -> query.StopCheck:
     seconds = _limits.timeout_seconds
     if job.timeout_ms is not None:
         seconds = min(seconds, job.timeout_ms / 1000)
@@ -289,7 +289,7 @@ def _stop_check(wh: Warehouse, job: Job) -> query.StopCheck:
     return check
 
 
-def _run(wh: Warehouse, job: Job) -> None:
+def _run(wh: AnyWarehouse, job: Job) -> None:
     path = _job_file(wh, job.project, job.job_id)
     stop = _stop_check(wh, job)
     try:
@@ -358,19 +358,19 @@ def _error_proto(error: dict[str, Any]) -> dict[str, str]:
     return {"reason": error["reason"], "message": error["message"]}
 
 
-def _folder(wh: Warehouse, project: str) -> Path:
+def _folder(wh: AnyWarehouse, project: str) -> Path:
     return wh.root / "jobs" / project
 
 
-def _job_file(wh: Warehouse, project: str, job_id: str) -> Path:
+def _job_file(wh: AnyWarehouse, project: str, job_id: str) -> Path:
     return _folder(wh, project) / f"{job_id}.json"
 
 
-def _results_file(wh: Warehouse, project: str, job_id: str) -> Path:
+def _results_file(wh: AnyWarehouse, project: str, job_id: str) -> Path:
     return _folder(wh, project) / f"{job_id}.arrow"
 
 
-def _cancel_file(wh: Warehouse, project: str, job_id: str) -> Path:
+def _cancel_file(wh: AnyWarehouse, project: str, job_id: str) -> Path:
     return _folder(wh, project) / f"{job_id}.cancel"
 
 
