@@ -217,7 +217,8 @@ async def datasets_collection(request: Request) -> Response:
         if reference.get("projectId", project) != project:
             raise InvalidArgument("datasetReference.projectId must be the project of the request path")
         info = await run_in_threadpool(
-            wh.create_dataset, project,
+            wh.create_dataset,
+            project,
             _text(reference, "datasetId"),
             location=_text(body, "location") or None,
             description=_text(body, "description") or None,
@@ -239,7 +240,8 @@ async def dataset_item(request: Request) -> Response:
     wh, p = _warehouse(request), request.path_params
     if request.method == "DELETE":
         await run_in_threadpool(
-            wh.delete_dataset, p["project"],
+            wh.delete_dataset,
+            p["project"],
             p["dataset"],
             delete_contents=_bool_param(request, "deleteContents"),
         )

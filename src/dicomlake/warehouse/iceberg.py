@@ -579,7 +579,8 @@ class IcebergWarehouse:
         unused = [s.schema_id for s in table.metadata.schemas if s.schema_id not in used]
         if unused:
             with table.transaction() as tx:
-                tx._apply((RemoveSchemasUpdate.model_validate({"schema-ids": unused}),))  # no public call for it in pyiceberg 0.12
+                # No public call for it in pyiceberg 0.12.
+                tx._apply((RemoveSchemasUpdate.model_validate({"schema-ids": unused}),))
             table = table.refresh()
         if old:
             self._delete_orphans(table)
