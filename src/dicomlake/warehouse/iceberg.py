@@ -551,7 +551,7 @@ class IcebergWarehouse:
 
         conn = connect(self.root, _local_files(table, small))
         try:
-            data = conn.sql(scan_sql(table, tasks=small)).to_arrow_table()
+            data = conn.sql(_register_scan(conn, table, [], tasks=small)).to_arrow_table()
         finally:
             conn.close()
         data = fit_to(data, table.schema().as_arrow())
@@ -842,7 +842,9 @@ def fit_to(data: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def _local_files(table: IcebergTable, tasks: list[Any] | None = None) -> list[str]:
-    return [_local_path(task.file.file_path) for task in (table.scan().plan_files() if tasks is None else tasks)]
+    """The local paths of the table's files (none for a table in object storage), which a query may read."""
+    found = table.scan().plan_files() if tasks is None else tasks
+    return [_local_path(task.file.file_path) for task in found if _is_local(task.file.file_path)]
 
 
 def _local_path(uri: str) -> str:
@@ -887,16 +889,37 @@ def _register_scan(
     entries: list[Entry],
     columns: list[str] | None = None,
     prefix: str = "_buffer_",
+    tasks: list[Any] | None = None,
 ) -> str:
-    """The SELECT of the table's files and of its buffered `entries` (registered on `conn` as Arrow tables)."""
-    files = scan_sql(table, columns)
+    """The SELECT of the table's files (or those of `tasks`) and of its buffered `entries`. Local files are read
+    by DuckDB itself; files in object storage, and the entries, through Arrow objects registered on `conn`
+    (DuckDB reads only the columns and row groups a query needs from them)."""
+    if tasks is None:
+        tasks = list(table.scan().plan_files())
+    sources: dict[str, pa.Schema] = {}
+    if all(_is_local(task.file.file_path) for task in tasks):
+        files = scan_sql(table, columns, tasks)
+    else:
+        import pyarrow.dataset
+
+        for i, task in enumerate(tasks):
+            uri = urlparse(task.file.file_path)
+            filesystem = table.io.fs_by_scheme(uri.scheme, uri.netloc)  # type: ignore[attr-defined]
+            dataset = pyarrow.dataset.dataset(uri.netloc + uri.path, filesystem=filesystem, format="parquet")
+            conn.register(f"{prefix}file_{i}", dataset)
+            sources[f"{prefix}file_{i}"] = dataset.schema
+        files = buffer_sql(table, sources, columns) if sources else scan_sql(table, columns, [])
     if not entries:
         return files
-    schemas = {}
+    buffered = {}
     for i, entry in enumerate(entries):
         conn.register(f"{prefix}{i}", entry.data)
-        schemas[f"{prefix}{i}"] = entry.data.schema
-    return f"{files} UNION ALL {buffer_sql(table, schemas, columns)}"
+        buffered[f"{prefix}{i}"] = entry.data.schema
+    return f"{files} UNION ALL {buffer_sql(table, buffered, columns)}"
+
+
+def _is_local(uri: str) -> bool:
+    return urlparse(uri).scheme in ("", "file")
 
 
 def buffer_sql(table: IcebergTable, sources: dict[str, pa.Schema], columns: list[str] | None = None) -> str:
