@@ -66,3 +66,70 @@ def test_start_up_on_postgresql_warns_when_autovacuum_is_off(caplog: pytest.LogC
         db.dispose()
     warned = any("autovacuum is off" in r.getMessage() for r in caplog.records)
     assert warned == (autovacuum != "on"), (autovacuum, caplog.text)
+
+
+def _older_name_index(db: Database) -> None:
+    """The index as releases before text_pattern_ops made it: the new ones removed, the old one back."""
+    with db.write() as conn:
+        for name in (
+            "ix_studies_patient_name_prefix",
+            "ix_studies_patient_name_ideographic",
+            "ix_studies_patient_name_phonetic",
+        ):
+            conn.exec_driver_sql(f"DROP INDEX {name}")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_studies_patient_name ON studies (store_pk, patient_name_alphabetic, study_uid)"
+        )
+
+
+def _study_indexes(db: Database) -> set[str]:
+    with db.read() as conn:
+        return {i["name"] for i in sa.inspect(conn).get_indexes("studies")}
+
+
+NAME_INDEXES = {
+    "ix_studies_patient_name_prefix",
+    "ix_studies_patient_name_ideographic",
+    "ix_studies_patient_name_phonetic",
+}
+
+
+def test_an_older_sqlite_index_gets_the_person_name_prefix_indexes(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    db.create_schema()
+    _older_name_index(db)
+    db.create_schema()
+    indexes = _study_indexes(db)
+    db.dispose()
+    assert indexes >= NAME_INDEXES
+    assert "ix_studies_patient_name" not in indexes
+
+
+def test_an_older_postgresql_index_gets_person_name_indexes_a_prefix_like_can_use() -> None:
+    """Under a collation other than C, a plain B-tree index serves no `LIKE 'abc%'`: the name of every study of
+    the store was read for each such search."""
+    with throwaway_postgres("dicomlake_name_index") as url:
+        db = Database(url)
+        db.create_schema()
+        _older_name_index(db)
+        db.create_schema()
+        indexes = _study_indexes(db)
+        with db.write() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO studies (store_pk, study_uid, patient_name_alphabetic, patient_name_phonetic,"
+                " series_count, instance_count, attributes, created)"
+                " SELECT 1, 'uid' || n, 'name' || n, NULL, 1, 1, '{}', 0"
+                " FROM generate_series(1, 5000) AS n"
+            )
+            conn.exec_driver_sql("ANALYZE studies")
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = "\n".join(
+                conn.exec_driver_sql(
+                    "EXPLAIN SELECT study_uid FROM studies WHERE store_pk = 1 AND (patient_name_alphabetic LIKE"
+                    " 'name12%%' OR patient_name_phonetic LIKE 'name12%%') ORDER BY study_uid LIMIT 100"
+                ).scalars()
+            )
+        db.dispose()
+    assert indexes >= NAME_INDEXES and "ix_studies_patient_name" not in indexes
+    assert "Index Cond: ((store_pk = 1) AND (patient_name_alphabetic ~>=~ 'name12'::text)" in plan, plan
+    assert "ix_studies_patient_name_phonetic" in plan, plan

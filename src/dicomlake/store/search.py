@@ -307,7 +307,17 @@ def _studies(conn: sa.Connection, query: Query, where: list) -> list[dict[str, A
         studies.c.instance_count,
         studies.c.modalities,
     )
-    rows = conn.execute(_page(select.where(*where).order_by(studies.c.study_uid), query)).all()
+    if query.offset:
+        # A page deep in the results: the studies skipped are counted in the primary-key index alone, and only
+        # the page's rows are read from the table (PostgreSQL read every skipped row: 7,000 of them cost 5 ms).
+        keys = sa.select(studies.c.store_pk, studies.c.study_uid).where(*where).order_by(studies.c.study_uid)
+        page = _page(keys, query).subquery("page")
+        select = select.join(
+            page, sa.and_(studies.c.store_pk == page.c.store_pk, studies.c.study_uid == page.c.study_uid)
+        )
+        rows = conn.execute(select.order_by(studies.c.study_uid)).all()
+    else:
+        rows = conn.execute(_page(select.where(*where).order_by(studies.c.study_uid), query)).all()
     wanted = _wanted(tags.STUDY_DEFAULT, tags.STUDY_EXTRA, query)
     results = []
     for row in rows:
