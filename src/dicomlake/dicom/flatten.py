@@ -49,6 +49,7 @@ from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from orjson import dumps as _dumps
 from pydicom.datadict import DicomDictionary, RepeatersDictionary, tag_for_keyword
 
 if TYPE_CHECKING:
@@ -513,7 +514,7 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
     row: dict[str, Any] = {}
     fields: list[Any] = []  # of Field: every kind converted inline has its field in the entry
     other: list | None = None
-    cache = _CACHE
+    cache, dates, times = _CACHE, _DATES, _TIMES
     for key, element in dataset.items():
         try:
             entry = cache[key]
@@ -569,28 +570,31 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
             if "BulkDataURI" not in element and "InlineBinary" not in element:
                 fields.append(column)  # present but empty: the column exists, its value is NULL
             continue
+        # One value where the column holds one: unpacking it raises ValueError for any other count, which sends
+        # the element to OtherElements as the explicit checks did, for less work on the most common elements.
         try:
             if kind == _STR1:
-                value = values[0]
-                if len(values) != 1 or type(value) is not str:
+                (value,) = values
+                if type(value) is not str:
                     raise _Invalid(values)
                 row[name] = value
             elif kind == _NUM1:
-                value = values[0]
-                if len(values) != 1:
-                    raise _Invalid(values)
+                (value,) = values
                 if type(value) is str:
                     row[name] = value
                 elif type(value) is int:  # IS, and DS values that are whole numbers
                     row[name] = str(value)
+                elif type(value) is float:
+                    text = _dumps(value).decode()
+                    row[name] = text if text != "null" else str(value)  # NaN and infinities: as _number_text
                 elif value is None:
                     fields.append(column)
                     continue
                 else:
                     row[name] = _number_text(value)
             elif kind == _INT1:
-                value = values[0]
-                if len(values) != 1 or type(value) is not int:
+                (value,) = values
+                if type(value) is not int:
                     raise _Invalid(values)
                 row[name] = value
             elif kind == _STRN:
@@ -601,19 +605,15 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
             elif kind == _NUMN:
                 row[name] = _numbers_text(values)
             elif kind == _DATE1:
-                if len(values) != 1:
-                    raise _Invalid(values)
-                value = _DATES.get(values[0])  # the memo _to_date fills, looked up here to save a call
-                row[name] = value if value is not None else _to_date(values[0])
+                (value,) = values
+                day = dates.get(value)  # the memo _to_date fills, looked up here to save a call
+                row[name] = day if day is not None else _to_date(value)
             elif kind == _TIME1:
-                if len(values) != 1:
-                    raise _Invalid(values)
-                value = _TIMES.get(values[0])
-                row[name] = value if value is not None else _to_time(values[0])
+                (value,) = values
+                clock = times.get(value)
+                row[name] = clock if clock is not None else _to_time(value)
             elif kind == _FLOAT1:
-                value = values[0]
-                if len(values) != 1:
-                    raise _Invalid(values)
+                (value,) = values
                 if value is None:
                     fields.append(column)
                     continue
@@ -627,9 +627,8 @@ def _dataset(dataset: dict, level: int, dropped: list[str], owned: bool) -> tupl
             elif kind == _FLOATN:
                 row[name] = _convert("FLOAT", True, vr, values)
             else:  # _DT1
-                if len(values) != 1:
-                    raise _Invalid(values)
-                row[name] = _to_datetime(values[0])
+                (value,) = values
+                row[name] = _to_datetime(value)
         except _CONVERSION_ERRORS:
             other = _other(other, tag_name, values)
             continue
@@ -771,6 +770,11 @@ def _union(a: list[Field], b: list[Field]) -> list[Field]:
     return out
 
 
+# As tuples: `isinstance(x, bytes | str)` would build a union type at every call.
+_BINARY = (bytes, bytearray, memoryview)
+_TEXT = (bytes, str)
+
+
 def flatten(
     metadata: dict | bytes | str,
     service: ServiceColumns,
@@ -785,7 +789,7 @@ def flatten(
     row counts as new. `file_meta`: the group 0002 elements, when kept apart from the data set (§6.10), as a dict
     or as the stored JSON text."""
     owned = not isinstance(metadata, dict)
-    if isinstance(metadata, bytes | bytearray | memoryview):
+    if isinstance(metadata, _BINARY):
         size = len(metadata)
         metadata = orjson.loads(metadata)
     elif isinstance(metadata, str):
@@ -799,7 +803,7 @@ def flatten(
         raise ValueError("DICOM JSON metadata must be an object")
     dropped: list[str] = []
     meta: dict | None
-    if isinstance(file_meta, bytes | str):
+    if isinstance(file_meta, _TEXT):
         meta, meta_owned = (orjson.loads(file_meta) if file_meta else None), True
     else:
         meta, meta_owned = file_meta, False
