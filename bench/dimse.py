@@ -14,7 +14,8 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,33 +262,50 @@ def _keys(*keys: str) -> list[str]:
     return [argument for key in keys for argument in ("-k", key)]
 
 
-def _measure(
-    target: servers.Target,
-    warm: StoreRun,
-    runs: list[StoreRun],
-    configs: Sequence[StoreConfig],
-    queries: list[Query],
-    find_calls: int,
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], int]:
-    """One target: every store run (a configuration with an error in any run is that error), then C-ECHO
-    and the C-FIND queries. Returns the store results by configuration, the latencies, the instances held."""
-    stored = stored_instances(target)
-    _store(target, warm, stored)
-    stored += len(warm.specs)
-    measured: dict[str, list[dict[str, Any]]] = {c.key: [] for c in configs}
-    errors: dict[str, str] = {}
-    for one in runs:
-        try:
-            measured[one.config.key].append(_store(target, one, stored))
-        except RuntimeError as error:
-            errors.setdefault(one.config.key, str(error))
-        stored = stored_instances(target)
-    results = {c.key: {"error": errors[c.key]} if c.key in errors else _median(measured[c.key]) for c in configs}
+def _measure_stores(
+    targets: list[servers.Target], warm: StoreRun, runs: list[StoreRun], configs: Sequence[StoreConfig]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every store run on every target, the targets taking turns run by run (in alternating order), so that a
+    change in what else the machine is doing falls on all alike. A configuration with an error in any run is
+    that error. Returns the results by target and configuration."""
+    stored = {t.name: stored_instances(t) for t in targets}
+    for target in targets:
+        _store(target, warm, stored[target.name])
+        stored[target.name] += len(warm.specs)
+    measured: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {c.key: [] for c in configs} for t in targets}
+    errors: dict[str, dict[str, str]] = {t.name: {} for t in targets}
+    for index, one in enumerate(runs):
+        for target in targets if index % 2 == 0 else targets[::-1]:
+            try:
+                measured[target.name][one.config.key].append(_store(target, one, stored[target.name]))
+            except RuntimeError as error:
+                errors[target.name].setdefault(one.config.key, str(error))
+            stored[target.name] = stored_instances(target)
+    return {
+        t.name: {
+            c.key: {"error": errors[t.name][c.key]} if c.key in errors[t.name] else _median(measured[t.name][c.key])
+            for c in configs
+        }
+        for t in targets
+    }
+
+
+def _measure_find(target: servers.Target, queries: list[Query], find_calls: int) -> dict[str, dict[str, Any]]:
+    """C-ECHO and the C-FIND queries, in the store that holds everything the runs stored."""
     echo = [_echo_once(target) for _ in range(find_calls + 5)][5:]
     find = {ECHO_LABEL: {"calls": find_calls, **latency_summary(echo)}}
     for query in queries:
         find[query.label] = {"expected_matches": query.expected, **_find(target, query, find_calls)}
-    return results, find, stored
+    return find
+
+
+def _starts() -> list[tuple[str, Callable[[Path], AbstractContextManager[servers.Target]]]]:
+    starts: list[tuple[str, Callable[[Path], AbstractContextManager[servers.Target]]]] = [
+        ("dicomlake", lambda tmp: servers.dicomlake(tmp, dimse=True))
+    ]
+    if servers.orthanc_available():
+        starts.append(("orthanc", lambda tmp: servers.orthanc(tmp, dimse=True)))
+    return starts
 
 
 def _dcmtk_version() -> str:
@@ -377,11 +395,18 @@ def run(
             sizes = {r.bytes // len(r.specs) for r in runs if r.config == config}
             results["configs"][config.key]["instance_bytes"] = min(sizes)
         queries = _queries([warm, *runs])
-        for target in servers.each_target(results, dimse=True):
-            runs_of_target, find, stored = _measure(target, warm, runs, configs, queries, find_calls)
-            results["runs"].update({f"{target.name} {key}": run for key, run in runs_of_target.items()})
-            results["find"][target.name] = find
-            results.setdefault("stored_at_find", {})[target.name] = stored
+        with ExitStack() as running:
+            # Every target runs at once (the one not measured sits idle), so that their runs can alternate.
+            targets = []
+            for target_name, start in _starts():
+                targets.append(running.enter_context(start(Path(tmp))))
+                results.setdefault("versions", {})[target_name] = servers.version(target_name)
+                results.setdefault("durability", {})[target_name] = servers.DURABILITY[target_name]
+            for target_name, by_config in _measure_stores(targets, warm, runs, configs).items():
+                results["runs"].update({f"{target_name} {key}": run for key, run in by_config.items()})
+            for target in targets:
+                results["find"][target.name] = _measure_find(target, queries, find_calls)
+                results.setdefault("stored_at_find", {})[target.name] = stored_instances(target)
     for config in configs:
         ours, theirs = results["runs"].get(f"dicomlake {config.key}"), results["runs"].get(f"orthanc {config.key}")
         if ours and theirs and "error" not in ours and "error" not in theirs:

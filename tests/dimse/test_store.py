@@ -247,3 +247,59 @@ def test_a_bad_p_data_on_an_established_association_ends_it_cleanly(dimse: Dimse
     finally:
         again.release()
     assert "Traceback" not in (dimse.server.data_dir / "server.log").read_text()
+
+
+def test_pdus_arriving_a_few_bytes_at_a_time_are_stored_and_answered(dimse: DimseServer) -> None:
+    """A PDU's header and its PDV items may arrive split over any number of TCP segments."""
+    import socket
+    import time
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.pdu import P_DATA_TF
+
+    target = ae_store(dimse)
+    ds = _new_mr()
+    ae = AE("SPLITTING")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", dimse.port, ae_title=target.ae_title)
+    assert assoc.is_established
+    try:
+        context = next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == ds.SOPClassUID)
+        request = C_STORE()
+        request.MessageID = 9
+        request.AffectedSOPClassUID = ds.SOPClassUID
+        request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+        request.Priority = 0
+        part10 = io.BytesIO()
+        ds.save_as(part10, enforce_file_format=True)
+        request.DataSet = io.BytesIO(_dataset_bytes(part10.getvalue()))
+        message = C_STORE_RQ()
+        message.primitive_to_message(request)
+        data = b""
+        for primitive in message.encode_msg(context.context_id, 4096):
+            pdu = P_DATA_TF()
+            pdu.from_primitive(primitive)
+            data += pdu.encode()
+        raw = assoc.dul.socket.socket
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The answer is for this test to read, not for the client association's own loop (as in send_c_store).
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.001)
+        try:
+            for start in range(0, len(data), 1500):
+                raw.sendall(data[start : start + 3])
+                time.sleep(0.001)
+                raw.sendall(data[start + 3 : start + 1500])
+            _, answer = assoc.dimse.get_msg(block=True)
+        finally:
+            assoc._reactor_checkpoint.set()
+        assert answer is not None
+        assert answer.Status == 0x0000
+        assert answer.MessageIDBeingRespondedTo == 9
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+    assert _retrieve(target.store, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)

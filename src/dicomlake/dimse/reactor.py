@@ -41,6 +41,8 @@ log = logging.getLogger("dicomlake.dimse")
 
 # How long a blocked thread waits before it looks at its timers (ARTIM, idle network timeout) anyway.
 TICK_SECONDS = 0.05
+# PS3.8 9.3: A-ASSOCIATE-RQ, -AC, -RJ, P-DATA-TF, A-RELEASE-RQ, -RP, A-ABORT.
+PDU_TYPES = frozenset(range(0x01, 0x08))
 # A peer whose PDUs may be shorter than this gets its C-STOREs answered by pynetdicom, which can fragment them.
 LEAN_MINIMUM_PEER_PDU = 1024
 # PS3.4 Annex B: the status pynetdicom answers when a C-STORE handler raises.
@@ -109,21 +111,13 @@ class _BlockingSocket(AssociationSocket):
             with contextlib.suppress(OSError):
                 self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
-    def peek_header(self) -> bytes:
-        """The next PDU's 6-byte header if that much has arrived (fewer bytes otherwise), without reading it."""
-        sock = self.socket
-        if sock is None or isinstance(sock, ssl.SSLSocket):
-            return b""
-        try:
-            return sock.recv(6, socket.MSG_PEEK)
-        except OSError:
-            return b""
-
     def read_exactly(self, size: int) -> bytearray | None:
         """`size` bytes, read into one buffer; None if the connection ends or fails first."""
         sock = self.socket
         if sock is None:
             return None
+        if size == 0:
+            return bytearray()
         data = bytearray(size)
         view = memoryview(data)
         got = 0
@@ -164,25 +158,39 @@ class _LeanDUL(DULServiceProvider):
 
     def _read_pdu_data(self) -> None:
         sock = self.socket
-        if self._splitter.aborted or not self._in_data_transfer() or not isinstance(sock, _BlockingSocket):
+        maximum = self.assoc.acceptor.maximum_length
+        lean = not self._splitter.aborted and self._in_data_transfer() and bool(maximum)
+        if not lean or not isinstance(sock, _BlockingSocket) or maximum is None:
             super()._read_pdu_data()
             return
-        header = sock.peek_header()
-        maximum = self.assoc.acceptor.maximum_length or 0
-        # Anything but a whole P-DATA-TF header of a length this side offered is pynetdicom's to read and judge.
-        if len(header) < 6 or header[0] != P_DATA_TF or not 0 < int.from_bytes(header[2:6], "big") <= maximum:
-            super()._read_pdu_data()
-            return
-        pdu = sock.read_exactly(6 + int.from_bytes(header[2:6], "big"))
-        if pdu is None:
+        # Every PDU is read here while the association is established: one read in the middle of a message (and a
+        # PDU header can arrive split over two segments) would give pynetdicom a data set without its command.
+        header = sock.read_exactly(6)
+        body = None
+        if header is not None:
+            length = int.from_bytes(header[2:6], "big")
+            if header[0] not in PDU_TYPES or length > maximum:
+                log.warning(
+                    "DIMSE association from %s aborted: a PDU of type 0x%02X and %d bytes",
+                    self.assoc.requestor.address,
+                    header[0],
+                    length,
+                )
+                self.event_queue.put("Evt19")  # an invalid PDU: the state machine sends the A-ABORT
+                return
+            body = sock.read_exactly(length)
+        if header is None or body is None:
             self.event_queue.put("Evt17")  # the connection closed mid-PDU
             return
-        for action in self._splitter.feed(memoryview(pdu)[6:]):
+        if header[0] != P_DATA_TF:
+            self._hand_over(bytes(header + body))
+            return
+        for action in self._splitter.feed(memoryview(body)):
             if isinstance(action, Forward):
                 self._hand_over(action.pdu)
             elif isinstance(action, Abort):
                 log.warning("DIMSE association from %s aborted: %s", self.assoc.requestor.address, action.why)
-                self.event_queue.put("Evt19")  # an invalid PDU: the state machine sends the A-ABORT
+                self.event_queue.put("Evt19")
             else:
                 self._store(sock, action.request, action.dataset)
 
@@ -202,7 +210,7 @@ class _LeanDUL(DULServiceProvider):
         try:
             decoded, event = self._decode_pdu(bytearray(pdu))
         except Exception:
-            log.warning("an undecodable P-DATA-TF PDU from %s", self.assoc.requestor.address)
+            log.warning("DIMSE association from %s aborted: an undecodable PDU", self.assoc.requestor.address)
             self.event_queue.put("Evt19")
             return
         self.event_queue.put(event)
