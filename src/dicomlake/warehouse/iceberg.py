@@ -39,6 +39,7 @@ from pyiceberg.exceptions import (
     ValidationException,
 )
 from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.schema import Schema as IcebergSchema
 from pyiceberg.table import Table as IcebergTable
 
 from dicomlake.dicom.flatten import FlatRow, merge_schema
@@ -82,8 +83,8 @@ FLUSH_ROWS = 5000
 FLUSH_SECONDS = 10.0
 SMALL_FILE_BYTES = 32 << 20
 MAX_SMALL_FILES = 16
-KEEP_SECONDS = 900
-KEEP_SNAPSHOTS = 32
+KEEP_SECONDS = 120
+KEEP_SNAPSHOTS = 16
 ORPHAN_SECONDS = 3600
 _VIEW = "dicomlake.view."  # namespace property per view: {"query", "created", "modified"}
 _CREATED = "dicomlake.created"
@@ -94,6 +95,28 @@ _DESCRIPTION = "comment"  # the property Iceberg engines show as a table's or na
 # Snapshot summary properties: which writer (an export shard) or which stream events a commit's rows came from.
 WRITER = "dicomlake.writer"
 EVENTS = "dicomlake.events"
+
+
+# pyiceberg deep-copies the whole table metadata after applying each update, and reapplies a transaction's updates
+# every time its metadata is asked for: some 30 copies per commit, each walking every field of every schema kept
+# (a 2,000-column table took 30 s a commit). Its metadata models are frozen, so a schema can be shared, not copied.
+IcebergSchema.__deepcopy__ = lambda self, memo=None: self  # type: ignore[method-assign,assignment,misc]
+# Schema evolution asks for the schema as a struct once per field, and each time builds and validates it again
+# (quadratic in the columns: 12 s at 2,000). A frozen schema's struct is built once.
+_as_struct = IcebergSchema.as_struct
+
+
+def _cached_struct(schema: IcebergSchema) -> Any:
+    private = schema.__pydantic_private__
+    if private is None:
+        return _as_struct(schema)
+    found = private.get("_dicomlake_struct")
+    if found is None:
+        found = private["_dicomlake_struct"] = _as_struct(schema)
+    return found
+
+
+IcebergSchema.as_struct = _cached_struct  # type: ignore[method-assign]
 
 
 def _now_ms() -> int:
