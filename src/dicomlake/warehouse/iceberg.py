@@ -19,6 +19,7 @@ import random
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from urllib.parse import urlparse
 import duckdb
 import orjson
 import pyarrow as pa
+from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import (
     CommitFailedException,
@@ -100,7 +102,7 @@ EVENTS = "dicomlake.events"
 # pyiceberg deep-copies the whole table metadata after applying each update, and reapplies a transaction's updates
 # every time its metadata is asked for: some 30 copies per commit, each walking every field of every schema kept
 # (a 2,000-column table took 30 s a commit). Its metadata models are frozen, so a schema can be shared, not copied.
-IcebergSchema.__deepcopy__ = lambda self, memo=None: self  # type: ignore[method-assign,assignment,misc]
+IcebergSchema.__deepcopy__ = lambda self, memo=None: self  # type: ignore[method-assign]
 # Schema evolution asks for the schema as a struct once per field, and each time builds and validates it again
 # (quadratic in the columns: 12 s at 2,000). A frozen schema's struct is built once.
 _as_struct = IcebergSchema.as_struct
@@ -116,7 +118,7 @@ def _cached_struct(schema: IcebergSchema) -> Any:
     return found
 
 
-IcebergSchema.as_struct = _cached_struct  # type: ignore[method-assign]
+IcebergSchema.as_struct = _cached_struct  # type: ignore[method-assign,assignment]
 
 
 def _now_ms() -> int:
@@ -139,7 +141,45 @@ def catalog_uri(database_url: str) -> str:
     return database_url
 
 
-_catalogs: dict[tuple[str, str], SqlCatalog] = {}
+class _Catalog(SqlCatalog):
+    """pyiceberg's SQL catalog, keeping the metadata files it has read: a metadata file never changes (a commit
+    writes a new one), and parsing one of a wide table costs more than the commit that follows (1.3 s at 2,000
+    columns), while loading a table happens on every call."""
+
+    CACHED = 32
+
+    def __init__(self, name: str, **properties: str) -> None:
+        super().__init__(name, **properties)
+        self._metadata: OrderedDict[str, Any] = OrderedDict()
+        self._metadata_guard = threading.Lock()
+
+    def _convert_orm_to_iceberg(self, orm_table: Any) -> IcebergTable:
+        location = orm_table.metadata_location
+        with self._metadata_guard:
+            metadata = self._metadata.get(location)
+            if metadata is not None:
+                self._metadata.move_to_end(location)
+        if metadata is None or not location:
+            table = super()._convert_orm_to_iceberg(orm_table)
+            self.remember(table)
+            return table
+        return IcebergTable(
+            identifier=(*Catalog.identifier_to_tuple(orm_table.table_namespace), orm_table.table_name),
+            metadata=metadata,
+            metadata_location=location,
+            io=self._load_file_io(metadata.properties, location),
+            catalog=self,
+        )
+
+    def remember(self, table: IcebergTable) -> None:
+        """Keep the metadata of `table` (as loaded, or as a commit of this process left it)."""
+        with self._metadata_guard:
+            self._metadata[table.metadata_location] = table.metadata
+            while len(self._metadata) > self.CACHED:
+                self._metadata.popitem(last=False)
+
+
+_catalogs: dict[tuple[str, str], _Catalog] = {}
 _buffers: dict[tuple[str, str], StreamBuffer] = {}
 _catalogs_guard = threading.Lock()
 
@@ -157,12 +197,12 @@ class IcebergWarehouse:
         return f"IcebergWarehouse({self.location!r})"
 
     @property
-    def catalog(self) -> SqlCatalog:
+    def catalog(self) -> _Catalog:
         key = (self.uri, self.location)
         with _catalogs_guard:
             catalog = _catalogs.get(key)
             if catalog is None:
-                catalog = _catalogs[key] = SqlCatalog(
+                catalog = _catalogs[key] = _Catalog(
                     "dicomlake", uri=self.uri, warehouse=self.location, pool_pre_ping="true", **_io_properties()
                 )
             return catalog
