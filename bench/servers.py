@@ -71,9 +71,15 @@ def _wait_listening(port: int, process: subprocess.Popen, what: str) -> None:
 
 @contextmanager
 def dicomlake(
-    workdir: Path, workers: int = 2, durability: str = "full", dimse: bool = False, database_url: str = ""
+    workdir: Path,
+    workers: int = 2,
+    durability: str = "full",
+    dimse: bool = False,
+    database_url: str = "",
+    warehouse_url: str = "",
 ) -> Iterator[Target]:
-    """A dicomlake server on its own data dir, with store `bench`; its index in `database_url` if given."""
+    """A dicomlake server on its own data dir, with store `bench`; its index in `database_url` and its tables at
+    `warehouse_url` if given."""
     port = free_port()
     dimse_port = free_port() if dimse else 0
     data_dir = workdir / "dicomlake-data"
@@ -101,6 +107,7 @@ def dicomlake(
                 **os.environ,
                 "DICOMLAKE_DURABILITY": durability,
                 **({"DICOMLAKE_DATABASE_URL": database_url} if database_url else {}),
+                **({"DICOMLAKE_WAREHOUSE_URL": warehouse_url} if warehouse_url else {}),
             },
         )
     base = f"http://127.0.0.1:{port}/v1/projects/bench/locations/local/datasets"
