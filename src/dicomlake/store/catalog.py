@@ -17,9 +17,9 @@ from sqlalchemy.exc import IntegrityError
 
 from dicomlake.errors import AlreadyExists, InvalidArgument, NotFound
 from dicomlake.storage.db import Database, datasets, dicom_stores, insert_one, instances, series, studies
+from dicomlake.warehouse.embedded import TableRef
 
 _ID = re.compile(r"[\w\-.]{1,256}")
-_TABLE_URI = re.compile(r"bq://(?P<project>[\w\-.:]+)\.(?P<dataset>[A-Za-z0-9_]{1,1024})\.(?P<table>[\w\- ]{1,1024})")
 WRITE_DISPOSITIONS = ("WRITE_DISPOSITION_UNSPECIFIED", "WRITE_EMPTY", "WRITE_TRUNCATE", "WRITE_APPEND")
 MAX_STREAM_CONFIGS = 5
 MAX_LABELS = 64
@@ -365,7 +365,7 @@ def validate_stream_configs(configs: Any) -> list[dict[str, Any]]:
         if not isinstance(destination, dict):
             destination = {}
         uri = destination.get("tableUri")
-        if not isinstance(uri, str) or not _TABLE_URI.fullmatch(uri) or len(uri) > 2000:
+        if not isinstance(uri, str) or TableRef.parse_uri(uri) is None:
             raise InvalidArgument(
                 f"invalid streamConfigs tableUri {uri!r}: expected bq://PROJECT_ID.DATASET_ID.TABLE_ID"
             )

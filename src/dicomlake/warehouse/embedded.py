@@ -164,6 +164,16 @@ class TableRef:
             )
         return cls(project, match.group("dataset"), match.group("table"))
 
+    @classmethod
+    def parse_uri(cls, text: str) -> TableRef | None:
+        """A destination URI as the Healthcare API takes it, `bq://PROJECT.DATASET.TABLE` exactly; None otherwise."""
+        if not text.startswith("bq://") or len(text) > 2000:
+            return None
+        match = _TABLE_URI.fullmatch(text)
+        if match is None or match.group("project") is None:
+            return None
+        return cls(match.group("project"), match.group("dataset"), match.group("table"))
+
     def __str__(self) -> str:
         return f"{self.project}:{self.dataset}.{self.table}"
 
