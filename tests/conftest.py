@@ -132,7 +132,7 @@ def _wait_ready(server: Server) -> None:
                 headers={"Authorization": f"Bearer {server.env.get('DICOMLAKE_AUTH_TOKENS', '')}"},
             )
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or too busy starting to answer
             time.sleep(0.1)
     raise RuntimeError("server did not start within 30 s")
 

@@ -15,6 +15,7 @@ and read the tables as they are."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import random
 import re
 import threading
@@ -1136,13 +1137,20 @@ class IcebergTables:
     def append(
         self, ref: TableRef, parts: list[dicom_tables.Fitted], rows_of: Callable[[int], list[FlatRow]], writer: str
     ) -> None:
+        # The shard, named by its export and its instances: repeated after a crash, it finds its own snapshot.
+        digest = hashlib.sha256()
+        for part in parts:
+            for uid in part.data.column("SOPInstanceUID").to_pylist() if part.data.num_rows else ():
+                digest.update(f"{uid}\n".encode())
+        shard = f"{writer}:{digest.hexdigest()[:32]}"
+
         def attempt() -> None:
             table = self._table(ref) or self.warehouse._create(ref, dicom_tables.BASE_FIELDS)
-            if written_by(table, writer):
+            if written_by(table, shard):
                 return
             fields = table_fields(table)
             fitted = [self._refit(fields, part, functools.partial(rows_of, i)) for i, part in enumerate(parts)]
-            self._commit(table, fitted, {WRITER: writer})
+            self._commit(table, fitted, {WRITER: shard})
 
         committing(attempt, f"table {ref}")
         self._after_commit(ref)
