@@ -207,3 +207,25 @@ def test_a_warehouse_folder_is_where_the_url_says(tmp_path: Path) -> None:
     wh.append(REF, [{"name": "x", "type": "STRING"}], [{"x": "1"}])
     assert list((tmp_path / "tables").rglob("*.parquet")) and not (tmp_path / "local" / "proj.duckdb").exists()
     assert os.path.exists(tmp_path / "index.sqlite")
+
+
+def test_a_flush_held_by_a_process_that_died_is_taken_over_at_once(wh: IcebergWarehouse) -> None:
+    from dicomlake.warehouse.stream_buffer import flushes
+
+    tables = IcebergTables(wh)
+    tables.deliver(REF, [row_of("CT_small.dcm")], 1, [1])
+    dead = multiprocessing.get_context("spawn").Process(target=os.getpid)
+    dead.start()
+    dead.join()
+    with wh.buffer.engine.begin() as conn:
+        # A flush lease of a process of this machine that is gone, and one of a process that is alive.
+        conn.execute(
+            flushes.insert().values(table_id="proj.ds.t", until_ms=2**62, holder=f"{os.uname()[1]}:{dead.pid}")
+        )
+    wh.flush(REF)
+    assert iceberg._row_count(wh.load(REF)) == 1
+    with wh.buffer.engine.begin() as conn:
+        conn.execute(flushes.update().values(until_ms=2**62, holder=f"{os.uname()[1]}:{os.getppid()}"))
+    tables.deliver(REF, [row_of("MR_small.dcm")], 1, [2])
+    wh.flush(REF)
+    assert iceberg._row_count(wh.load(REF)) == 1 and wh.row_count(REF) == 2  # held: the rows wait, visible

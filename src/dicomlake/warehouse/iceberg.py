@@ -234,31 +234,32 @@ class IcebergWarehouse:
         """Append the table's buffered rows to it in one commit (nothing when another process is flushing it,
         unless `wait`: then wait for that flush and flush again)."""
         table_id = _table_id(ref)
+
+        def attempt() -> tuple[int, bool]:
+            table, entries = self.read(ref)
+            if table is None or not entries:
+                return (flushed_mark(table) if table is not None else 0), False
+            data = self._buffered_rows(table, entries)
+            with table.transaction() as tx:
+                tx.append(fit_to(data, tx.table_metadata.schema().as_arrow()))
+                tx.set_properties({FLUSHED: str(entries[-1].id)})
+            return entries[-1].id, True
+
         deadline = time.monotonic() + COMMIT_TIMEOUT
-        while not self.buffer.lease(table_id):
+        while True:
+            with self.buffer.flushing(table_id) as mine:
+                if mine:
+                    # The entries up to the mark are the table's now, also those of a flush that died before
+                    # forgetting them.
+                    mark, committed = committing(attempt, f"table {ref}")
+                    if mark:
+                        self.buffer.flushed(table_id, mark)
+                    break
             if not wait:
                 return
             if time.monotonic() >= deadline:
                 raise Unavailable(f"the streaming buffer of {ref} stayed busy for {COMMIT_TIMEOUT:g} s; try again")
             time.sleep(0.05)
-        try:
-
-            def attempt() -> tuple[int, bool]:
-                table, entries = self.read(ref)
-                if table is None or not entries:
-                    return (flushed_mark(table) if table is not None else 0), False
-                data = self._buffered_rows(table, entries)
-                with table.transaction() as tx:
-                    tx.append(fit_to(data, tx.table_metadata.schema().as_arrow()))
-                    tx.set_properties({FLUSHED: str(entries[-1].id)})
-                return entries[-1].id, True
-
-            # The entries up to the mark are the table's now, also those of a flush that died before forgetting them.
-            mark, committed = committing(attempt, f"table {ref}")
-            if mark:
-                self.buffer.flushed(table_id, mark)
-        finally:
-            self.buffer.release(table_id)
         if committed:
             self.maintain(ref)
 

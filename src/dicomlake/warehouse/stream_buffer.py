@@ -13,8 +13,12 @@ advisory lock on PostgreSQL; SQLite writes one at a time anyway), so entry ids g
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -24,7 +28,8 @@ from sqlalchemy.exc import IntegrityError
 FLUSHED = "dicomlake.flushed"
 # Events stay known this long after their rows were flushed: a redelivery after a crash comes within a lease.
 KEEP_EVENTS_SECONDS = 900
-# How long a flush may take before another process may take over a table's flushes.
+# On SQLite, how long a flush may take before another process of the machine may take over a table's flushes
+# (at once when the flushing process is gone).
 FLUSH_LEASE_SECONDS = 120
 
 _metadata = sa.MetaData()
@@ -53,6 +58,7 @@ flushes = sa.Table(
     _metadata,
     sa.Column("table_id", sa.String(3200), primary_key=True),
     sa.Column("until_ms", sa.BigInteger, nullable=False),
+    sa.Column("holder", sa.String(300)),
 )
 
 
@@ -86,7 +92,7 @@ class StreamBuffer:
         transaction; how many were added."""
         with self.engine.begin() as conn:
             if self.postgresql:
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(table_id)})
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(2, :key)"), {"key": _lock_key(table_id)})
             held = {
                 pk
                 for (pk,) in conn.execute(
@@ -154,26 +160,71 @@ class StreamBuffer:
             for t in (buffer, events, flushes):
                 conn.execute(t.delete().where(t.c.table_id == table_id))
 
-    def lease(self, table_id: str) -> bool:
-        """Take the table's flushes for FLUSH_LEASE_SECONDS; False when another process holds them."""
-        now = _now_ms()
-        until = now + FLUSH_LEASE_SECONDS * 1000
-        with self.engine.begin() as conn:
-            taken = conn.execute(
-                flushes.update().where(flushes.c.table_id == table_id, flushes.c.until_ms < now).values(until_ms=until)
-            ).rowcount
+    @contextmanager
+    def flushing(self, table_id: str) -> Iterator[bool]:
+        """Hold the table's flushes for the block (True), or say another process does (False). On PostgreSQL an
+        advisory lock of the block's own connection, gone with the process that held it; on SQLite (one
+        machine) a lease row naming the process, taken over at once when that process is gone, or after
+        FLUSH_LEASE_SECONDS."""
+        if self.postgresql:
+            with self.engine.connect() as conn:
+                key = _lock_key(table_id)
+                taken = bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(1, :key)"), {"key": key}).scalar())
+                conn.commit()
+                try:
+                    yield taken
+                finally:
+                    if taken:
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(1, :key)"), {"key": key})
+                        conn.commit()
+            return
+        taken = self._lease(table_id)
+        try:
+            yield taken
+        finally:
             if taken:
-                return True
-            try:
-                with conn.begin_nested():
-                    conn.execute(flushes.insert().values(table_id=table_id, until_ms=until))
-            except IntegrityError:
-                return False
-            return True
+                with self.engine.begin() as conn:
+                    conn.execute(flushes.update().where(flushes.c.table_id == table_id).values(until_ms=0))
 
-    def release(self, table_id: str) -> None:
+    def _lease(self, table_id: str) -> bool:
+        now = _now_ms()
+        me = f"{socket.gethostname()}:{os.getpid()}"
         with self.engine.begin() as conn:
-            conn.execute(flushes.update().where(flushes.c.table_id == table_id).values(until_ms=0))
+            row = conn.execute(
+                sa.select(flushes.c.until_ms, flushes.c.holder).where(flushes.c.table_id == table_id)
+            ).first()
+            if row is not None and row.until_ms >= now and not _gone(row.holder):
+                return False
+            values = {"until_ms": now + FLUSH_LEASE_SECONDS * 1000, "holder": me}
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(flushes.insert().values(table_id=table_id, **values))
+                except IntegrityError:
+                    return False
+                return True
+            # Taken only if nobody took it since it was read.
+            return bool(
+                conn.execute(
+                    flushes.update()
+                    .where(flushes.c.table_id == table_id, flushes.c.until_ms == row.until_ms)
+                    .values(**values)
+                ).rowcount
+            )
+
+
+def _gone(holder: str | None) -> bool:
+    """Whether the process named `host:pid` ran on this host and is no longer alive."""
+    host, _, pid = (holder or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _lock_key(table_id: str) -> int:
