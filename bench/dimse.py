@@ -154,7 +154,7 @@ def _store(target: servers.Target, run: StoreRun, before: int) -> dict[str, Any]
     wall = time.perf_counter() - start
     for process, (out, err) in zip(processes, outputs, strict=True):
         if process.returncode != 0:
-            raise RuntimeError(f"storescu exited with {process.returncode}: {(out + err).strip()[-500:]}")
+            raise RuntimeError(f"storescu exited with {process.returncode}: {_tail(out + err, 500)}")
     after = stored_instances(target)
     if after - before != len(run.specs):
         raise RuntimeError(f"{len(run.specs)} instances sent, {after - before} stored")
@@ -165,6 +165,11 @@ def _store(target: servers.Target, run: StoreRun, before: int) -> dict[str, Any]
         "ms_per_instance_per_association": round(wall * run.config.associations / len(run.specs) * 1000, 2),
         "seconds": round(wall, 2),
     }
+
+
+def _tail(output: str, size: int) -> str:
+    """The end of a tool's output as one line of printable text, fit for a table cell of the report."""
+    return " ".join("".join(c if c.isprintable() else " " for c in output).split())[-size:]
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -184,7 +189,7 @@ def _find_once(target: servers.Target, keys: list[str]) -> tuple[float, int, str
     elapsed = time.perf_counter() - start
     output = done.stdout + done.stderr
     final = _FINAL.search(output)
-    status = final.group(1) if final else f"no final response (exit code {done.returncode}): {output.strip()[-300:]}"
+    status = final.group(1) if final else f"no final response (exit code {done.returncode}): {_tail(output, 300)}"
     return elapsed, len(_PENDING.findall(output)), status
 
 
@@ -196,7 +201,7 @@ def _echo_once(target: servers.Target) -> float:
     )
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"echoscu exited with {done.returncode}: {(done.stdout + done.stderr).strip()[-300:]}")
+        raise RuntimeError(f"echoscu exited with {done.returncode}: {_tail(done.stdout + done.stderr, 300)}")
     return elapsed
 
 

@@ -195,8 +195,10 @@ class _LeanDUL(DULServiceProvider):
                 self._store(sock, action.request, action.dataset)
 
     def _in_data_transfer(self) -> bool:
-        assoc = self.assoc
-        return self.state_machine.current_state == "Sta6" and assoc.is_established and not assoc._sent_release
+        # The state machine's word, not `is_established`: the association thread sets that only after the
+        # A-ASSOCIATE-AC is sent, and a peer's first message may arrive before; reading its first PDU one way and
+        # the rest the other would split the message. The accepted contexts are set before the AC is sent.
+        return self.state_machine.current_state == "Sta6" and not self.assoc._sent_release
 
     def _accepts(self, request: StoreRequest) -> bool:
         context = self.assoc._accepted_cx.get(request.context_id)
