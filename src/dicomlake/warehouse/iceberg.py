@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import random
 import re
 import threading
@@ -63,6 +64,8 @@ from dicomlake.warehouse.embedded import (
 )
 from dicomlake.warehouse.schema import Field, duckdb_type, from_duckdb, merge, normalize, quote
 from dicomlake.warehouse.stream_buffer import FLUSHED, Entry, StreamBuffer
+
+log = logging.getLogger("dicomlake.tables")
 
 # How long a commit that keeps meeting other processes' commits is tried again before it fails (UNAVAILABLE).
 COMMIT_TIMEOUT = 60.0
@@ -607,18 +610,18 @@ class IcebergWarehouse:
             self._expire(table)
         except (CommitFailedException, ValidationException):
             return  # another process committed meanwhile (pyiceberg refuses a rewrite beside a new append)
+        except Exception:  # upkeep must never fail the write it follows: the next one tries again
+            log.exception("upkeep of table %s failed", ref)
 
     def _compact(self, table: IcebergTable) -> IcebergTable:
         small = [t for t in table.scan().plan_files() if t.file.file_size_in_bytes < SMALL_FILE_BYTES]
         if len(small) <= MAX_SMALL_FILES:
             return table
-        from pyiceberg.io.pyarrow import _dataframe_to_data_files  # pyiceberg has no public rewrite of files yet
+        from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files  # no public rewrite of files yet
 
-        conn = connect(self.root, _local_files(table, small))
-        try:
-            data = conn.sql(_register_scan(conn, table, [], tasks=small)).to_arrow_table()
-        finally:
-            conn.close()
+        # pyiceberg's own reader: the files' columns by field id, in the table's schema as it is now, in Arrow's
+        # memory (a DuckDB instance's 256 MB does not hold a few thousand columns of many files at once).
+        data = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(small)
         data = fit_to(data, table.schema().as_arrow())
         with table.transaction() as tx:
             properties = {"dicomlake.compacted": str(len(small))}
