@@ -14,6 +14,7 @@ and read the tables as they are."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import logging
@@ -614,7 +615,7 @@ class IcebergWarehouse:
             log.exception("upkeep of table %s failed", ref)
 
     def _compact(self, table: IcebergTable) -> IcebergTable:
-        small = [t for t in table.scan().plan_files() if t.file.file_size_in_bytes < SMALL_FILE_BYTES]
+        small = [t for t in _tasks(table) if t.file.file_size_in_bytes < SMALL_FILE_BYTES]
         if len(small) <= MAX_SMALL_FILES:
             return table
         from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files  # no public rewrite of files yet
@@ -697,8 +698,9 @@ class IcebergWarehouse:
             db = Db(conn, aliases[project])
             for p, dataset in sorted(plan.datasets):
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(aliases[p])}.{quote(dataset)}")
-            for p in projects:
-                embedded._ensure_meta(Db(conn, aliases[p]))
+            if target is not None:  # a statement that changes data records what it changed there
+                for p in projects:
+                    embedded._ensure_meta(Db(conn, aliases[p]))
             scans = [
                 _register_scan(conn, plan.tables[ref], entries, prefix=f"_buffer_{i}_")
                 for i, (ref, entries) in enumerate(plan.buffered.items())
@@ -874,8 +876,37 @@ def _row_count(table: IcebergTable) -> int:
 _types = threading.local()
 
 
+# What a table's snapshot is read as, computed once per metadata file (which never changes): its files, its columns
+# as BigQuery fields, the SELECT of its files. Queries ask for these every time.
+_snapshots: OrderedDict[tuple[str, str], Any] = OrderedDict()
+_snapshots_guard = threading.Lock()
+
+
+def _per_snapshot(table: IcebergTable, what: str, make: Callable[[], Any]) -> Any:
+    key = (table.metadata_location, what)
+    with _snapshots_guard:
+        if key in _snapshots:
+            _snapshots.move_to_end(key)
+            return _snapshots[key]
+    value = make()
+    with _snapshots_guard:
+        _snapshots[key] = value
+        while len(_snapshots) > 256:
+            _snapshots.popitem(last=False)
+    return value
+
+
+def _tasks(table: IcebergTable) -> list[Any]:
+    """The data files of the table's current snapshot."""
+    return list(_per_snapshot(table, "tasks", lambda: tuple(table.scan().plan_files())))
+
+
 def table_fields(table: IcebergTable) -> list[Field]:
     """The table's columns as BigQuery fields (REQUIRED where Iceberg's are), read back the way DuckDB sees them."""
+    return copy.deepcopy(_per_snapshot(table, "fields", lambda: _table_fields(table)))
+
+
+def _table_fields(table: IcebergTable) -> list[Field]:
     schema = table.schema()
     conn = getattr(_types, "conn", None)
     if conn is None:
@@ -911,7 +942,7 @@ def fit_to(data: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def _local_files(table: IcebergTable, tasks: list[Any] | None = None) -> list[str]:
     """The local paths of the table's files (none for a table in object storage), which a query may read."""
-    found = table.scan().plan_files() if tasks is None else tasks
+    found = _tasks(table) if tasks is None else tasks
     return [_local_path(task.file.file_path) for task in found if _is_local(task.file.file_path)]
 
 
@@ -930,7 +961,7 @@ def scan_sql(table: IcebergTable, columns: list[str] | None = None, tasks: list[
     fields = {f["name"]: f for f in table_fields(table)}
     wanted = columns if columns is not None else [f.name for f in schema.fields]
     if tasks is None:
-        tasks = list(table.scan().plan_files())
+        tasks = _tasks(table)
     present: set[int] = set()
     for task in tasks:
         present.update(task.file.value_counts.keys())
@@ -957,16 +988,17 @@ def _register_scan(
     entries: list[Entry],
     columns: list[str] | None = None,
     prefix: str = "_buffer_",
-    tasks: list[Any] | None = None,
 ) -> str:
-    """The SELECT of the table's files (or those of `tasks`) and of its buffered `entries`. Local files are read
-    by DuckDB itself; files in object storage, and the entries, through Arrow objects registered on `conn`
-    (DuckDB reads only the columns and row groups a query needs from them)."""
-    if tasks is None:
-        tasks = list(table.scan().plan_files())
+    """The SELECT of the table's files and of its buffered `entries`. Local files are read by DuckDB itself;
+    files in object storage, and the entries, through Arrow objects registered on `conn` (DuckDB reads only the
+    columns and row groups a query needs from them)."""
+    tasks = _tasks(table)
     sources: dict[str, pa.Schema] = {}
     if all(_is_local(task.file.file_path) for task in tasks):
-        files = scan_sql(table, columns, tasks)
+        if columns is None:
+            files = _per_snapshot(table, "scan", lambda: scan_sql(table, None, tasks))
+        else:
+            files = scan_sql(table, columns, tasks)
     else:
         import pyarrow.dataset
 
