@@ -157,34 +157,73 @@ def _flatten(result: dict) -> list[str]:
 
 
 def _tables(result: dict) -> list[str]:
-    if "runs" in result:
-        run = result["runs"]["export_to_table"]
-        return [
+    if "checkpoints" in result:
+        return _evolutions(result)
+    # Results of one warehouse (before the Iceberg tables) or of each, side by side.
+    kinds = {k: result[k] for k in ("iceberg", "duckdb") if k in result} or {"duckdb": result}
+    if "instances" in result:
+        lines = [
             f"### {result['benchmark']}: export of {result['instances']:,} stored instances to a table "
-            "(`bigqueryDestination`, embedded DuckDB warehouse)",
+            "(`bigqueryDestination`), then queries of it through the BigQuery API",
             "",
-            "| instances/s | seconds | peak RSS MB (server + pool) | peak PSS MB (server + pool) | top-level columns |",
-            "|---|---|---|---|---|",
-            f"| {run['instances_per_s']} | {run['seconds']} | {run['peak_rss_mb']} | {run.get('peak_pss_mb', '')} | "
-            f"{run['top_level_columns']} |",
-            "",
-            f"Run {result['date']}.",
-            "",
+            "| tables | instances/s | seconds | peak RSS MB (server + pool) | peak PSS MB (server + pool) | "
+            "top-level columns | query p50 / p99 ms: " + " · ".join(_QUERY_LABELS) + " |",
+            "|---|---|---|---|---|---|---|",
         ]
-    stow_rates, seen = result["stow_instances_per_s"], result["visible_in_view_after_stow"]
-    return [
+        for kind, r in kinds.items():
+            run = r["runs"]["export_to_table"]
+            queries = r.get("queries_through_bigquery_api", {})
+            shown = " · ".join(
+                f"{queries[q]['p50_ms']:.0f} / {queries[q]['p99_ms']:.0f}" if q in queries else "—"
+                for q in _QUERY_LABELS
+            )
+            lines.append(
+                f"| {kind} | {run['instances_per_s']} | {run['seconds']} | {run['peak_rss_mb']} | "
+                f"{run.get('peak_pss_mb', '')} | {run['top_level_columns']} | {shown} |"
+            )
+        return [*lines, "", f"Run {result['date']}.", ""]
+    lines = [
         f"### {result['benchmark']}: what streaming costs STOW-RS ({result['clients']} clients, batches of "
         f"{result['batch']}, {result['instances_per_run']} instances per run, median of {result['repeats']})",
         "",
-        "| STOW without streaming /s | with one stream destination /s | cost | visible in `_view` after the STOW "
-        "answers: p50 ms | p99 ms |",
-        "|---|---|---|---|---|",
-        f"| {stow_rates['without_streaming']} | {stow_rates['with_streaming']} | {stow_rates['cost_percent']} % | "
-        f"{seen['p50_ms']} | {seen['p99_ms']} |",
-        "",
-        f"Run {result['date']}.",
-        "",
+        "| tables | STOW without streaming /s | with one stream destination /s | cost | visible in `_view` after the "
+        "STOW answers: p50 ms | p99 ms | Iceberg table afterwards |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for kind, r in kinds.items():
+        stow_rates, seen = r["stow_instances_per_s"], r["visible_in_view_after_stow"]
+        files = r.get("iceberg_table")
+        after = (
+            f"{files['rows_in_files']:,} rows in {files['data_files']} data files ({files['parquet_files_on_disk']} "
+            f"on disk), {files['snapshots']} snapshots, {files['schemas']} schemas, metadata {files['metadata_kb']} KB"
+            if files
+            else ""
+        )
+        lines.append(
+            f"| {kind} | {stow_rates['without_streaming']} | {stow_rates['with_streaming']} | "
+            f"{stow_rates['cost_percent']} % | {seen['p50_ms']} | {seen['p99_ms']} | {after} |"
+        )
+    return [*lines, "", f"Run {result['date']}.", ""]
+
+
+_QUERY_LABELS = ("DICOMweb paths of a patient (seed)", "latest studies (seed)", "GROUP BY Modality")
+
+
+def _evolutions(result: dict) -> list[str]:
+    lines = [
+        f"### {result['benchmark']}: an Iceberg table of {result['columns']:,} columns evolved "
+        f"{result['evolutions']:,} times (one new column and 10 rows per commit, in-process)",
+        "",
+        "| evolutions | commit p50 s | p99 s | metadata KB | schemas kept | snapshots kept |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in result["checkpoints"]:
+        commit = c["commit_s_last_50"]
+        lines.append(
+            f"| {c['evolutions']:,} | {commit['p50_ms'] / 1000:.2f} | {commit['p99_ms'] / 1000:.2f} | "
+            f"{c['metadata_kb']} | {c['schemas']} | {c['snapshots']} |"
+        )
+    return [*lines, "", f"Run {result['date']}.", ""]
 
 
 def _dimse(result: dict) -> list[str]:
