@@ -25,7 +25,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -99,9 +98,8 @@ _MODIFIED = "dicomlake.modified"
 _LOCATION = "dicomlake.location"
 _LABELS = "dicomlake.labels"
 _DESCRIPTION = "comment"  # the property Iceberg engines show as a table's or namespace's comment
-# Snapshot summary properties: which writer (an export shard) or which stream events a commit's rows came from.
+# The snapshot summary property naming the export shard whose rows a commit added.
 WRITER = "dicomlake.writer"
-EVENTS = "dicomlake.events"
 
 
 # pyiceberg deep-copies the whole table metadata after applying each update, and reapplies a transaction's updates
@@ -1098,44 +1096,6 @@ def _io_properties() -> dict[str, str]:
     return properties
 
 
-@dataclass(frozen=True)
-class StreamMark:
-    """The stream events a commit's rows came from, as a snapshot property: `store:first-last,first-last`."""
-
-    store_pk: int
-    events: tuple[int, ...]
-
-    def text(self) -> str:
-        ranges = []
-        events = sorted(self.events)
-        start = prev = events[0]
-        for pk in events[1:]:
-            if pk != prev + 1:
-                ranges.append(f"{start}-{prev}")
-                start = pk
-            prev = pk
-        ranges.append(f"{start}-{prev}")
-        return f"{self.store_pk}:{','.join(ranges)}"
-
-
-def held_events(table: IcebergTable, store_pk: int, low: int, high: int) -> set[int]:
-    """Events of store `store_pk` between `low` and `high` whose rows a snapshot of the table already holds."""
-    held: set[int] = set()
-    for snapshot in table.metadata.snapshots:
-        text = (snapshot.summary.additional_properties if snapshot.summary else {}).get(EVENTS)
-        if not text:
-            continue
-        store, _, ranges = text.partition(":")
-        if int(store) != store_pk:
-            continue
-        for part in ranges.split(","):
-            first, _, last = part.partition("-")
-            a, b = int(first), int(last)
-            if b >= low and a <= high:
-                held.update(range(max(a, low), min(b, high) + 1))
-    return held
-
-
 def written_by(table: IcebergTable, writer: str) -> bool:
     """Whether a snapshot of the table holds the rows of `writer` (an export shard)."""
     return any(
@@ -1145,10 +1105,9 @@ def written_by(table: IcebergTable, writer: str) -> bool:
 
 
 class IcebergTables:
-    """`IcebergWarehouse` as the destination of exports and streams. Each call is one commit, tried again on
-    the table as it is now when another process committed meanwhile; which export shard or which stream events
-    a commit's rows came from is a property of its snapshot, so a repeated shard or redelivered event adds
-    nothing."""
+    """`IcebergWarehouse` as the destination of exports and streams. An export shard is one commit, tried again
+    on the table as it is now when another process committed meanwhile, and named in its snapshot's summary so
+    that a repeated shard adds nothing; a stream's rows go to the streaming buffer, which knows its events."""
 
     def __init__(self, warehouse: IcebergWarehouse) -> None:
         self.warehouse = warehouse
