@@ -13,7 +13,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,6 +342,20 @@ def allow_columns(db: Db, columns: int) -> None:
     needed = max(MEMORY_LIMIT_MB, 64 + columns * CHECKPOINT_KB_PER_COLUMN // 1024)
     if needed > MEMORY_LIMIT_MB:
         db.conn.execute(f"SET memory_limit = '{needed}MB'")
+
+
+def locked(config: dict[str, Any], prepare: Callable[[duckdb.DuckDBPyConnection], object]) -> duckdb.DuckDBPyConnection:
+    """A DuckDB instance of `config` that `prepare` may set up with file access still on (ATTACH, allowed paths),
+    then external access off and the configuration locked, so that nothing a query says can switch it back."""
+    conn = duckdb.connect(config={k: v for k, v in config.items() if k != "enable_external_access"})
+    try:
+        prepare(conn)
+        conn.execute("SET enable_external_access = false")
+        conn.execute("SET lock_configuration = true")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def first_row(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:

@@ -18,6 +18,7 @@ import copy
 import functools
 import hashlib
 import logging
+import os
 import random
 import re
 import threading
@@ -58,6 +59,9 @@ from dicomlake.warehouse.embedded import (
     Db,
     TableInfo,
     TableRef,
+    _dataset_missing,
+    _now_ms,
+    _table_missing,
     check_dataset,
     check_project,
     check_table,
@@ -122,18 +126,6 @@ def _cached_struct(schema: IcebergSchema) -> Any:
 
 
 IcebergSchema.as_struct = _cached_struct  # type: ignore[method-assign,assignment]
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _dataset_missing(project: str, dataset: str) -> NotFound:
-    return NotFound(f"Not found: Dataset {project}:{dataset}")
-
-
-def _table_missing(ref: TableRef) -> NotFound:
-    return NotFound(f"Not found: Table {ref}")
 
 
 def catalog_uri(database_url: str) -> str:
@@ -1072,22 +1064,15 @@ def connect(root: Path, files: list[str]) -> duckdb.DuckDBPyConnection:
     folder."""
     spill = root / "tmp"
     spill.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in embedded.CONFIG.items() if k != "enable_external_access"}
-    conn = duckdb.connect(config={**config, "temp_directory": str(spill)})
-    try:
-        conn.execute("SET allowed_paths = ?", [list(dict.fromkeys(files))])
-        conn.execute("SET enable_external_access = false")
-        conn.execute("SET lock_configuration = true")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    allowed = list(dict.fromkeys(files))
+    return embedded.locked(
+        {**embedded.CONFIG, "temp_directory": str(spill)},
+        lambda conn: conn.execute("SET allowed_paths = ?", [allowed]),
+    )
 
 
 def _io_properties() -> dict[str, str]:
     """pyiceberg's file IO settings for s3:// warehouses, from the variables the blob store reads too."""
-    import os
-
     properties = {}
     for variable, key in (
         ("AWS_ENDPOINT_URL", "s3.endpoint"),

@@ -256,20 +256,13 @@ def _session(wh: Warehouse, project: str, statement: Statement) -> Iterator[tupl
             raise NotFound(f"Not found: Dataset {table.project}:{table.dataset} was not found in location US")
 
     def attach_all() -> duckdb.DuckDBPyConnection:
-        # Files must be reachable for the ATTACH: then nothing is, for good.
-        config = {k: v for k, v in _in_memory_config(wh).items() if k != "enable_external_access"}
-        conn = duckdb.connect(config=config)
-        try:
+        def attach(conn: duckdb.DuckDBPyConnection) -> None:
             for p in everyone:
                 if wh.file(p).exists():
                     path = str(wh.file(p)).replace("'", "''")
                     conn.execute(f"ATTACH '{path}' AS {quote(aliases[p])} (READ_ONLY)")
-            conn.execute("SET enable_external_access = false")
-            conn.execute("SET lock_configuration = true")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+
+        return embedded.locked(_in_memory_config(wh), attach)
 
     conn = embedded.retrying(attach_all, f"the warehouse files of projects {', '.join(everyone)}")
     try:
