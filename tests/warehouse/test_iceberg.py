@@ -119,7 +119,9 @@ def test_streamed_rows_are_visible_at_once_and_counted_once_across_flushes(
     ]
     assert wh.row_count(REF) == 2 and wh.read_rows(REF, 0, 10, ["Modality"])[2] == 2
 
-    tables.deliver(REF, [row_of("CT_small.dcm")], 1, [3])  # the third row: flushed, in one commit
+    tables.deliver(REF, [row_of("CT_small.dcm")], 1, [3])  # the third row: due, flushed in one commit
+    assert iceberg._row_count(wh.load(REF)) == 0
+    tables.flush_due()  # what the flusher thread of every process does every second
     assert iceberg._row_count(wh.load(REF)) == 3 and wh.buffer.pending("proj.ds.t") == []
     tables.deliver(REF, [row_of("MR_small.dcm")], 1, [3])  # redelivered after the flush: nothing new
     # A flush that committed but died before it forgot its entries leaves them behind: they are not read twice.

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,40 +32,50 @@ log = logging.getLogger("dicomlake.streaming")
 LOG_TYPE = "type.googleapis.com/google.cloud.healthcare.logging.DicomStreamLogEntry"
 BATCH = 1000
 # How often a process looks for streamed rows that waited long enough in a streaming buffer (warehouse/iceberg.py).
-FLUSH_INTERVAL = 2.0
+FLUSH_INTERVAL = 1.0
 
 
 class Streamer:
-    """The delivery thread of one process; `start()` and `stop()` bracket the process's life."""
+    """The stream threads of one process, bracketed by `start()` and `stop()`: delivery, woken at once when this
+    process commits stream events and every `interval` for those of other processes, and the flushes of the
+    warehouse's streaming buffer (a table commit, off the delivery path so that it never delays a row)."""
 
     def __init__(self, services: Services, interval: float = 0.25) -> None:
         self.services = services
         self.interval = interval
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="dicomlake-streamer", daemon=True)
-        self._thread.start()
+        for target, name in ((self._deliver_loop, "dicomlake-streamer"), (self._flush_loop, "dicomlake-flusher")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self.services.db.stream_events.set()
+        for thread in self._threads:
+            thread.join()
 
-    def _loop(self) -> None:
-        flushed = time.monotonic()
+    def _deliver_loop(self) -> None:
+        woken = self.services.db.stream_events
         while not self._stop.is_set():
+            woken.clear()
             try:
                 delivered = self.deliver()
-                if time.monotonic() - flushed >= FLUSH_INTERVAL:
-                    flushed = time.monotonic()
-                    self.services.tables.flush_due()
             except Exception:
                 log.exception("stream delivery failed; retrying")
                 delivered = 0
             if delivered < BATCH:
-                self._stop.wait(self.interval)
+                woken.wait(self.interval)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL):
+            try:
+                self.services.tables.flush_due()
+            except Exception:
+                log.exception("flushing the streaming buffer failed; retrying")
 
     def deliver(self) -> int:
         """Deliver the oldest events (up to BATCH); how many left the outbox."""

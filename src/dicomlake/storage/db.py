@@ -26,6 +26,8 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 log = logging.getLogger("dicomlake")
 
+_STREAM_EVENTS = "dicomlake_stream_events"
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -260,6 +262,8 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         self._lock_path: Path | None = None
         self._local = threading.local()
+        # Set when a transaction of this process that added stream events commits (operations/streaming.py).
+        self.stream_events = threading.Event()
         if self.is_sqlite:
             path = url.removeprefix("sqlite:///")
             if path and path != ":memory:":
@@ -309,8 +313,10 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
+        """A transaction that writes; a block that calls `added_stream_events(conn)` wakes this process's stream
+        delivery once it has committed."""
         if self._lock_path is None:
-            with self.engine.connect().execution_options(dicomlake_write=True) as conn, conn.begin():
+            with self._writing() as conn:
                 yield conn
             return
         # One descriptor per thread: flock excludes other descriptors, in this process or another.
@@ -319,10 +325,27 @@ class Database:
             lock = self._local.lock = open(self._lock_path, "a+b")  # noqa: SIM115 - kept for the thread's life
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            with self.engine.connect().execution_options(dicomlake_write=True) as conn, conn.begin():
+            with self._writing() as conn:
                 yield conn
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(dicomlake_write=True) as conn:
+            try:
+                with conn.begin():
+                    yield conn
+            except BaseException:
+                conn.info.pop(_STREAM_EVENTS, None)
+                raise
+            if conn.info.pop(_STREAM_EVENTS, False):
+                self.stream_events.set()
+
+    @staticmethod
+    def added_stream_events(conn: Connection) -> None:
+        """Mark the write transaction of `conn` as one that adds stream events."""
+        conn.info[_STREAM_EVENTS] = True
 
     def insert_ignore(self, table: sa.Table) -> sa.Insert:
         """INSERT that silently skips rows whose primary key already exists."""

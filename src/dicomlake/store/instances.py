@@ -21,7 +21,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from dicomlake.dicom.flatten import DROPPED_AT_INGEST
+from dicomlake.dicom.flatten import DROPPED_AT_INGEST, NUMBER_TEXT
 from dicomlake.dicom.parse import DicomParseError, ParsedInstance, parse
 from dicomlake.dicom.tags import SERIES_ATTRIBUTES, STUDY_ATTRIBUTES
 from dicomlake.dicom.uids import InvalidUid, normalize_uid
@@ -149,11 +149,17 @@ def store_instances(
 
 
 def _file_meta(parsed: ParsedInstance) -> dict[str, Any]:
-    """What the `file_meta` column keeps for the flattener: the group 0002 elements, and the sequences the parser
-    left out of the metadata for their size (they become DroppedTags in tables)."""
-    if not parsed.dropped:
+    """What the `file_meta` column keeps for the flattener: the group 0002 elements, the sequences the parser
+    left out of the metadata for their size (they become DroppedTags in tables), and the text of DS and IS values
+    their JSON numbers do not write back (tables show the text)."""
+    if not parsed.dropped and not parsed.number_text:
         return parsed.file_meta
-    return {**parsed.file_meta, DROPPED_AT_INGEST: parsed.dropped}
+    meta = dict(parsed.file_meta)
+    if parsed.dropped:
+        meta[DROPPED_AT_INGEST] = parsed.dropped
+    if parsed.number_text:
+        meta[NUMBER_TEXT] = parsed.number_text
+    return meta
 
 
 def _check(data: bytes | mmap.mmap, expected_study: str | None) -> ParsedInstance | Failed:
@@ -286,6 +292,7 @@ def _insert(conn: sa.Connection, db: Database, store: StoreRef, items: list[_Pen
     ]
     conn.execute(_INSERT_INSTANCE, rows)
     if store.streams:
+        db.added_stream_events(conn)
         conn.execute(
             _INSERT_EVENT,
             [
@@ -516,6 +523,7 @@ def delete_keys(db: Database, blobs: BlobStore, store: StoreRef, keys: list[Key]
             )
         )
         if store.streams:
+            db.added_stream_events(conn)
             now = time.time()
             conn.execute(
                 _INSERT_EVENT,

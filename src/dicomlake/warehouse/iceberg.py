@@ -214,6 +214,15 @@ class IcebergWarehouse:
                 _buffers[key] = found
         return found
 
+    @functools.cached_property
+    def results(self) -> tuple[Any, str]:
+        """Where query jobs keep their results for every machine to read, `<location>/_jobs`: pyarrow's filesystem
+        of the tables' files (with the catalog's credentials) and the path in it."""
+        from pyiceberg.io.pyarrow import PyArrowFileIO
+
+        scheme, netloc, path = PyArrowFileIO.parse_location(self.location + "/_jobs")
+        return PyArrowFileIO(self.catalog.properties).fs_by_scheme(scheme, netloc), path
+
     def read(self, ref: TableRef) -> tuple[IcebergTable | None, list[Entry]]:
         """The table as it is now and its buffered rows that it does not hold yet (the buffer is read first: an
         entry flushed meanwhile is then held by the table and left out)."""
@@ -273,12 +282,7 @@ class IcebergWarehouse:
         """The entries' rows as one Arrow table of the table's columns."""
         conn = connect(self.root, [])
         try:
-            names = [f"_buffer_{i}" for i in range(len(entries))]
-            for name, entry in zip(names, entries, strict=True):
-                conn.register(name, entry.data)
-            return conn.sql(
-                buffer_sql(table, dict(zip(names, (e.data.schema for e in entries), strict=True)))
-            ).to_arrow_table()
+            return conn.sql(buffer_sql(table, register_entries(conn, entries, "_buffer_"))).to_arrow_table()
         finally:
             conn.close()
 
@@ -1006,11 +1010,20 @@ def _register_scan(
         files = buffer_sql(table, sources, columns) if sources else scan_sql(table, columns, [])
     if not entries:
         return files
-    buffered = {}
-    for i, entry in enumerate(entries):
-        conn.register(f"{prefix}{i}", entry.data)
-        buffered[f"{prefix}{i}"] = entry.data.schema
-    return f"{files} UNION ALL {buffer_sql(table, buffered, columns)}"
+    return f"{files} UNION ALL {buffer_sql(table, register_entries(conn, entries, prefix), columns)}"
+
+
+def register_entries(conn: duckdb.DuckDBPyConnection, entries: list[Entry], prefix: str) -> dict[str, pa.Schema]:
+    """Register the rows of buffered `entries` on `conn`, one Arrow table per schema among them (a buffer holds
+    hundreds of one-row entries between flushes, nearly all of one schema); their names and schemas."""
+    by_schema: dict[bytes, list[pa.Table]] = {}
+    for entry in entries:
+        by_schema.setdefault(entry.schema_key or str(entry.id).encode(), []).append(entry.data)
+    sources = {}
+    for i, tables in enumerate(by_schema.values()):
+        conn.register(f"{prefix}{i}", pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+        sources[f"{prefix}{i}"] = tables[0].schema
+    return sources
 
 
 def _is_local(uri: str) -> bool:
@@ -1164,7 +1177,6 @@ class IcebergTables:
             if self.warehouse._kind(view, self.warehouse._properties(view.project, view.dataset)) is None:
                 self.warehouse.create_or_replace_view(view, dicom_tables.view_query(ref))
             self._views.add(view)
-        self.warehouse.flush_due(ref)
 
     def flush_due(self) -> None:
         self.warehouse.flush_due()

@@ -13,8 +13,10 @@ advisory lock on PostgreSQL; SQLite writes one at a time anyway), so entry ids g
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -68,6 +70,8 @@ class Entry:
     rows: int
     created_ms: int
     data: pa.Table
+    # Entries of equal keys have equal schemas (hashing a wide Arrow schema takes a fraction of a millisecond).
+    schema_key: bytes = b""
 
 
 def _now_ms() -> int:
@@ -86,6 +90,8 @@ class StreamBuffer:
         self.engine = engine
         self.postgresql = engine.dialect.name == "postgresql"
         _metadata.create_all(engine)
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict[int, Entry]] = {}  # the rows of entries this process has read, by table
 
     def add(self, table_id: str, data: pa.Table, store_pk: int, event_pks: list[int]) -> int:
         """Buffer the rows of `data` (row i from event `event_pks[i]`) whose event is not known yet, in one
@@ -121,14 +127,35 @@ class StreamBuffer:
             return data.num_rows
 
     def pending(self, table_id: str, above: int = 0) -> list[Entry]:
-        """The buffered entries of a table above `above`, oldest first."""
+        """The buffered entries of a table above `above`, oldest first. An entry never changes once written, so
+        a process reads its rows from the database once and keeps them until they are flushed."""
         with self.engine.connect() as conn:
-            found = conn.execute(
-                sa.select(buffer.c.id, buffer.c.rows, buffer.c.created_ms, buffer.c.data)
+            listed = conn.execute(
+                sa.select(buffer.c.id, buffer.c.rows, buffer.c.created_ms)
                 .where(buffer.c.table_id == table_id, buffer.c.id > above)
                 .order_by(buffer.c.id)
             ).all()
-        return [Entry(i, rows, created, pa.ipc.open_stream(data).read_all()) for i, rows, created, data in found]
+            with self._lock:
+                known = self._entries.setdefault(table_id, {})
+                if above == 0:  # the entries no longer listed were flushed
+                    for gone in known.keys() - {i for i, _, _ in listed}:
+                        del known[gone]
+                missing = [i for i, _, _ in listed if i not in known]
+            read = {}
+            if missing:
+                read = dict(conn.execute(sa.select(buffer.c.id, buffer.c.data).where(buffer.c.id.in_(missing))).all())
+        entries = []
+        with self._lock:
+            for i, rows, created in listed:
+                entry = known.get(i)
+                if entry is None:
+                    if i not in read:  # flushed and forgotten since it was listed: the table holds its rows now
+                        continue
+                    data = pa.ipc.open_stream(read[i]).read_all()
+                    key = hashlib.blake2b(data.schema.serialize()).digest()
+                    entry = known[i] = Entry(i, rows, created, data, key)
+                entries.append(entry)
+        return entries
 
     def summary(self, table_id: str, above: int = 0) -> tuple[int, int | None]:
         """Rows buffered for a table above `above`, and when the oldest of them came (ms), without reading them."""
