@@ -392,6 +392,81 @@ def _check_standard_sql(config: dict[str, Any]) -> None:
         raise InvalidArgument("query parameters are not supported yet: put the values in the query text")
 
 
+def job_resource(job: jobs.Job) -> dict[str, Any]:
+    """The Job resource of jobs.get, jobs.insert and jobs.cancel."""
+    config: dict[str, Any] = {"query": job.query, "useLegacySql": False, "priority": "INTERACTIVE"}
+    jobconfig: dict[str, Any] = {"jobType": "QUERY", "query": config}
+    if job.timeout_ms is not None:
+        jobconfig["jobTimeoutMs"] = str(job.timeout_ms)
+    if job.default_dataset:
+        config["defaultDataset"] = {"projectId": job.default_dataset[0], "datasetId": job.default_dataset[1]}
+    statistics: dict[str, Any] = {"creationTime": str(job.created_ms), "startTime": str(job.started_ms)}
+    status: dict[str, Any] = {"state": job.state}
+    if job.done:
+        statistics["endTime"] = str(job.ended_ms)
+        statistics["totalBytesProcessed"] = "0"
+        statistics["query"] = {"totalBytesProcessed": "0", "totalBytesBilled": "0", "cacheHit": False}
+        if job.statement_type:
+            statistics["query"]["statementType"] = job.statement_type
+        if job.affected_rows is not None:
+            statistics["query"]["numDmlAffectedRows"] = str(job.affected_rows)
+    if job.error:
+        status["errorResult"] = _error_proto(job.error)
+        status["errors"] = [_error_proto(job.error)]
+    return {
+        "kind": "bigquery#job",
+        "etag": f'"{job.job_id}-{job.state}"',
+        "id": f"{job.project}:{job.location}.{job.job_id}",
+        "jobReference": _job_reference(job),
+        "configuration": jobconfig,
+        "statistics": statistics,
+        "status": status,
+    }
+
+
+def _job_reference(job: jobs.Job) -> dict[str, str]:
+    return {"projectId": job.project, "jobId": job.job_id, "location": job.location}
+
+
+def _error_proto(error: dict[str, Any]) -> dict[str, str]:
+    return {"reason": error["reason"], "message": error["message"]}
+
+
+def _query_response(
+    wh: AnyWarehouse,
+    job: jobs.Job,
+    *,
+    start: int = 0,
+    max_rows: int | None = None,
+    timestamps: str = results.TimestampFormat.FLOAT_SECONDS,
+    kind: str = "bigquery#getQueryResultsResponse",
+) -> dict[str, Any]:
+    """The QueryResponse / GetQueryResultsResponse for a page of a job's rows: `jobComplete: false` while it runs;
+    the job's own error when it failed."""
+    response: dict[str, Any] = {"kind": kind, "jobReference": _job_reference(job), "jobComplete": job.done}
+    if not job.done:
+        return response
+    if job.error:
+        raise jobs.JobFailed(job.error)
+    response.update(totalBytesProcessed="0", cacheHit=False)
+    if job.affected_rows is not None:
+        response["numDmlAffectedRows"] = str(job.affected_rows)
+    if not job.fields:
+        response["totalRows"] = "0"
+        return response
+    response["schema"] = {"fields": job.fields}
+    response["totalRows"] = str(job.total_rows)
+    if max_rows == 0:
+        return response
+    fields, page, total = jobs.page(wh, job, start, max_rows)
+    if page.num_rows:
+        response["rows"] = results.rows_json(page, fields, timestamps)
+        following = start + page.num_rows
+        if following < total:
+            response["pageToken"] = str(following)
+    return response
+
+
 @_bigquery_errors
 async def queries_collection(request: Request) -> Response:
     """jobs.query: run a query and answer with its first page, if it ends within timeoutMs."""
@@ -427,7 +502,7 @@ async def queries_collection(request: Request) -> Response:
     )
     job = await _wait(wh, job, timeout_ms)
     response = await run_in_threadpool(
-        lambda: jobs.query_results(
+        lambda: _query_response(
             wh,
             job,
             max_rows=max_rows,
@@ -448,7 +523,7 @@ async def query_results(request: Request) -> Response:
     start, max_rows = _start(request), _int_param(request, "maxResults")
     timestamps = _timestamps(request.query_params)
     response = await run_in_threadpool(
-        lambda: jobs.query_results(wh, job, start=start, max_rows=max_rows, timestamps=timestamps)
+        lambda: _query_response(wh, job, start=start, max_rows=max_rows, timestamps=timestamps)
     )
     return json(response)
 
@@ -493,14 +568,14 @@ async def jobs_collection(request: Request) -> Response:
             timeout_ms=job_timeout_ms,
         )
     )
-    return json(job.resource())
+    return json(job_resource(job))
 
 
 @_bigquery_errors
 async def job_item(request: Request) -> Response:
     wh, p = _warehouse(request), request.path_params
     job = await run_in_threadpool(jobs.get, wh, p["project"], p["job"])
-    return json(job.resource())
+    return json(job_resource(job))
 
 
 @_bigquery_errors
@@ -509,7 +584,7 @@ async def job_cancel(request: Request) -> Response:
     is now, as BigQuery's."""
     wh, p = _warehouse(request), request.path_params
     job = await run_in_threadpool(jobs.cancel, wh, p["project"], p["job"])
-    return json({"kind": "bigquery#jobCancelResponse", "job": job.resource()})
+    return json({"kind": "bigquery#jobCancelResponse", "job": job_resource(job)})
 
 
 def routes() -> list[BaseRoute]:

@@ -1,33 +1,39 @@
-"""Query jobs as BigQuery runs them (jobs.insert, jobs.query, jobs.get, jobs.getQueryResults) on the embedded
-warehouse. A job is a JSON file and, once done, an Arrow file with its result under `<warehouse>/jobs/<project>/`,
-so that any server process can answer for a job another one ran, and later pages read the very rows the first
-one did. A thread of the process that accepted the job runs it; files older than a day are removed.
+"""Query jobs as BigQuery runs them (jobs.insert, jobs.query, jobs.get, jobs.getQueryResults, jobs.cancel). A job is
+a row of `dicomlake_query_jobs` in the index database (the Iceberg catalog's, shared by every machine; the embedded
+DuckDB warehouse, one machine's by nature, keeps its own SQLite file), and once done an Arrow file with its result
+under the warehouse URL (`<warehouse>/_jobs/<project>/<job>.arrow`, on the object store of the tables' files), so
+that any machine answers for a job another one ran, and later pages read the very rows the first one did. A thread
+of the process that accepted the job runs it; jobs and results not seen for a day are removed.
 
 Each job runs under limits (`Limits`, set from the process's settings by `configure`): a wall-clock limit (the
 job's own `jobTimeoutMs` when shorter), a memory limit per DuckDB instance, and a number of jobs run at once (the
-others wait their turn). jobs.cancel leaves a `<job>.cancel` file that the running job's process sees within
-`query.WATCH_INTERVAL`, whichever process that is."""
+others wait their turn). jobs.cancel marks the job's row; the running job's process looks at it every
+`query.WATCH_INTERVAL`, whichever machine that is. The process also marks its jobs' rows as seen every
+HEARTBEAT_SECONDS: a job whose process is gone (on this host) or that nobody has seen for STALE_SECONDS (on
+another) ends with an error rather than run for ever."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import secrets
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from dicomlake.errors import AlreadyExists, DicomlakeError, InvalidArgument, NotFound
 from dicomlake.storage.journal import process_alive
 from dicomlake.warehouse import embedded, query, results
 from dicomlake.warehouse import sql as bigquery_sql
-from dicomlake.warehouse.embedded import DEFAULT_LOCATION, AnyWarehouse, check_project
+from dicomlake.warehouse.embedded import DEFAULT_LOCATION, AnyWarehouse, Warehouse, check_project
 from dicomlake.warehouse.schema import Field
 
 log = logging.getLogger("dicomlake.warehouse")
@@ -35,6 +41,29 @@ log = logging.getLogger("dicomlake.warehouse")
 JOB_TTL_SECONDS = 24 * 3600
 # BigQuery allows 1,024 characters; a file name allows 255 bytes.
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
+# How often a process marks the rows of its jobs that are not done as seen, and how long after the last time a
+# job of another host is taken to have lost its process.
+HEARTBEAT_SECONDS = 5.0
+STALE_SECONDS = 60.0
+# How often a process looks for expired jobs (when it accepts one).
+_EXPIRY_SECONDS = 60.0
+
+_metadata = sa.MetaData()
+records = sa.Table(
+    "dicomlake_query_jobs",
+    _metadata,
+    sa.Column("project", sa.String(200), primary_key=True),
+    sa.Column("job_id", sa.String(200), primary_key=True),
+    sa.Column("done", sa.Boolean, nullable=False),
+    # `host:pid` of the process that runs the job.
+    sa.Column("owner", sa.String(300), nullable=False),
+    # When the job's process last said it runs it, or when it ended (ms).
+    sa.Column("seen_ms", sa.BigInteger, nullable=False, index=True),
+    # jobs.cancel asked the job to stop.
+    sa.Column("cancel", sa.Boolean, nullable=False),
+    # The Job, as JSON.
+    sa.Column("record", sa.Text, nullable=False),
+)
 
 
 @dataclass(frozen=True)
@@ -61,9 +90,14 @@ def configure(limits: Limits) -> None:
     embedded.set_memory_limit(limits.memory_mb)
 
 
-# The job files of this process's jobs that are not done.
-_in_flight: set[Path] = set()
+# This process's jobs that are not done, (database, project, job id), with the engine of their rows.
+_in_flight: dict[tuple[str, str, str], sa.Engine] = {}
 _in_flight_guard = threading.Lock()
+_heartbeat: threading.Thread | None = None
+# The engines whose table exists, and when each was last cleared of expired jobs.
+_engines: dict[str, sa.Engine] = {}
+_expired_at: dict[str, float] = {}
+_engines_guard = threading.Lock()
 
 
 class TooManyJobs(DicomlakeError):
@@ -83,6 +117,8 @@ class JobFailed(DicomlakeError):
 
 @dataclass
 class Job:
+    """A query job (its REST shape is the BigQuery API's, `api/bigquery.py`)."""
+
     project: str
     job_id: str
     location: str
@@ -92,51 +128,18 @@ class Job:
     created_ms: int = 0
     started_ms: int = 0
     ended_ms: int = 0
+    # {"message", "reason", "http", "status"}
     error: dict[str, Any] | None = None
     fields: list[Field] = field(default_factory=list)
     total_rows: int = 0
     statement_type: str | None = None
     affected_rows: int | None = None
-    pid: int = 0
+    owner: str = ""
     timeout_ms: int | None = None
 
     @property
     def done(self) -> bool:
         return self.state == "DONE"
-
-    def reference(self) -> dict[str, str]:
-        return {"projectId": self.project, "jobId": self.job_id, "location": self.location}
-
-    def resource(self) -> dict[str, Any]:
-        """The Job resource of jobs.get and jobs.insert."""
-        config: dict[str, Any] = {"query": self.query, "useLegacySql": False, "priority": "INTERACTIVE"}
-        jobconfig: dict[str, Any] = {"jobType": "QUERY", "query": config}
-        if self.timeout_ms is not None:
-            jobconfig["jobTimeoutMs"] = str(self.timeout_ms)
-        if self.default_dataset:
-            config["defaultDataset"] = {"projectId": self.default_dataset[0], "datasetId": self.default_dataset[1]}
-        statistics: dict[str, Any] = {"creationTime": str(self.created_ms), "startTime": str(self.started_ms)}
-        status: dict[str, Any] = {"state": self.state}
-        if self.done:
-            statistics["endTime"] = str(self.ended_ms)
-            statistics["totalBytesProcessed"] = "0"
-            statistics["query"] = {"totalBytesProcessed": "0", "totalBytesBilled": "0", "cacheHit": False}
-            if self.statement_type:
-                statistics["query"]["statementType"] = self.statement_type
-            if self.affected_rows is not None:
-                statistics["query"]["numDmlAffectedRows"] = str(self.affected_rows)
-        if self.error:
-            status["errorResult"] = _error_proto(self.error)
-            status["errors"] = [_error_proto(self.error)]
-        return {
-            "kind": "bigquery#job",
-            "etag": f'"{self.job_id}-{self.state}"',
-            "id": f"{self.project}:{self.location}.{self.job_id}",
-            "jobReference": self.reference(),
-            "configuration": jobconfig,
-            "statistics": statistics,
-            "status": status,
-        }
 
 
 def start(
@@ -159,10 +162,9 @@ def start(
         raise InvalidArgument(
             f"invalid job id {str(job_id)[:80]!r}: at most 200 letters, numbers, dashes and underscores"
         )
-    folder = _folder(wh, project)
-    folder.mkdir(parents=True, exist_ok=True)
-    _remove_expired(folder)
-    now = time.time_ns() // 1_000_000
+    engine = _engine(wh)
+    _remove_expired(wh, engine)
+    now = _now_ms()
     job = Job(
         project,
         job_id,
@@ -171,34 +173,41 @@ def start(
         default_dataset,
         created_ms=now,
         started_ms=now,
-        pid=os.getpid(),
+        owner=_owner(),
         timeout_ms=timeout_ms,
     )
-    path = _job_file(wh, project, job_id)
+    key = (str(engine.url), project, job_id)
     duplicate = AlreadyExists(f"Already Exists: Job {project}:{job.location}.{job_id}")
     with _in_flight_guard:
-        if path in _in_flight:
+        if key in _in_flight:
             raise duplicate
         if len(_in_flight) >= MAX_JOBS:
             raise TooManyJobs(
                 f"Exceeded rate limits: {MAX_JOBS} query jobs are running or waiting in this server; retry later"
             )
-        _in_flight.add(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(orjson.dumps(asdict(job)))
+        _in_flight[key] = engine
     try:
-        # A hard link appears whole and fails if the name exists: the same job id twice is an error, even from
-        # two processes at once, and no reader sees half a file.
-        os.link(tmp, path)
+        # The primary key makes the same job id twice an error, even from two machines at once.
+        with engine.begin() as conn:
+            conn.execute(
+                records.insert().values(
+                    project=project,
+                    job_id=job_id,
+                    done=False,
+                    owner=job.owner,
+                    seen_ms=now,
+                    cancel=False,
+                    record=_dumps(job),
+                )
+            )
     except BaseException as exc:
         with _in_flight_guard:
-            _in_flight.discard(path)
-        if isinstance(exc, FileExistsError):
+            _in_flight.pop(key, None)
+        if isinstance(exc, IntegrityError):
             raise duplicate from None
         raise
-    finally:
-        tmp.unlink()
-    threading.Thread(target=_run, args=(wh, job), name=f"bigquery-job-{job_id}", daemon=True).start()
+    _start_heartbeat()
+    threading.Thread(target=_run, args=(wh, engine, job, key), name=f"bigquery-job-{job_id}", daemon=True).start()
     return job
 
 
@@ -211,13 +220,18 @@ def get(wh: AnyWarehouse, project: str, job_id: str) -> Job:
     check_project(project)
     if not _JOB_ID.fullmatch(job_id):
         raise NotFound(f"Not found: Job {project}:{job_id[:200]}")
-    try:
-        data = orjson.loads(_job_file(wh, project, job_id).read_bytes())
-    except FileNotFoundError:
-        raise NotFound(f"Not found: Job {project}:{job_id}") from None
+    with _engine(wh).connect() as conn:
+        row = conn.execute(
+            sa.select(records.c.record, records.c.seen_ms).where(
+                records.c.project == project, records.c.job_id == job_id
+            )
+        ).first()
+    if row is None:
+        raise NotFound(f"Not found: Job {project}:{job_id}")
+    data = orjson.loads(row.record)
     data["default_dataset"] = tuple(data["default_dataset"]) if data.get("default_dataset") else None
     job = Job(**data)
-    if not job.done and not process_alive(job.pid):
+    if not job.done and _gone(job.owner, row.seen_ms):
         job.state = "DONE"
         job.error = {
             "message": "the dicomlake process that ran this job stopped before it finished; run the query again",
@@ -229,109 +243,96 @@ def get(wh: AnyWarehouse, project: str, job_id: str) -> Job:
 
 
 def cancel(wh: AnyWarehouse, project: str, job_id: str) -> Job:
-    """jobs.cancel: ask the job to stop (its process interrupts it within query.WATCH_INTERVAL); the job as it is
-    now."""
+    """jobs.cancel: ask the job to stop (its process, on whichever machine, interrupts it within
+    query.WATCH_INTERVAL); the job as it is now."""
     job = get(wh, project, job_id)
     if not job.done:
-        _cancel_file(wh, project, job_id).touch()
+        with _engine(wh).begin() as conn:
+            conn.execute(
+                records.update()
+                .where(records.c.project == project, records.c.job_id == job_id, records.c.done.is_(False))
+                .values(cancel=True)
+            )
     return job
 
 
-def query_results(
-    wh: AnyWarehouse,
-    job: Job,
-    *,
-    start: int = 0,
-    max_rows: int | None = None,
-    timestamps: str = results.TimestampFormat.FLOAT_SECONDS,
-    kind: str = "bigquery#getQueryResultsResponse",
-) -> dict[str, Any]:
-    """The QueryResponse / GetQueryResultsResponse for a page of a job's rows: `jobComplete: false` while it runs;
-    the job's own error when it failed."""
-    response: dict[str, Any] = {"kind": kind, "jobReference": job.reference(), "jobComplete": job.done}
-    if not job.done:
-        return response
-    if job.error:
-        raise JobFailed(job.error)
-    response.update(totalBytesProcessed="0", cacheHit=False)
-    if job.affected_rows is not None:
-        response["numDmlAffectedRows"] = str(job.affected_rows)
-    if not job.fields:
-        response["totalRows"] = "0"
-        return response
-    response["schema"] = {"fields": job.fields}
-    response["totalRows"] = str(job.total_rows)
-    if max_rows == 0:
-        return response
-    fields, page, total = results.read(_results_file(wh, job.project, job.job_id), start, max_rows)
-    if page.num_rows:
-        response["rows"] = results.rows_json(page, fields, timestamps)
-        following = start + page.num_rows
-        if following < total:
-            response["pageToken"] = str(following)
-    return response
+def page(wh: AnyWarehouse, job: Job, start: int = 0, max_rows: int | None = None) -> tuple[list[Field], pa.Table, int]:
+    """Rows `start` .. `start + max_rows` of a done job's result (about results.PAGE_BYTES of them when max_rows is
+    None), their schema and the result's number of rows."""
+    try:
+        return results.read(_results(wh, job.project, job.job_id), start, max_rows, job.total_rows)
+    except FileNotFoundError:
+        raise NotFound(f"Not found: the results of job {job.project}:{job.job_id} are gone (expired)") from None
 
 
-def _stop_check(wh: AnyWarehouse, job: Job) -> query.StopCheck:
+def _stop_check(engine: sa.Engine, job: Job) -> query.StopCheck:
     seconds = _limits.timeout_seconds
     if job.timeout_ms is not None:
         seconds = min(seconds, job.timeout_ms / 1000)
     deadline = job.created_ms / 1000 + seconds
-    cancel_file = _cancel_file(wh, job.project, job.job_id)
+    asked = sa.select(records.c.cancel).where(records.c.project == job.project, records.c.job_id == job.job_id)
 
     def check() -> query.Stopped | None:
-        if cancel_file.exists():
-            return query.Stopped("Job execution was cancelled: User requested cancellation", "stopped")
         if time.time() >= deadline:
             return query.Stopped(f"Query exceeded the time limit of {seconds:g} seconds", "timeout")
+        try:
+            with engine.connect() as conn:
+                cancelled = bool(conn.execute(asked).scalar())
+        except sa.exc.SQLAlchemyError as exc:  # looked at again a moment later
+            log.warning("query job %s: cannot look whether it was cancelled: %s", job.job_id, exc)
+            return None
+        if cancelled:
+            return query.Stopped("Job execution was cancelled: User requested cancellation", "stopped")
         return None
 
     return check
 
 
-def _run(wh: AnyWarehouse, job: Job) -> None:
-    path = _job_file(wh, job.project, job.job_id)
-    stop = _stop_check(wh, job)
+def _run(wh: AnyWarehouse, engine: sa.Engine, job: Job, key: tuple[str, str, str]) -> None:
+    place = _results(wh, job.project, job.job_id)
+    stop = _stop_check(engine, job)
     try:
-        # A statement that cannot run fails at once, not after its turn behind long queries.
-        bigquery_sql.parse(job.query, job.project, job.default_dataset)
-        with _running:
-            stopped = stop()  # cancelled or out of time while it waited its turn
-            if stopped is not None:
-                raise stopped
-            summary = query.run(
-                wh,
-                job.project,
-                job.query,
-                default_dataset=job.default_dataset,
-                results_path=_results_file(wh, job.project, job.job_id),
-                stop=stop,
+        try:
+            # A statement that cannot run fails at once, not after its turn behind long queries.
+            bigquery_sql.parse(job.query, job.project, job.default_dataset)
+            with _running:
+                stopped = stop()  # cancelled or out of time while it waited its turn
+                if stopped is not None:
+                    raise stopped
+                summary = query.run(
+                    wh, job.project, job.query, default_dataset=job.default_dataset, results_path=place, stop=stop
+                )
+            job.fields = summary.fields
+            job.total_rows = summary.total_rows
+            job.statement_type = summary.statement_type
+            job.affected_rows = summary.affected_rows
+        except DicomlakeError as exc:
+            job.error = _error(exc)
+        except Exception as exc:
+            # Still the end of the job, with a message; and not a 500, which clients would retry for minutes.
+            log.exception("query job %s failed", job.job_id)
+            job.error = {
+                "message": f"the query failed: {type(exc).__name__}: {exc}",
+                "reason": "invalidQuery",
+                "http": 400,
+                "status": "INVALID_ARGUMENT",
+            }
+        if job.error:
+            results.delete(place)
+        job.state = "DONE"
+        job.ended_ms = _now_ms()
+        with engine.begin() as conn:
+            conn.execute(
+                records.update()
+                .where(records.c.project == job.project, records.c.job_id == job.job_id)
+                .values(done=True, cancel=False, seen_ms=job.ended_ms, record=_dumps(job))
             )
-        job.fields = summary.fields
-        job.total_rows = summary.total_rows
-        job.statement_type = summary.statement_type
-        job.affected_rows = summary.affected_rows
-    except DicomlakeError as exc:
-        job.error = _error(exc)
-    except Exception as exc:
-        # Still the end of the job, with a message; and not a 500, which clients would retry for minutes.
-        log.exception("query job %s failed", job.job_id)
-        job.error = {
-            "message": f"the query failed: {type(exc).__name__}: {exc}",
-            "reason": "invalidQuery",
-            "http": 400,
-            "status": "INVALID_ARGUMENT",
-        }
-    if job.error:
-        _results_file(wh, job.project, job.job_id).unlink(missing_ok=True)
-    _cancel_file(wh, job.project, job.job_id).unlink(missing_ok=True)
-    job.state = "DONE"
-    job.ended_ms = time.time_ns() // 1_000_000
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(asdict(job)))
-    os.replace(tmp, path)
-    with _in_flight_guard:
-        _in_flight.discard(path)
+    except Exception:
+        # Its row says running until nobody has seen it for STALE_SECONDS: then it ended with an error.
+        log.exception("query job %s: its end could not be recorded", job.job_id)
+    finally:
+        with _in_flight_guard:
+            _in_flight.pop(key, None)
 
 
 def _error(exc: DicomlakeError) -> dict[str, Any]:
@@ -354,30 +355,104 @@ def reason_of(exc: DicomlakeError) -> str:
     return _error(exc)["reason"]
 
 
-def _error_proto(error: dict[str, Any]) -> dict[str, str]:
-    return {"reason": error["reason"], "message": error["message"]}
+# ---- where jobs are kept ------------------------------------------------------------------------
 
 
-def _folder(wh: AnyWarehouse, project: str) -> Path:
-    return wh.root / "jobs" / project
+def _engine(wh: AnyWarehouse) -> sa.Engine:
+    """The database of the warehouse's job rows: the Iceberg catalog's (the index database); for the embedded
+    DuckDB warehouse, a SQLite file in its folder. The table is made once per process."""
+    key = str(wh.root / "jobs.sqlite") if isinstance(wh, Warehouse) else wh.uri
+    with _engines_guard:
+        engine = _engines.get(key)
+    if engine is not None:
+        return engine
+    if isinstance(wh, Warehouse):
+        wh.root.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(f"sqlite:///{key}", connect_args={"timeout": 60})
+    else:
+        engine = wh.catalog.engine
+    _metadata.create_all(engine)
+    with _engines_guard:
+        return _engines.setdefault(key, engine)
 
 
-def _job_file(wh: AnyWarehouse, project: str, job_id: str) -> Path:
-    return _folder(wh, project) / f"{job_id}.json"
+def _results(wh: AnyWarehouse, project: str, job_id: str) -> results.Place:
+    """Where a job's result is: under the warehouse URL (every machine reads it), or in the embedded warehouse's
+    folder."""
+    if isinstance(wh, Warehouse):
+        return results.Place.local(wh.root / "jobs" / project / f"{job_id}.arrow")
+    fs, base = wh.results
+    return results.Place(fs, f"{base}/{project}/{job_id}.arrow")
 
 
-def _results_file(wh: AnyWarehouse, project: str, job_id: str) -> Path:
-    return _folder(wh, project) / f"{job_id}.arrow"
+def _remove_expired(wh: AnyWarehouse, engine: sa.Engine) -> None:
+    """Forget the jobs not seen for JOB_TTL_SECONDS, and delete their results (at most every _EXPIRY_SECONDS)."""
+    key = str(engine.url)
+    now = time.monotonic()
+    with _engines_guard:
+        if now < _expired_at.get(key, 0) + _EXPIRY_SECONDS:
+            return
+        _expired_at[key] = now
+    cutoff = _now_ms() - JOB_TTL_SECONDS * 1000
+    with engine.connect() as conn:
+        expired = conn.execute(
+            sa.select(records.c.project, records.c.job_id).where(records.c.seen_ms < cutoff).limit(1000)
+        ).all()
+    for project, job_id in expired:
+        results.delete(_results(wh, project, job_id))
+    if expired:
+        with engine.begin() as conn:
+            for project, job_id in expired:
+                conn.execute(
+                    records.delete().where(
+                        records.c.project == project, records.c.job_id == job_id, records.c.seen_ms < cutoff
+                    )
+                )
 
 
-def _cancel_file(wh: AnyWarehouse, project: str, job_id: str) -> Path:
-    return _folder(wh, project) / f"{job_id}.cancel"
+def _start_heartbeat() -> None:
+    global _heartbeat
+    with _in_flight_guard:
+        if _heartbeat is not None and _heartbeat.is_alive():
+            return
+        _heartbeat = threading.Thread(target=_beat, name="bigquery-jobs-heartbeat", daemon=True)
+        _heartbeat.start()
 
 
-def _remove_expired(folder: Path) -> None:
-    oldest = time.time() - JOB_TTL_SECONDS
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            with contextlib.suppress(FileNotFoundError):
-                if entry.stat().st_mtime < oldest:
-                    os.unlink(entry.path)
+def _beat() -> None:
+    """Mark the rows of this process's jobs that are not done as seen, every HEARTBEAT_SECONDS."""
+    while True:
+        time.sleep(HEARTBEAT_SECONDS)
+        with _in_flight_guard:
+            engines = {str(e.url): e for e in _in_flight.values()}
+        for engine in engines.values():
+            try:
+                with engine.begin() as conn:
+                    conn.execute(
+                        records.update()
+                        .where(records.c.owner == _owner(), records.c.done.is_(False))
+                        .values(seen_ms=_now_ms())
+                    )
+            except Exception as exc:
+                log.warning("query jobs: cannot mark this process's jobs as running: %s", exc)
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone(owner: str, seen_ms: int) -> bool:
+    """Whether the process that runs a job is gone: it ran on this host and is no longer alive, or nobody has
+    seen it for STALE_SECONDS."""
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
+        return True
+    return seen_ms < _now_ms() - STALE_SECONDS * 1000
+
+
+def _dumps(job: Job) -> str:
+    return orjson.dumps(asdict(job)).decode()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,6 +1,7 @@
 """Run one BigQuery Standard SQL statement on the embedded warehouse: translated to DuckDB, run on the file of the
 query's project (other projects' files attached read-only when the statement reads their tables), its result
-stored as an Arrow IPC file with the result's BigQuery schema."""
+stored as an Arrow IPC file with the result's BigQuery schema (`results.write`: a local file, or an object of the
+warehouse's object store)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def run(
     sql: str,
     *,
     default_dataset: tuple[str, str] | None = None,
-    results_path: Path | None = None,
+    results_path: Path | results.Place | None = None,
     dry_run: bool = False,
     stop: StopCheck | None = None,
 ) -> Summary:
@@ -89,7 +90,7 @@ def _run(
     session: AbstractContextManager[tuple[Db, Callable[[str], str | None]]],
     project: str,
     statement: Statement,
-    results_path: Path | None,
+    results_path: Path | results.Place | None,
     dry_run: bool,
     stop: StopCheck | None,
 ) -> Summary:
@@ -112,7 +113,9 @@ def _run(
             raise InvalidQuery(_message(exc)) from None
 
 
-def _execute(db: Db, duck_sql: str, statement: Statement, results_path: Path | None, dry_run: bool) -> Summary:
+def _execute(
+    db: Db, duck_sql: str, statement: Statement, results_path: Path | results.Place | None, dry_run: bool
+) -> Summary:
     if statement.returns_rows:
         return _select(db.conn, duck_sql, statement, results_path, dry_run)
     if dry_run:
@@ -188,7 +191,11 @@ def _nodes(tree: Any) -> Iterator[dict[str, Any]]:
 
 
 def _select(
-    conn: duckdb.DuckDBPyConnection, duck_sql: str, statement: Statement, path: Path | None, dry_run: bool
+    conn: duckdb.DuckDBPyConnection,
+    duck_sql: str,
+    statement: Statement,
+    path: Path | results.Place | None,
+    dry_run: bool,
 ) -> Summary:
     relation = conn.sql(duck_sql)
     try:

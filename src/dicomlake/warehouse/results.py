@@ -5,16 +5,20 @@ Arrow IPC files that keep a query's result for later pages, whichever server pro
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from dicomlake.warehouse.schema import Field
 
@@ -25,6 +29,8 @@ PAGE_BYTES = 8 << 20
 MAX_PAGE_ROWS = 100_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _SCHEMA_KEY = b"bigquery_schema"
+# Rows of each batch of a result file but its last: page `start` begins in batch `start // batch_rows`.
+_BATCH_ROWS_KEY = b"dicomlake_batch_rows"
 
 
 class TimestampFormat:
@@ -142,39 +148,146 @@ _TIMESTAMPS: dict[str, Encoder] = {
 # ---- result files -----------------------------------------------------------------------------
 
 
-def write(path: Path, fields: list[Field], schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> int:
-    """Store a result as an Arrow IPC file with its BigQuery schema, atomically; the number of rows."""
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+@dataclass(frozen=True)
+class Place:
+    """Where a result file is: a path on a pyarrow filesystem, the local one or the S3 / GCS one of the
+    warehouse's files, so that every machine reads the result one of them wrote."""
+
+    fs: pafs.FileSystem
+    path: str
+
+    @classmethod
+    def local(cls, path: Path) -> Place:
+        return cls(pafs.LocalFileSystem(), str(path))
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+
+def _place(target: Path | Place) -> Place:
+    return target if isinstance(target, Place) else Place.local(target)
+
+
+def write(target: Path | Place, fields: list[Field], schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> int:
+    """Store a result as an Arrow IPC file with its BigQuery schema, in batches of one size (see `read`); the
+    number of rows. A local file appears whole (written aside, then renamed); an object of an object store appears
+    once its upload ends, whole too, and is deleted when the result fails."""
+    place = _place(target)
+    if place.is_local:
+        os.makedirs(os.path.dirname(place.path), exist_ok=True)
+        written = f"{place.path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    else:
+        written = place.path
     rows = 0
-    schema = schema.with_metadata({_SCHEMA_KEY: orjson.dumps(fields)})
     try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for batch in batches:
+        with place.fs.open_output_stream(written) as sink:
+            writer: pa.ipc.RecordBatchFileWriter | None = None
+            for step, batch in _evenly(batches):
+                if writer is None:
+                    metadata = {_SCHEMA_KEY: orjson.dumps(fields), _BATCH_ROWS_KEY: str(step).encode()}
+                    schema = schema.with_metadata(metadata)
+                    writer = pa.ipc.new_file(sink, schema)
                 writer.write_batch(batch.replace_schema_metadata(schema.metadata))
                 rows += batch.num_rows
-        os.replace(tmp, path)
+            if writer is None:
+                writer = pa.ipc.new_file(sink, schema.with_metadata({_SCHEMA_KEY: orjson.dumps(fields)}))
+            writer.close()
+        if written != place.path:
+            place.fs.move(written, place.path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            place.fs.delete_file(written)
         raise
     return rows
 
 
-def read(path: Path, start: int, count: int | None) -> tuple[list[Field], pa.Table, int]:
-    """Rows `start` .. `start + count` of a stored result (all up to PAGE_BYTES when count is None), its BigQuery
-    schema and its total number of rows. The file is memory-mapped: a page reads only its own rows."""
-    # Not closed here: the slices below keep the mapping alive for as long as they need it.
-    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-    fields = orjson.loads(table.schema.metadata[_SCHEMA_KEY])
-    total = table.num_rows
-    start = max(0, min(start, total))
-    if count is None:
-        count = page_rows(table)
-    return fields, table.slice(start, max(0, count)), total
+def _evenly(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """The rows of `batches` in batches of one size but the last, (size, batch): the size of the first batch, or
+    fewer rows when they make more than a page. A page then reads only the batches that hold its rows, from a
+    local file or an object store alike; batches of the engine's one size pass as they are."""
+    step = held = 0
+    group: list[pa.RecordBatch] = []
+    for batch in batches:
+        if not step and batch.num_rows:
+            step = min(batch.num_rows, _page_rows(batch.num_rows, batch.nbytes))
+        offset = 0
+        while offset < batch.num_rows:
+            piece = batch.slice(offset, step - held)
+            offset += piece.num_rows
+            group.append(piece)
+            held += piece.num_rows
+            if held == step:
+                yield step, _joined(group)
+                group, held = [], 0
+    if group:
+        yield step, _joined(group)
+
+
+def _joined(group: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(group) == 1:
+        return group[0]
+    return pa.Table.from_batches(group).combine_chunks().to_batches()[0]
+
+
+def read(
+    target: Path | Place, start: int, count: int | None, total: int | None = None
+) -> tuple[list[Field], pa.Table, int]:
+    """Rows `start` .. `start + count` of a stored result (about PAGE_BYTES of them when count is None), its
+    BigQuery schema and its total number of rows (`total` when the caller knows it). Only the batches that hold
+    the rows are read: from a local file memory-mapped, from an object store by ranged reads."""
+    place = _place(target)
+    # A local file is not closed here: the slices below keep the mapping alive for as long as they need it.
+    source = pa.memory_map(place.path) if place.is_local else place.fs.open_input_file(place.path)
+    try:
+        reader = pa.ipc.open_file(source)
+        metadata = reader.schema.metadata or {}
+        fields = orjson.loads(metadata[_SCHEMA_KEY])
+        step = int(metadata.get(_BATCH_ROWS_KEY, 0))
+        last = reader.num_record_batches - 1
+        if total is None and step:
+            total = last * step + reader.get_batch(last).num_rows if last >= 0 else 0
+        elif total is None:
+            total = sum(b.num_rows for b in _batches(reader))
+        start = max(0, min(start, total))
+        if start == total or count == 0:
+            return fields, reader.schema.empty_table(), total
+        if not step:  # batches of any size: all of them
+            table = pa.Table.from_batches(list(_batches(reader)), reader.schema)
+            return fields, table.slice(start, page_rows(table) if count is None else count), total
+        first = start // step
+        batch = reader.get_batch(first)
+        if count is None:
+            count = _page_rows(batch.num_rows, batch.nbytes)
+        end = min(total, start + count)
+        chunks = [batch]
+        while (first + len(chunks)) * step < end:
+            chunks.append(reader.get_batch(first + len(chunks)))
+        table = pa.Table.from_batches(chunks, reader.schema)
+        return fields, table.slice(start - first * step, end - start), total
+    finally:
+        if not place.is_local:
+            source.close()
+
+
+def _batches(reader: pa.ipc.RecordBatchFileReader) -> Iterator[pa.RecordBatch]:
+    return (reader.get_batch(i) for i in range(reader.num_record_batches))
+
+
+def delete(target: Path | Place) -> None:
+    """Remove a stored result, if there is one."""
+    place = _place(target)
+    with contextlib.suppress(FileNotFoundError):
+        place.fs.delete_file(place.path)
 
 
 def page_rows(table: pa.Table) -> int:
     """How many rows of this table make a page of about PAGE_BYTES."""
-    if table.num_rows == 0:
+    return _page_rows(table.num_rows, table.nbytes)
+
+
+def _page_rows(rows: int, nbytes: int) -> int:
+    if rows == 0:
         return MAX_PAGE_ROWS
-    per_row = max(1, table.nbytes // table.num_rows)
+    per_row = max(1, nbytes // rows)
     return max(1, min(MAX_PAGE_ROWS, PAGE_BYTES // per_row))
