@@ -251,7 +251,8 @@ def test_values_equal_what_pydicom_reads_from_the_same_files() -> None:
     assert checked_vrs >= {"CS", "UI", "LO", "SH", "DS", "IS", "US", "SS", "UL", "DA", "TM", "PN", "FD", "FL", "AT"}
 
 
-def test_ds_keeps_the_number_as_written_in_the_stored_json() -> None:
+def test_ds_without_kept_text_is_the_number_as_the_stored_json_writes_it() -> None:
+    # Instances stored before the parser kept DS and IS text (tests/dicom/test_number_text.py) look like this.
     metadata = {
         **UIDS,
         "00280030": {"vr": "DS", "Value": [0.661468, 0.5]},

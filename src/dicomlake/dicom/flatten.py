@@ -20,10 +20,14 @@ BulkDataURI elements are left out silently. Decisions where the spec is silent:
 - Repeating groups (any pattern of pydicom's RepeatersDictionary: 50xx curves, 60xx overlays, ...) become a
   RECORD REPEATED column named by the keyword with one `{Id STRING, Value <type, mode by VM>}` record per group
   present; `Id` is the four hex digits the pattern leaves open (the group, "6000", for 50xx/60xx/7Fxx).
-- DS/IS keep the DICOM string form as far as the stored JSON still has it: dicom.parse stores them as JSON
-  numbers (PS3.18 F.2.3), so the string is the number as that JSON writes it (orjson's shortest round trip):
-  "0.5" stays "0.5", but "0.50", "1.0E+02", "1e-05" and "007" come back as "0.5", "100.0", "0.00001" and "7".
-  Text the parser could not read as a number is kept as written.
+- DS/IS hold each value's text as written, without the leading and trailing spaces, which PS3.5 6.2 makes
+  insignificant: "0.50", "1.0E+02" and " 007" are "0.50", "1.0E+02" and "007". The stored DICOM JSON (served
+  by DICOMweb) has them as numbers (PS3.18 F.2.3); dicom.parse keeps the text of the values whose number does
+  not write back to it, and the store keeps that beside the file meta, under `NUMBER_TEXT`, nested and private
+  elements included (OtherElements.Data shows the text too). Most files have none: "0.5" or "7" is its own
+  number. Instances stored before dicomlake kept this text show the number as the stored JSON writes it
+  (orjson's shortest round trip: "0.50", "1.0E+02", "1e-05" and "007" come back as "0.5", "100.0", "0.00001"
+  and "7"). Text the parser could not read as a number is kept as written.
 - A value the column type cannot hold (a DA that is not a whole valid date, a bad TM/DT, more than one value in
   a VM 1 element, an explicit VR of another type than the dictionary's) is left out of the typed column and kept
   as strings in `OtherElements` under `Tag_GGGGEEEE` (§1.14, §6.11). TM keeps what is there (`1230` -> 12:30:00);
@@ -58,6 +62,9 @@ if TYPE_CHECKING:
 MAX_ELEMENT_BYTES = 1 << 20  # the same limit dicom.parse applies to sequences
 # The key, in the file meta a store keeps, of the sequences the parser left out for their size (GGGGEEEE keys).
 DROPPED_AT_INGEST = "DroppedTags"
+# The key, in the same file meta, of the text of DS and IS values that their JSON numbers do not render back
+# (dicom.parse's `number_text`).
+NUMBER_TEXT = "NumberText"
 MAX_NESTING = 15  # BigQuery: a field may sit at most 15 levels deep (top-level columns are level 1)
 MAX_COLUMNS = 10_000  # BigQuery: columns per table, nested ones included
 
@@ -811,6 +818,13 @@ def flatten(
         if DROPPED_AT_INGEST in meta:
             meta = dict(meta)
             dropped += (_dropped_name(key) for key in meta.pop(DROPPED_AT_INGEST))
+        if NUMBER_TEXT in meta:
+            meta = dict(meta)
+            texts = meta.pop(NUMBER_TEXT)
+            if texts and isinstance(texts, dict):
+                if not owned:  # the caller's data set must not change: rare (production passes text)
+                    metadata, owned = copy.deepcopy(metadata), True
+                _restore_number_text(metadata, texts)
         # Parsed text goes into the row without copies; the caller's file meta must not.
         if owned and not meta_owned:
             meta = orjson.loads(orjson.dumps(meta))
@@ -832,6 +846,33 @@ def flatten(
     if dropped:
         row["DroppedTags"] = [{"TagName": n} for n in dict.fromkeys(dropped)]
     return FlatRow(row, fields, unrecorded)
+
+
+def _restore_number_text(metadata: dict, texts: dict) -> None:
+    """Put the text of DS and IS values kept at ingest (dicom.parse's `number_text`: element path -> texts) in
+    place of their numbers, in the data set parsed here. A path that no longer leads to a DS or IS element
+    with as many values is passed over."""
+    for where, strings in texts.items():
+        if not isinstance(where, str) or not isinstance(strings, list):
+            continue
+        *steps, key = where.split("/")
+        node: Any = metadata
+        for i in range(0, len(steps) - 1, 2):
+            element = node.get(steps[i]) if isinstance(node, dict) else None
+            items = element.get("Value") if isinstance(element, dict) else None
+            index = steps[i + 1]
+            if not isinstance(items, list) or not index.isdigit() or int(index) >= len(items):
+                node = None
+                break
+            node = items[int(index)]
+        if len(steps) % 2 or not isinstance(node, dict):
+            continue
+        element = node.get(key)
+        if not isinstance(element, dict) or element.get("vr") not in ("DS", "IS"):
+            continue
+        values = element.get("Value")
+        if isinstance(values, list) and len(values) == len(strings) and all(isinstance(t, str) for t in strings):
+            element["Value"] = [None if v is None else t for v, t in zip(values, strings, strict=True)]
 
 
 def _without_large(metadata: dict, dropped: list[str]) -> dict:

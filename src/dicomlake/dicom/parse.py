@@ -5,8 +5,11 @@ builds pydicom DataElements; pydicom serves only as the data dictionary and for 
 Bulk data follows the Cloud Healthcare conformance statement: pixel data, every OB/OW/UN value,
 OD/OF/OL/OV values over 2 KiB and AT/FD/FL/SL/SS/SV/UL/US/UV values with more than 512 entries are
 replaced by a BulkDataURI; sequences over 1 MiB are left out of the metadata (and named in `dropped`, which
-tables show as DroppedTags). Sequences nested deeper than MAX_SEQUENCE_DEPTH make the instance unreadable: the
-reader recurses once per level, and so does every reader of the stored DICOM JSON (QIDO, XML, tables)."""
+tables show as DroppedTags). DS and IS values become JSON numbers (PS3.18 F.2.3); where a value's text is not
+what its number writes back to ("0.50", "1.0E+02", "007"), the text is kept apart in `number_text` for the
+tables, whose DS and IS columns are strings. Sequences nested deeper than MAX_SEQUENCE_DEPTH make the instance
+unreadable: the reader recurses once per level, and so does every reader of the stored DICOM JSON (QIDO, XML,
+tables)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from orjson import dumps as _dumps
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import DicomDictionary, RepeatersDictionary
 
@@ -111,6 +115,9 @@ class ParsedInstance:
     file_meta: dict[str, Any] = field(default_factory=dict)
     # Keys (GGGGEEEE) of the sequences left out of `metadata` for being over 1 MiB, at any depth.
     dropped: list[str] = field(default_factory=list)
+    # The DS and IS elements whose text the JSON numbers do not render back: element path (keys and item
+    # indexes joined by "/", as in bulk data paths) -> each value's text, spaces stripped ("" for an empty one).
+    number_text: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _vr_for(tag: int) -> str:
@@ -151,7 +158,7 @@ def dictionary_vr(tag: int) -> str:
 class _Reader:
     """One pass over a data set encoding; `little`/`implicit` fix how element headers are read."""
 
-    __slots__ = ("buf", "dropped", "encodings", "end", "implicit", "little", "pixel_representation")
+    __slots__ = ("buf", "dropped", "encodings", "end", "implicit", "little", "number_text", "pixel_representation")
 
     def __init__(self, buf: bytes | memoryview | mmap.mmap, little: bool, implicit: bool) -> None:
         self.buf = buf
@@ -161,6 +168,7 @@ class _Reader:
         self.pixel_representation = 0
         self.end = len(buf)
         self.dropped: list[str] = []  # keys of the sequences left out for their size
+        self.number_text: dict[str, list[str]] = {}  # ParsedInstance.number_text
 
     def header(self, pos: int) -> tuple[int, str | None, int, int]:
         """(tag, vr or None for implicit, value length, position of the value)."""
@@ -209,6 +217,8 @@ class _Reader:
                         out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
                     elif size > MAX_SEQUENCE_BYTES:
                         self.dropped.append(key)
+                        if self.number_text:
+                            self.forget_texts(f"{path}{key}/")
                     continue
                 if tag in PIXEL_DATA_TAGS:
                     pos = self.skip_fragments(vpos)
@@ -241,6 +251,11 @@ class _Reader:
             if element is not None:
                 out[key] = element
         return out, pos
+
+    def forget_texts(self, prefix: str) -> None:
+        """Leave out the number texts of a sequence that was read, then dropped for its size."""
+        for where in [w for w in self.number_text if w.startswith(prefix)]:
+            del self.number_text[where]
 
     def reinterpret_un(self, tag: int, vr: str, pos: int, end: int, path: str, key: str, depth: int) -> dict[str, Any]:
         saved = (self.implicit, self.little)
@@ -329,9 +344,9 @@ class _Reader:
         if vr == "AT":
             words = struct.unpack_from(order + "H" * (length // 4 * 2), raw)
             return {"vr": vr, "Value": [f"{words[i]:04X}{words[i + 1]:04X}" for i in range(0, len(words), 2)]}
-        return self.string_element(tag, vr, raw)
+        return self.string_element(tag, vr, raw, path, key)
 
-    def string_element(self, tag: int, vr: str, raw: bytes) -> dict[str, Any]:
+    def string_element(self, tag: int, vr: str, raw: bytes, path: str, key: str) -> dict[str, Any]:
         if vr in _PLAIN_VRS and raw.isascii() and b"\\" not in raw and b"\x1b" not in raw and tag != 0x00080005:
             # The common case, a single plain ASCII value (no ISO 2022 escape): no decoding, split or conversion.
             text = raw.decode("ascii").strip(" \x00")
@@ -350,7 +365,11 @@ class _Reader:
         if vr == "PN":
             values = [_person_name(p.rstrip(" \x00")) for p in parts]
         elif vr in ("DS", "IS"):
-            values = [_number(p.strip(" \x00"), vr) for p in parts]
+            texts = [p.strip(" \x00") for p in parts]
+            values = [_number(t, vr) for t in texts]
+            # One comparison covers the common case, numbers written as the JSON writes them.
+            if _dumps(values) != ("[" + ",".join(texts) + "]").encode() and not _renders_back(values, texts):
+                self.number_text[path + key] = texts
         else:
             values = [p.strip(" \x00") if vr != "UC" else p.rstrip(" \x00") for p in parts]
             values = [v if v != "" else None for v in values]
@@ -394,19 +413,37 @@ def _person_name(value: str) -> dict[str, str] | None:
     return out or None
 
 
+# What a JSON number of the stored metadata can hold (orjson): int64 and uint64.
+_INT_MIN, _INT_END = -(1 << 63), 1 << 64
+
+
 def _number(text: str, vr: str) -> int | float | str | None:
     if not text:
         return None
+    if vr == "DS" and ("." in text or "e" in text or "E" in text):
+        try:
+            number = float(text)
+        except ValueError:
+            return text  # kept as written: the JSON model has no place for a malformed number, and losing it is worse
+        return number if number - number == 0 else text  # NaN and infinities are no JSON numbers: kept as written
     try:
-        if vr == "IS":
-            return int(text)
-        number = float(text)
+        # Exact, where a float is not past 2**53 (a DS may have 16 digits). "inf" and "nan" fail here: kept as text.
+        whole = int(text)
     except ValueError:
-        # Kept as written: the JSON model has no place for a malformed number, and losing it is worse.
         return text
-    if number != number or number in (float("inf"), float("-inf")):
-        return text
-    return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+    # Beyond 64 bits (which no valid IS or DS reaches), kept as written like a malformed number.
+    return whole if _INT_MIN <= whole < _INT_END else text
+
+
+def _renders_back(values: list[int | float | str | None], texts: list[str]) -> bool:
+    """Whether every value, as the stored JSON writes it (orjson) and the tables show it, is its text again."""
+    for value, text in zip(values, texts, strict=True):
+        if type(value) is float:
+            if _dumps(value) != text.encode():
+                return False
+        elif type(value) is int and str(value) != text:
+            return False
+    return True  # a string is its text, an empty value (None) is shown as ""
 
 
 def _file_meta(data: bytes | mmap.mmap) -> tuple[dict[str, Any], int]:
@@ -505,6 +542,7 @@ def parse(data: bytes | mmap.mmap) -> ParsedInstance:
         instance_number=_as_int(number),
         file_meta=file_meta,
         dropped=reader.dropped,
+        number_text=reader.number_text,
     )
 
 
