@@ -14,7 +14,6 @@ and read the tables as they are."""
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import logging
@@ -244,7 +243,7 @@ class IcebergWarehouse:
                 return (flushed_mark(table) if table is not None else 0), False
             data = self._buffered_rows(table, entries)
             with table.transaction() as tx:
-                tx.append(fit_to(data, tx.table_metadata.schema().as_arrow()))
+                append_rows(tx, table, fit_to(data, tx.table_metadata.schema().as_arrow()))
                 tx.set_properties({FLUSHED: str(entries[-1].id)})
             return entries[-1].id, True
 
@@ -503,7 +502,7 @@ class IcebergWarehouse:
                     with tx.update_schema() as update:
                         update.union_by_name(arrow_schema(merged))
                 if data is not None:
-                    tx.append(fit_to(data, tx.table_metadata.schema().as_arrow()))
+                    append_rows(tx, table, fit_to(data, tx.table_metadata.schema().as_arrow()))
 
         committing(attempt, f"table {ref}")
         return len(rows)
@@ -896,8 +895,9 @@ def _tasks(table: IcebergTable) -> list[Any]:
 
 
 def table_fields(table: IcebergTable) -> list[Field]:
-    """The table's columns as BigQuery fields (REQUIRED where Iceberg's are), read back the way DuckDB sees them."""
-    return copy.deepcopy(_per_snapshot(table, "fields", lambda: _table_fields(table)))
+    """The table's columns as BigQuery fields (REQUIRED where Iceberg's are), read back the way DuckDB sees them.
+    The field dicts are shared by every caller (a deep copy of a wide table's took 20 ms): never mutate them."""
+    return list(_per_snapshot(table, "fields", lambda: _table_fields(table)))
 
 
 def _table_fields(table: IcebergTable) -> list[Field]:
@@ -915,6 +915,63 @@ def arrow_schema(fields: list[Field]) -> pa.Schema:
     from dicomlake.warehouse.schema import arrow_type
 
     return pa.schema([pa.field(f["name"], arrow_type(f), nullable=f["mode"] != "REQUIRED") for f in fields])
+
+
+def append_rows(tx: Any, table: IcebergTable, data: pa.Table, properties: dict[str, str] | None = None) -> None:
+    """Append `data` (fitted with `fit_to` to the transaction's schema) in one snapshot of `tx`. What
+    `Transaction.append` does, less its two walks of the whole schema per call (a check and a conversion by name,
+    0.3 s of a 5,000-row shard of a wide DICOM table): the rows' columns take their field ids from the table's
+    schema here, by name."""
+    from pyiceberg.io.pyarrow import bin_pack_arrow_table, write_file
+    from pyiceberg.table import TableProperties, WriteTask
+
+    metadata = tx.table_metadata
+    with tx.update_snapshot(snapshot_properties=properties or {}).fast_append() as append:
+        if not data.num_rows:
+            return
+        schema = _file_schema(data.schema, metadata.schema())
+        target = int(
+            metadata.properties.get(
+                TableProperties.WRITE_TARGET_FILE_SIZE_BYTES, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT
+            )
+        )
+        tasks = (
+            WriteTask(write_uuid=append.commit_uuid, task_id=i, record_batches=batches, schema=schema)
+            for i, batches in enumerate(bin_pack_arrow_table(data, target))
+        )
+        for data_file in write_file(io=table.io, table_metadata=metadata, tasks=tasks):
+            append.append_data_file(data_file)
+
+
+def _file_schema(arrow: pa.Schema, table_schema: Any) -> Any:
+    """The Iceberg schema of Arrow data whose columns (and nested fields) are some of the table's, by name."""
+    from pyiceberg.schema import Schema
+    from pyiceberg.types import ListType, NestedField, StructType
+
+    def field_of(arrow_field: pa.Field, known: Any) -> Any:
+        return NestedField(known.field_id, known.name, type_of(arrow_field.type, known.field_type), known.required)
+
+    def type_of(arrow_type: pa.DataType, known: Any) -> Any:
+        if pa.types.is_struct(arrow_type):
+            by_name = {f.name: f for f in known.fields}
+            return StructType(
+                *(
+                    field_of(arrow_type.field(i), by_name[arrow_type.field(i).name])
+                    for i in range(arrow_type.num_fields)
+                )
+            )
+        if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+            element = known.element_field
+            return ListType(
+                element.field_id, type_of(arrow_type.value_type, element.field_type), known.element_required
+            )
+        return known
+
+    try:
+        by_name = {f.name: f for f in table_schema.fields}
+        return Schema(*(field_of(f, by_name[f.name]) for f in arrow), schema_id=table_schema.schema_id)
+    except KeyError as exc:
+        raise InvalidArgument(f"rows do not fit the table's schema: no column {exc}") from None
 
 
 def fit_to(data: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -1216,4 +1273,4 @@ class IcebergTables:
                     update.union_by_name(arrow_schema(fields))
             if data:
                 whole = pa.concat_tables(data, promote_options="permissive")
-                tx.append(fit_to(whole, tx.table_metadata.schema().as_arrow()), snapshot_properties=mark)
+                append_rows(tx, table, fit_to(whole, tx.table_metadata.schema().as_arrow()), mark)
