@@ -261,3 +261,28 @@ def finish(wh: IcebergWarehouse, job: jobs.Job) -> jobs.Job:
         job = jobs.get(wh, job.project, job.job_id)
     assert job.error is None, job.error
     return job
+
+
+def test_a_job_of_a_machine_not_seen_for_a_while_ends_with_an_error(tmp_path: Path) -> None:
+    wh = IcebergWarehouse(f"sqlite:///{tmp_path / 'index.sqlite'}", (tmp_path / "tables").as_uri(), tmp_path / "wh")
+    running = jobs.start(wh, "p", RUNAWAY, timeout_ms=3000)
+    assert not jobs.get(wh, "p", running.job_id).done
+    # As if another host ran it and had stopped marking it seen a while ago.
+    stale = time.time_ns() // 1_000_000 - int(jobs.STALE_SECONDS * 1000) - 1000
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                jobs.records.update()
+                .where(jobs.records.c.job_id == running.job_id)
+                .values(owner="elsewhere:1", seen_ms=stale)
+            )
+    finally:
+        engine.dispose()
+    gone = jobs.get(wh, "p", running.job_id)
+    assert gone.done and gone.error is not None and gone.error["reason"] == "backendError", gone.error
+    # Its own process, still running it, records its end as usual.
+    deadline = time.monotonic() + 20
+    while (job := jobs.get(wh, "p", running.job_id)).error["reason"] != "timeout":  # type: ignore[index]
+        assert time.monotonic() < deadline, job.error
+        time.sleep(0.05)

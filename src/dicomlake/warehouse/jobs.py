@@ -21,6 +21,8 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,7 +31,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from dicomlake.errors import AlreadyExists, DicomlakeError, InvalidArgument, NotFound
+from dicomlake.errors import AlreadyExists, DicomlakeError, InvalidArgument, NotFound, Unavailable
 from dicomlake.storage.journal import process_alive
 from dicomlake.warehouse import embedded, query, results
 from dicomlake.warehouse import sql as bigquery_sql
@@ -163,7 +165,10 @@ def start(
             f"invalid job id {str(job_id)[:80]!r}: at most 200 letters, numbers, dashes and underscores"
         )
     engine = _engine(wh)
-    _remove_expired(wh, engine)
+    try:
+        _remove_expired(wh, engine)
+    except (sa.exc.SQLAlchemyError, OSError) as exc:  # again at the next look
+        log.warning("query jobs: cannot remove the expired ones: %s", exc)
     now = _now_ms()
     job = Job(
         project,
@@ -188,7 +193,7 @@ def start(
         _in_flight[key] = engine
     try:
         # The primary key makes the same job id twice an error, even from two machines at once.
-        with engine.begin() as conn:
+        with _database(), engine.begin() as conn:
             conn.execute(
                 records.insert().values(
                     project=project,
@@ -220,7 +225,7 @@ def get(wh: AnyWarehouse, project: str, job_id: str) -> Job:
     check_project(project)
     if not _JOB_ID.fullmatch(job_id):
         raise NotFound(f"Not found: Job {project}:{job_id[:200]}")
-    with _engine(wh).connect() as conn:
+    with _database(), _engine(wh).connect() as conn:
         row = conn.execute(
             sa.select(records.c.record, records.c.seen_ms).where(
                 records.c.project == project, records.c.job_id == job_id
@@ -247,7 +252,7 @@ def cancel(wh: AnyWarehouse, project: str, job_id: str) -> Job:
     query.WATCH_INTERVAL); the job as it is now."""
     job = get(wh, project, job_id)
     if not job.done:
-        with _engine(wh).begin() as conn:
+        with _database(), _engine(wh).begin() as conn:
             conn.execute(
                 records.update()
                 .where(records.c.project == project, records.c.job_id == job_id, records.c.done.is_(False))
@@ -263,6 +268,17 @@ def page(wh: AnyWarehouse, job: Job, start: int = 0, max_rows: int | None = None
         return results.read(_results(wh, job.project, job.job_id), start, max_rows, job.total_rows)
     except FileNotFoundError:
         raise NotFound(f"Not found: the results of job {job.project}:{job.job_id} are gone (expired)") from None
+    except OSError as exc:
+        raise Unavailable(f"the results of job {job.project}:{job.job_id} could not be read: {exc}") from None
+
+
+@contextmanager
+def _database() -> Iterator[None]:
+    """A database that cannot answer now (busy, unreachable) is BigQuery's backendError, which clients retry."""
+    try:
+        yield
+    except sa.exc.OperationalError as exc:
+        raise Unavailable(f"the database of the query jobs did not answer: {exc.orig}") from None
 
 
 def _stop_check(engine: sa.Engine, job: Job) -> query.StopCheck:
@@ -371,7 +387,11 @@ def _engine(wh: AnyWarehouse) -> sa.Engine:
         engine = sa.create_engine(f"sqlite:///{key}", connect_args={"timeout": 60})
     else:
         engine = wh.catalog.engine
-    _metadata.create_all(engine)
+    with _database():
+        try:
+            _metadata.create_all(engine)
+        except sa.exc.DBAPIError:  # made by another process at the same moment: there now
+            _metadata.create_all(engine)
     with _engines_guard:
         return _engines.setdefault(key, engine)
 
