@@ -5,6 +5,7 @@ under /bigquery/v2/projects/{project}/. Errors come in BigQuery's envelope, with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -119,6 +120,19 @@ async def _wait(wh: AnyWarehouse, job: jobs.Job, timeout_ms: int | None) -> jobs
     """The job once done, or as it is after timeoutMs (at most MAX_WAIT_MS): the request waits on the event loop,
     holding none of the threads that every other request needs."""
     deadline = time.monotonic() + min(timeout_ms or 0, MAX_WAIT_MS) / 1000
+    if job.done or deadline <= time.monotonic():
+        return job
+    loop = asyncio.get_running_loop()
+    ended = asyncio.Event()
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(ended.set)
+
+    if jobs.when_done(wh, job.project, job.job_id, wake):
+        # This process runs the job: woken the moment it ends.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ended.wait(), deadline - time.monotonic())
+        return await run_in_threadpool(jobs.get, wh, job.project, job.job_id)
     delay = 0.002
     while not job.done and (remaining := deadline - time.monotonic()) > 0:
         await asyncio.sleep(min(delay, remaining))

@@ -21,7 +21,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -95,6 +95,8 @@ def configure(limits: Limits) -> None:
 # This process's jobs that are not done, (database, project, job id), with the engine of their rows.
 _in_flight: dict[tuple[str, str, str], sa.Engine] = {}
 _in_flight_guard = threading.Lock()
+# What to call when one of those ends (`when_done`), by the same key.
+_waiters: dict[tuple[str, str, str], list[Callable[[], None]]] = {}
 _heartbeat: threading.Thread | None = None
 # The engines whose table exists, and when each was last cleared of expired jobs.
 _engines: dict[str, sa.Engine] = {}
@@ -349,6 +351,23 @@ def _run(wh: AnyWarehouse, engine: sa.Engine, job: Job, key: tuple[str, str, str
     finally:
         with _in_flight_guard:
             _in_flight.pop(key, None)
+            waiters = _waiters.pop(key, [])
+        for callback in waiters:
+            try:
+                callback()
+            except Exception:  # a waiter gone with its event loop
+                log.debug("query job %s: a waiter could not be woken", job.job_id, exc_info=True)
+
+
+def when_done(wh: AnyWarehouse, project: str, job_id: str, callback: Callable[[], None]) -> bool:
+    """Have `callback()` called (from the job's thread) when this process's job ends, and say so; False when the
+    job is not running here (done, or run by another process: then only its row tells)."""
+    key = (str(_engine(wh).url), project, job_id)
+    with _in_flight_guard:
+        if key not in _in_flight:
+            return False
+        _waiters.setdefault(key, []).append(callback)
+        return True
 
 
 def _error(exc: DicomlakeError) -> dict[str, Any]:
