@@ -19,18 +19,16 @@ from pydicom.valuerep import PersonName
 
 from conftest import all_dicom_files, dicom_file
 from dicomlake.dicom.flatten import (
-    MAX_COLUMNS,
     OTHER_ELEMENTS_FIELD,
     SERVICE_FIELDS,
     ServiceColumns,
-    count_columns,
     delete_row,
     demote,
     flatten,
-    merge_schema,
     row_problems,
 )
 from dicomlake.dicom.parse import DicomParseError, parse
+from dicomlake.warehouse.dicom_tables import merge_fields
 
 IDC_SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "spec" / "idc_dicom_all_schema.json"
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -536,42 +534,6 @@ def test_elements_over_one_mebibyte_are_dropped_tags() -> None:
         assert result.row["StructuredStorageSize"] == len(orjson.dumps(metadata))
 
 
-def test_columns_past_the_limit_are_dropped_tags() -> None:
-    metadata = {
-        **UIDS,
-        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]},
-        "00100020": {"vr": "LO", "Value": ["P1"]},
-        "00091001": {"vr": "LO", "Value": ["private"]},
-    }
-    full = flatten(metadata, SERVICE)
-    existing = [f for f in full.fields if f["name"] not in ("PatientName", "PatientID", "OtherElements")]
-    # Only PatientID (1 column) fits; PatientName needs 19, OtherElements 3.
-    result = flatten(metadata, SERVICE, 1, existing=existing)
-    assert result.row["PatientID"] == "P1"
-    assert "PatientName" not in result.row and "OtherElements" not in result.row
-    assert result.row["DroppedTags"] == [{"TagName": "PatientName"}, {"TagName": "Tag_00091001"}]
-    assert count_columns(merge_schema(existing, result.fields).fields) == count_columns(existing) + 1
-    assert_row_fits(result)
-    assert result.unrecorded == []
-
-
-def test_column_limit_counts_every_new_column_of_a_new_table() -> None:
-    full = flatten(nested(3), SERVICE)
-    assert flatten(nested(3), SERVICE, count_columns(full.fields)).row == full.row
-    tight = flatten(nested(3), SERVICE, count_columns(full.fields) - 1)
-    assert count_columns(tight.fields) <= count_columns(full.fields) - 1
-    assert tight.row["DroppedTags"]
-    assert MAX_COLUMNS == 10_000
-
-
-def test_dropped_tags_that_cannot_be_recorded_are_reported() -> None:
-    existing = [f for f in flatten(UIDS, SERVICE).fields if f["name"] != "DroppedTags"]
-    result = flatten({**UIDS, "00100020": {"vr": "LO", "Value": ["P1"]}}, SERVICE, 0, existing=existing)
-    assert "DroppedTags" not in result.row and "PatientID" not in result.row
-    assert "DroppedTags" not in {f["name"] for f in result.fields}
-    assert result.unrecorded == ["PatientID"]
-
-
 # ---- delete rows, schema merging, demotion --------------------------------------------------------------------
 
 
@@ -586,11 +548,11 @@ def test_delete_row_carries_the_uids_type_and_time_only() -> None:
         "Type": "DELETE",
     }
     assert_row_fits(result)
-    merged = merge_schema(flat("CT_small.dcm").fields, result.fields)
-    assert merged.conflicts == set()
+    merged = merge_fields(flat("CT_small.dcm").fields, result.fields)
+    assert merged.conflicts == {}
 
 
-def test_merge_schema_appends_new_columns_and_nested_fields_in_place() -> None:
+def test_merge_fields_appends_new_columns_and_nested_fields_in_place() -> None:
     existing = [
         {"name": "A", "type": "STRING", "mode": "NULLABLE"},
         {
@@ -612,8 +574,8 @@ def test_merge_schema_appends_new_columns_and_nested_fields_in_place() -> None:
         {"name": "R", "type": "STRING", "mode": "NULLABLE"},
         {"name": "A", "type": "STRING", "mode": "NULLABLE"},
     ]
-    merged = merge_schema(existing, incoming)
-    assert merged.conflicts == set()
+    merged = merge_fields(existing, incoming)
+    assert merged.conflicts == {}
     assert merged.fields == [
         existing[0],
         {
@@ -631,7 +593,7 @@ def test_merge_schema_appends_new_columns_and_nested_fields_in_place() -> None:
     assert existing[1]["fields"] == [{"name": "X", "type": "INTEGER", "mode": "NULLABLE"}]  # inputs untouched
 
 
-def test_merge_schema_reports_type_and_mode_changes_as_conflicts() -> None:
+def test_merge_fields_reports_type_and_mode_changes_as_conflicts() -> None:
     existing = [
         {"name": "N", "type": "INTEGER", "mode": "NULLABLE"},
         {"name": "M", "type": "STRING", "mode": "NULLABLE"},
@@ -649,8 +611,8 @@ def test_merge_schema_reports_type_and_mode_changes_as_conflicts() -> None:
         },
         {"name": "F", "type": "FLOAT", "mode": "NULLABLE"},  # an alias, not a change
     ]
-    merged = merge_schema(existing, incoming)
-    assert merged.conflicts == {"N", "M", "S.D"}
+    merged = merge_fields(existing, incoming)
+    assert set(merged.conflicts) == {"N", "M", "S.D"}
     assert [f["name"] for f in merged.fields] == ["N", "M", "S", "F", "OtherElements"]
     assert merged.fields[2]["fields"][-1] == OTHER_ELEMENTS_FIELD
     assert merged.fields[-1] == OTHER_ELEMENTS_FIELD
@@ -665,9 +627,9 @@ def test_demote_moves_conflicting_values_into_other_elements_as_dicom_strings() 
         {"name": "ImagePositionPatient", "type": "FLOAT", "mode": "REPEATED"},
         {"name": "OtherElements", "type": "RECORD", "mode": "REPEATED", "fields": OTHER_ELEMENTS_FIELD["fields"]},
     ]
-    merged = merge_schema(table, result.fields)
-    assert {"StudyDate", "PatientName", "OverlayRows", "ImagePositionPatient"} <= merged.conflicts
-    row = demote(result.row, merged.conflicts)
+    merged = merge_fields(table, result.fields)
+    assert {"StudyDate", "PatientName", "OverlayRows", "ImagePositionPatient"} <= merged.conflicts.keys()
+    row = demote(result.row, frozenset(merged.conflicts))
     fitting = [f for f in merged.fields if f["name"] not in merged.conflicts]
     assert row_problems(row, fitting) == []
     other = {o["Tag"]: o["Data"] for o in row["OtherElements"]}

@@ -14,11 +14,12 @@ import pyarrow as pa
 import pytest
 
 from conftest import dicom_file
-from dicomlake.dicom.flatten import MAX_COLUMNS, ServiceColumns, count_columns, delete_row, flatten, merge_schema
+from dicomlake.dicom.flatten import ServiceColumns, delete_row, flatten
 from dicomlake.dicom.parse import parse
 from dicomlake.errors import NotFound
 from dicomlake.warehouse import dicom_tables, embedded
 from dicomlake.warehouse.embedded import TableRef, Warehouse
+from dicomlake.warehouse.schema import MAX_COLUMNS, count_columns
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -139,7 +140,7 @@ def test_a_batch_whose_instances_were_all_deleted_appends_nothing(wh: Warehouse)
         assert not table.exists
 
 
-def test_elements_past_the_column_limit_go_to_dropped_tags() -> None:
+def test_elements_past_the_column_limit_go_to_dropped_tags(caplog: pytest.LogCaptureFixture) -> None:
     """A table a few columns short of BigQuery's 10,000: a row's first new elements get columns, the rest are listed
     in DroppedTags without their values, and the row keeps its UIDs and service columns."""
     ct = row_of("CT_small.dcm")
@@ -147,9 +148,11 @@ def test_elements_past_the_column_limit_go_to_dropped_tags() -> None:
     filler = MAX_COLUMNS - count_columns(existing) - 5
     existing += [{"name": f"Filler{i}", "type": "STRING", "mode": "NULLABLE"} for i in range(filler)]
 
-    fitted = dicom_tables.fit(existing, [ct, row_of("CT_small.dcm")])
+    with caplog.at_level("WARNING", logger="dicomlake.warehouse"):
+        fitted = dicom_tables.fit(existing, [ct, row_of("CT_small.dcm")])
+    assert "reached BigQuery's 10000 columns" in caplog.text  # the operator learns why values are missing
 
-    merged = merge_schema(existing, fitted.fields).fields
+    merged = dicom_tables.merge_fields(existing, fitted.fields).fields
     assert count_columns(merged) <= MAX_COLUMNS
     added = [f["name"] for f in fitted.fields if f["name"] not in {e["name"] for e in existing}]
     assert 0 < count_columns([f for f in fitted.fields if f["name"] in added]) <= 5

@@ -38,8 +38,8 @@ BulkDataURI elements are left out silently. Decisions where the spec is silent:
 - `DroppedTags {TagName}` lists, by keyword or `Tag_GGGGEEEE`, elements over 1 MiB in their DICOM JSON form,
   sequences over 1 MiB in the file, which the parser left out of the metadata (named by the store in the file
   meta it keeps, under `DROPPED_AT_INGEST`), elements whose column would be nested deeper than BigQuery's 15
-  levels (a PN needs two levels, a sequence or `OtherElements` one), and elements whose new columns do not fit
-  `column_limit_remaining`.
+  levels (a PN needs two levels, a sequence or `OtherElements` one). (The tables add those whose columns would
+  take a table past BigQuery's 10,000: warehouse/dicom_tables.fit.)
 - `StructuredStorageSize` is the size in bytes of the instance's DICOM JSON as stored (UTF-8, compact).
 - Empty elements get their column (NULL); a sequence whose items give no column at all gets none (a RECORD
   needs fields). Group lengths (gggg,0000) are left out, as dicom.parse leaves them out of the data set.
@@ -51,7 +51,7 @@ BulkDataURI elements are left out silently. Decisions where the spec is silent:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +69,6 @@ DROPPED_AT_INGEST = "DroppedTags"
 # (dicom.parse's `number_text`).
 NUMBER_TEXT = "NumberText"
 MAX_NESTING = 15  # BigQuery: a field may sit at most 15 levels deep (top-level columns are level 1)
-MAX_COLUMNS = 10_000  # BigQuery: columns per table, nested ones included
 
 EXCLUDED_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _STRING_VRS = ("AE", "AS", "CS", "LO", "LT", "SH", "ST", "UC", "UI", "UR", "UT", "DS", "IS")
@@ -135,21 +134,10 @@ class ServiceColumns:
 
 @dataclass
 class FlatRow:
-    """One table row and the schema fields it needs, in a stable order. `unrecorded` names elements that were
-    dropped while even the DroppedTags column could not be added (the caller logs a warning, spec §6.8)."""
+    """One table row and the schema fields it needs, in a stable order."""
 
     row: dict[str, Any]
     fields: list[Field]
-    unrecorded: list[str] = field(default_factory=list)
-
-
-@dataclass
-class SchemaMerge:
-    """`fields`: the existing schema with new columns and nested fields appended; `conflicts`: dotted paths of
-    incoming columns whose type or mode the existing column cannot take (move them with `demote`)."""
-
-    fields: list[Field]
-    conflicts: set[str]
 
 
 # ---- per-tag decisions, computed once -----------------------------------------------------------------------
@@ -788,16 +776,12 @@ _TEXT = (bytes, str)
 def flatten(
     metadata: dict | bytes | str,
     service: ServiceColumns,
-    column_limit_remaining: int | None = None,
     *,
-    existing: list[Field] | None = None,
     file_meta: dict | bytes | str | None = None,
 ) -> FlatRow:
     """One instance's row. `metadata` is its DICOM JSON, as a dict or as the stored JSON text (faster: the size
-    is known without encoding). `column_limit_remaining`: how many more columns (nested ones included) the table
-    may take; columns already in `existing` (the table's schema) cost nothing, without it every column of the
-    row counts as new. `file_meta`: the group 0002 elements, when kept apart from the data set (§6.10), as a dict
-    or as the stored JSON text."""
+    is known without encoding). `file_meta`: the group 0002 elements, when kept apart from the data set (§6.10),
+    as a dict or as the stored JSON text."""
     owned = not isinstance(metadata, dict)
     if isinstance(metadata, _BINARY):
         size = len(metadata)
@@ -843,12 +827,9 @@ def flatten(
         row["BlobStorageSize"] = service.blob_storage_size
     row["StructuredStorageSize"] = size if service.structured_storage_size is None else service.structured_storage_size
     fields.extend(SERVICE_FIELDS)
-    unrecorded: list[str] = []
-    if column_limit_remaining is not None:
-        fields, unrecorded = _limit_columns(row, fields, existing or [], column_limit_remaining, dropped)
     if dropped:
         row["DroppedTags"] = [{"TagName": n} for n in dict.fromkeys(dropped)]
-    return FlatRow(row, fields, unrecorded)
+    return FlatRow(row, fields)
 
 
 def _restore_number_text(metadata: dict, texts: dict) -> None:
@@ -911,83 +892,7 @@ def delete_row(study_uid: str, series_uid: str, sop_uid: str, last_updated: date
     return FlatRow(row, list(_DELETE_FIELDS))
 
 
-# ---- the column limit ---------------------------------------------------------------------------------------
-
-
-def count_columns(fields: list[Field]) -> int:
-    """Columns as BigQuery counts them against its 10,000 limit: every field, nested ones included."""
-    return sum(1 + count_columns(f["fields"]) if "fields" in f else 1 for f in fields)
-
-
-def _limit_columns(
-    row: dict, fields: list[Field], existing: list[Field], remaining: int, dropped: list[str]
-) -> tuple[list[Field], list[str]]:
-    by_name = {f["name"]: f for f in existing}
-    service = {f["name"] for f in SERVICE_FIELDS}
-    budget = [remaining]
-    for f in fields:  # service columns first: a row means nothing without them
-        if f["name"] in service and f is not DROPPED_TAGS_FIELD:
-            budget[0] -= _new_columns(f, by_name.get(f["name"]))
-    record_drops = True
-    if "DroppedTags" not in by_name:
-        if budget[0] >= count_columns([DROPPED_TAGS_FIELD]):
-            budget[0] -= count_columns([DROPPED_TAGS_FIELD])
-        else:
-            record_drops = False
-    lost: list[str] = []
-    kept = _fit([f for f in fields if f["name"] not in service], [row], by_name, budget, lost)
-    kept.extend(f for f in fields if f["name"] in service and (record_drops or f is not DROPPED_TAGS_FIELD))
-    if record_drops:
-        dropped.extend(lost)
-        return kept, []
-    unrecorded = list(dict.fromkeys([*dropped, *lost]))
-    dropped.clear()
-    return kept, unrecorded
-
-
-def _new_columns(f: Field, old: Field | None) -> int:
-    if old is None:
-        return count_columns([f])
-    if "fields" in f and "fields" in old:
-        names = {g["name"]: g for g in old["fields"]}
-        return sum(_new_columns(g, names.get(g["name"])) for g in f["fields"])
-    return 0
-
-
-def _fit(
-    fields: list[Field], holders: list[dict], by_name: dict[str, Field], budget: list[int], lost: list[str]
-) -> list[Field]:
-    """The fields that fit the budget; values of the others are removed from every holder (row or item)."""
-    kept = []
-    for f in fields:
-        old = by_name.get(f["name"])
-        cost = _new_columns(f, old)
-        if cost <= budget[0]:
-            budget[0] -= cost
-            kept.append(f)
-            continue
-        if old is not None and "fields" in f and "fields" in old:
-            items = []
-            for holder in holders:
-                value = holder.get(f["name"])
-                items.extend(value if isinstance(value, list) else [value] if value is not None else [])
-            inner = _fit(f["fields"], items, {g["name"]: g for g in old["fields"]}, budget, lost)
-            if inner:
-                kept.append({**f, "fields": inner})
-            else:  # nothing of it fits: its values went with its fields
-                for holder in holders:
-                    holder.pop(f["name"], None)
-            continue
-        for holder in holders:
-            value = holder.pop(f["name"], None)
-            if f["name"] == "OtherElements":
-                lost.extend(o["Tag"] for o in value or ())
-        if f["name"] != "OtherElements":
-            lost.append(f["name"])
-    return kept
-
-
-# ---- schema evolution ---------------------------------------------------------------------------------------
+# ---- rows whose values conflict with their table's columns -------------------------------------------------
 
 _TYPE_ALIASES = {"INT64": "INTEGER", "FLOAT64": "FLOAT", "BOOL": "BOOLEAN", "STRUCT": "RECORD"}
 
@@ -995,43 +900,6 @@ _TYPE_ALIASES = {"INT64": "INTEGER", "FLOAT64": "FLOAT", "BOOL": "BOOLEAN", "STR
 def _type(f: Field) -> str:
     t = f.get("type", "STRING").upper()
     return _TYPE_ALIASES.get(t, t)
-
-
-def merge_schema(existing: list[Field], incoming: list[Field]) -> SchemaMerge:
-    """BigQuery's own schema-update rules: columns and nested fields may be added and REQUIRED relaxed to
-    NULLABLE; any other change of type or mode is a conflict. Where a conflict will be demoted, the record
-    gets an `OtherElements` column if it has none. Existing fields keep their order and are never removed."""
-    conflicts: set[str] = set()
-    return SchemaMerge(_merge(existing, incoming, "", conflicts), conflicts)
-
-
-def _merge(existing: list[Field], incoming: list[Field], prefix: str, conflicts: set[str]) -> list[Field]:
-    out = list(existing)
-    index = {f["name"].lower(): i for i, f in enumerate(out)}  # BigQuery column names ignore case
-    demoted = False
-    for f in incoming:
-        i = index.get(f["name"].lower())
-        if i is None:
-            index[f["name"].lower()] = len(out)
-            out.append(copy.deepcopy(f))  # the table's schema is its own, not the flattener's shared fields
-            continue
-        old = out[i]
-        old_mode, new_mode = old.get("mode") or "NULLABLE", f.get("mode") or "NULLABLE"
-        if old["name"] != f["name"] or _type(old) != _type(f) or (old_mode == "REPEATED") != (new_mode == "REPEATED"):
-            conflicts.add(prefix + f["name"])
-            demoted = True
-            continue
-        merged = old
-        if old_mode == "REQUIRED" and new_mode != "REQUIRED":
-            merged = {**merged, "mode": "NULLABLE"}
-        if _type(old) == "RECORD":
-            inner = _merge(old.get("fields", []), f.get("fields", []), prefix + f["name"] + ".", conflicts)
-            if inner != old.get("fields", []):
-                merged = {**merged, "fields": inner}
-        out[i] = merged
-    if demoted and "otherelements" not in index:
-        out.append(copy.deepcopy(OTHER_ELEMENTS_FIELD))
-    return out
 
 
 def demote(row: dict, conflicts: set[str] | frozenset[str]) -> dict:

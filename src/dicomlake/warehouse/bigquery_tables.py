@@ -30,11 +30,11 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import bigquery
 
-from dicomlake.dicom.flatten import FlatRow, count_columns, merge_schema
+from dicomlake.dicom.flatten import FlatRow
 from dicomlake.errors import DicomlakeError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from dicomlake.warehouse import dicom_tables
 from dicomlake.warehouse.embedded import TableRef
-from dicomlake.warehouse.schema import Field
+from dicomlake.warehouse.schema import Field, count_columns
 
 MAX_ROWS_PER_REQUEST = 500
 MAX_BYTES_PER_REQUEST = 8 << 20  # BigQuery refuses requests over 10 MB
@@ -172,7 +172,7 @@ class BigQueryTables:
                 if table is None:
                     self._create(ref, dicom_tables.BASE_FIELDS)
                     continue
-            merged = merge_schema(self._schemas[ref], wanted)
+            merged = dicom_tables.merge_fields(self._schemas[ref], wanted)
             if merged.conflicts:
                 raise _Conflict
             if count_columns(merged.fields) == count_columns(self._schemas[ref]):
@@ -186,9 +186,20 @@ class BigQueryTables:
                 continue
             except (api.GoogleAPIError, OSError) as exc:
                 _translate(exc, f"adding columns to {ref}")
-            self._schemas[ref] = merged.fields
+            # The schema BigQuery answers with, not the one asked for: a BigQuery API that leaves out a field it
+            # was asked to add (an emulator that adds no nested fields) would drop that field's values from
+            # every row sent to it, and still answer that all were written.
+            schema = [_field(f.to_api_repr()) for f in updated.schema]
+            self._schemas[ref] = schema
             self._tables[ref] = updated
-            return merged.fields
+            asked, answered = _paths(merged.fields), _paths(schema)
+            missing = sorted(path for key, path in asked.items() if key not in answered)
+            if missing:
+                raise FailedPrecondition(
+                    f"BigQuery did not add the columns {', '.join(missing)} to {ref} (it answered the "
+                    "schema change without them); no rows were written"
+                )
+            return schema
         raise Unavailable(f"the schema of {ref} kept changing while dicomlake widened it; will retry")
 
     def _insert(self, ref: TableRef, fitted: dicom_tables.Fitted, row_ids: list[str]) -> bool:
@@ -246,6 +257,16 @@ def _field(raw: dict[str, Any]) -> Field:
     if raw.get("fields"):
         field["fields"] = [_field(f) for f in raw["fields"]]
     return field
+
+
+def _paths(fields: list[Field], prefix: str = "") -> dict[str, str]:
+    """Every column's dotted path, nested ones included, by that path as BigQuery compares it (without case)."""
+    out: dict[str, str] = {}
+    for f in fields:
+        path = prefix + f["name"]
+        out[path.lower()] = path
+        out |= _paths(f.get("fields", []), path + ".")
+    return out
 
 
 def _table_id(ref: TableRef) -> str:

@@ -6,6 +6,7 @@ and keeps the `<table>_view` of the latest state of every instance (spec §6.6).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dicomlake.dicom.flatten import MAX_COLUMNS, SERVICE_FIELDS, FlatRow, count_columns, demote, merge_schema
+from dicomlake.dicom.flatten import OTHER_ELEMENTS_FIELD, SERVICE_FIELDS, FlatRow, demote
 from dicomlake.errors import FailedPrecondition
 from dicomlake.warehouse.embedded import (
     META,
@@ -33,7 +34,9 @@ from dicomlake.warehouse.embedded import (
     relation_kind,
     require_dataset,
 )
-from dicomlake.warehouse.schema import Field, quote
+from dicomlake.warehouse.schema import MAX_COLUMNS, Field, SchemaMerge, count_columns, merge, quote
+
+log = logging.getLogger("dicomlake.warehouse")
 
 VIEW_SUFFIX = "_view"
 UID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -58,6 +61,12 @@ class Fitted:
 
     fields: list[Field]
     data: pa.Table
+
+
+def merge_fields(existing: list[Field], incoming: list[Field]) -> SchemaMerge:
+    """The schema of a DICOM table widened by the fields of rows: a value whose column has another type (or a
+    name in another case) is a conflict, moved with `demote` into its record's OtherElements."""
+    return merge(existing, incoming, other_elements=OTHER_ELEMENTS_FIELD)
 
 
 def fit(existing: list[Field], rows: list[FlatRow]) -> Fitted:
@@ -92,10 +101,10 @@ def fit(existing: list[Field], rows: list[FlatRow]) -> Fitted:
                 if shape in over_shapes:
                     over.add(id(f))
         if new:
-            merged = merge_schema(schema, [f for f, _ in new])
+            merged = merge_fields(schema, [f for f, _ in new])
             if merged.conflicts or count_columns(merged.fields) > MAX_COLUMNS:  # rare: one field at a time
                 for f, shape in new:
-                    one = merge_schema(schema, [f])
+                    one = merge_fields(schema, [f])
                     if count_columns(one.fields) > MAX_COLUMNS and f["name"] not in _ALWAYS:
                         over.add(id(f))
                         over_shapes.add(shape)
@@ -120,6 +129,13 @@ def fit(existing: list[Field], rows: list[FlatRow]) -> Fitted:
             table_rows.append(demote(row, conflicts))
         else:
             table_rows.append(row)
+    if over:
+        names = sorted({f["name"] for flat in rows for f in flat.fields if id(f) in over})
+        log.warning(
+            "the table has reached BigQuery's %d columns: %s listed in DroppedTags instead (spec 6.8)",
+            MAX_COLUMNS,
+            ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else ""),
+        )
     fields = [f for f in schema if f["name"].casefold() in used]
     return Fitted(fields, _arrow_rows(fields, table_rows))
 
@@ -140,7 +156,7 @@ def combine(parts: list[Fitted]) -> Fitted | None:
     new column with different types."""
     fields: list[Field] = []
     for part in parts:
-        merged = merge_schema(fields, part.fields)
+        merged = merge_fields(fields, part.fields)
         if merged.conflicts:
             return None
         fields = merged.fields
@@ -175,7 +191,7 @@ class Table:
         theirs has another type in the table now: fit them again to `fields`."""
         if not fitted.fields:  # no rows (their instances were deleted meanwhile)
             return True
-        merged = merge_schema(self.fields, fitted.fields)
+        merged = merge_fields(self.fields, fitted.fields)
         if merged.conflicts:
             return False
         # Merging only ever adds fields, so a schema that changed has more of them.

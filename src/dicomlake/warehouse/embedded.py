@@ -827,7 +827,8 @@ def _create(db: Db, ref: TableRef, fields: list[Field]) -> None:
 
 
 def _evolve(db: Db, ref: TableRef, wanted: list[Field]) -> list[Field]:
-    merged, additions = merge(_fields(db, ref), wanted)
+    widened = merge(_fields(db, ref), wanted).strict()
+    merged, additions = widened.fields, widened.additions
     name = db.name(ref.dataset, ref.table)
     for parent, added in additions:
         path = ".".join(quote(p) for p in (*parent, added["name"]))

@@ -47,7 +47,7 @@ from pyiceberg.schema import Schema as IcebergSchema
 from pyiceberg.table import Table as IcebergTable
 from pyiceberg.types import StructType
 
-from dicomlake.dicom.flatten import FlatRow, merge_schema
+from dicomlake.dicom.flatten import FlatRow
 from dicomlake.errors import AlreadyExists, InvalidArgument, NotFound, PreconditionFailed, Unavailable
 from dicomlake.warehouse import dicom_tables, embedded
 from dicomlake.warehouse import sql as bigquery_sql
@@ -493,8 +493,8 @@ class IcebergWarehouse:
                         raise InvalidArgument(
                             f"Provided Schema does not match Table {ref}. Field {missing[0]} is missing in new schema"
                         )
-                    merged, additions = merge(info.fields, wanted)
-                    if additions:
+                    merged = merge(info.fields, wanted).strict().fields
+                    if merged != info.fields:
                         with tx.update_schema() as update:
                             widen(update, info.fields, merged)
                 if description is not None:
@@ -507,8 +507,8 @@ class IcebergWarehouse:
         """Widen `table` to the union of its schema and `fields` (SchemaConflict for a changed type), as one
         commit when anything is added."""
         current = table_fields(table)
-        merged, additions = merge(current, fields)
-        if additions:
+        merged = merge(current, fields).strict().fields
+        if merged != current:
             with table.update_schema() as update:
                 widen(update, current, merged)
         return table, merged
@@ -527,10 +527,10 @@ class IcebergWarehouse:
         def attempt() -> None:
             table = self.find(ref) or self._create(ref, wanted)
             current = table_fields(table)
-            merged, additions = merge(current, wanted)
+            merged = merge(current, wanted).strict().fields
             data = embedded._arrow_rows(merged, rows) if rows else None
             with table.transaction() as tx:
-                if additions:
+                if merged != current:
                     with tx.update_schema() as update:
                         widen(update, current, merged)
                 if data is not None:
@@ -951,14 +951,17 @@ def arrow_schema(fields: list[Field]) -> pa.Schema:
 
 def widen(update: Any, current: list[Field], merged: list[Field], parent: tuple[str, ...] = ()) -> None:
     """Add to the schema `update` the fields of `merged` that `current` lacks (by name, case-insensitively), nested
-    ones included, all optional. `UpdateSchema.union_by_name` would convert and compare the whole schema: 1.3 s an
-    evolution at 2,000 columns, for one new column."""
+    ones included, all optional, and make optional those `merged` relaxes. `UpdateSchema.union_by_name` would
+    convert and compare the whole schema: 1.3 s an evolution at 2,000 columns, for one new column."""
     have = {f["name"].casefold(): f for f in current}
     for f in merged:
         old = have.get(f["name"].casefold())
         if old is None:
             update.add_column((*parent, f["name"]), _iceberg_type(f), required=False)
-        elif f["type"] == "RECORD" and f.get("fields") != old.get("fields"):
+            continue
+        if old["mode"] == "REQUIRED" and f["mode"] != "REQUIRED":
+            update.make_column_optional((*parent, old["name"]))
+        if f["type"] == "RECORD" and f.get("fields") != old.get("fields"):
             inner = (*parent, old["name"], *(("element",) if old["mode"] == "REPEATED" else ()))
             widen(update, old["fields"], f["fields"], inner)
 
@@ -1319,16 +1322,17 @@ class IcebergTables:
         table = self._table(ref) or self.warehouse._create(ref, dicom_tables.BASE_FIELDS)
         fields = table_fields(table)
         fitted = dicom_tables.fit(fields, rows)
-        if merge_schema(fields, fitted.fields).fields != fields:
+        if dicom_tables.merge_fields(fields, fitted.fields).fields != fields:
 
-            def widen() -> IcebergTable:
+            def widened() -> IcebergTable:
                 current = self.warehouse.load(ref)
-                return self.warehouse.evolve(current, merge_schema(table_fields(current), fitted.fields).fields)[0]
+                wider = dicom_tables.merge_fields(table_fields(current), fitted.fields).fields
+                return self.warehouse.evolve(current, wider)[0]
 
-            table = committing(widen, f"table {ref}")
+            table = committing(widened, f"table {ref}")
             table = table.refresh()
             fields = table_fields(table)
-            if merge_schema(fields, fitted.fields).conflicts:  # another process widened it another way
+            if dicom_tables.merge_fields(fields, fitted.fields).conflicts:  # another process widened it another way
                 fitted = dicom_tables.fit(fields, rows)
         data = fit_to(fitted.data, table.schema().as_arrow())
         self.warehouse.buffer.add(_table_id(ref), data, store_pk, events)
@@ -1360,7 +1364,7 @@ class IcebergTables:
         fields: list[Field], part: dicom_tables.Fitted, rows: Callable[[], list[FlatRow]]
     ) -> dicom_tables.Fitted:
         """`part` as it is when its columns fit the table's, else its rows fitted again to the table."""
-        if merge_schema(fields, part.fields).conflicts:
+        if dicom_tables.merge_fields(fields, part.fields).conflicts:
             return dicom_tables.fit(fields, rows())
         return part
 
@@ -1368,7 +1372,7 @@ class IcebergTables:
         """Widen the table to the parts' columns and append their rows, in one commit."""
         current = fields = table_fields(table)
         for part in parts:
-            fields = merge_schema(fields, part.fields).fields
+            fields = dicom_tables.merge_fields(fields, part.fields).fields
         data = [part.data for part in parts if part.data.num_rows]
         with table.transaction() as tx:
             if fields != current:

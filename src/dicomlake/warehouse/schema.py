@@ -5,6 +5,7 @@ types read back as, and the merge that evolves a table to a wider schema."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NotRequired, Required, TypedDict
 
 import pyarrow as pa
@@ -33,6 +34,7 @@ class SchemaConflict(FailedPrecondition):
 
 MODES = ("NULLABLE", "REQUIRED", "REPEATED")
 MAX_DEPTH = 15
+MAX_COLUMNS = 10_000  # BigQuery: columns per table, nested ones included
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,299}")
 
 _ALIASES = {"INT64": "INTEGER", "FLOAT64": "FLOAT", "BOOL": "BOOLEAN", "STRUCT": "RECORD", "DECIMAL": "NUMERIC"}
@@ -140,39 +142,93 @@ def normalize(fields: Any, _path: str = "", _depth: int = 1) -> list[Field]:
     return out
 
 
-def merge(current: list[Field], wanted: list[Field]) -> tuple[list[Field], list[tuple[tuple[str, ...], Field]]]:
-    """The union of two canonical schemas, and the fields to add to `current` to reach it, each with the DuckDB
-    path of its parent (`("Seq", "element")` for a field inside the items of the REPEATED RECORD `Seq`). Columns
-    keep their order; new ones come last. Names match case-insensitively, as in BigQuery."""
-    return _merge(current, wanted, (), "")
+@dataclass
+class SchemaMerge:
+    """A schema widened by another: `fields`, the existing fields in their order with new columns and nested
+    fields last in their record; `additions`, each new field with the DuckDB path of its parent (`("Seq",
+    "element")` inside the items of the REPEATED RECORD `Seq`); `conflicts`, the dotted path of each incoming
+    field the existing one cannot take, with why."""
+
+    fields: list[Field]
+    additions: list[tuple[tuple[str, ...], Field]]
+    conflicts: dict[str, str]
+
+    def strict(self) -> SchemaMerge:
+        """This merge, or SchemaConflict for its first conflict."""
+        if self.conflicts:
+            raise SchemaConflict(next(iter(self.conflicts.values())))
+        return self
+
+
+def merge(existing: list[Field], incoming: list[Field], *, other_elements: Field | None = None) -> SchemaMerge:
+    """BigQuery's schema-update rules: columns and nested fields may be added and REQUIRED relaxed to NULLABLE;
+    a field of another type, or REPEATED on one side only, is a conflict. Names match case-insensitively, as in
+    BigQuery. For DICOM rows (`other_elements` given), whose values are found by exact name, a name that differs
+    in case is a conflict too, and a record with conflicts gets `other_elements` (the column its conflicting
+    values move to) when it has none. Existing fields keep their order and are never removed."""
+    additions: list[tuple[tuple[str, ...], Field]] = []
+    conflicts: dict[str, str] = {}
+    fields = _merge(existing, incoming, (), "", additions, conflicts, other_elements)
+    return SchemaMerge(fields, additions, conflicts)
 
 
 def _merge(
-    current: list[Field], wanted: list[Field], parent: tuple[str, ...], shown: str
-) -> tuple[list[Field], list[tuple[tuple[str, ...], Field]]]:
-    merged = list(current)
-    index = {f["name"].casefold(): i for i, f in enumerate(merged)}
-    additions: list[tuple[tuple[str, ...], Field]] = []
-    for want in wanted:
+    existing: list[Field],
+    incoming: list[Field],
+    parent: tuple[str, ...],
+    shown: str,
+    additions: list[tuple[tuple[str, ...], Field]],
+    conflicts: dict[str, str],
+    other_elements: Field | None,
+) -> list[Field]:
+    out = list(existing)
+    index = {f["name"].casefold(): i for i, f in enumerate(out)}
+    conflicted = False
+    for want in incoming:
         key = want["name"].casefold()
-        if key not in index:
-            index[key] = len(merged)
-            merged.append(want)
+        i = index.get(key)
+        if i is None:
+            index[key] = len(out)
+            out.append(want)
             additions.append((parent, want))
             continue
-        have = merged[index[key]]
-        path = f"{shown}.{have['name']}" if shown else have["name"]
-        if have["type"] != want["type"]:
-            raise SchemaConflict(f"field {path} has changed type from {have['type']} to {want['type']}")
-        if (have["mode"] == "REPEATED") != (want["mode"] == "REPEATED"):
-            raise SchemaConflict(f"field {path} has changed mode from {have['mode']} to {want['mode']}")
-        if have["type"] == "RECORD":
-            inner = (*parent, have["name"], *(("element",) if have["mode"] == "REPEATED" else ()))
-            fields, added = _merge(have["fields"], want["fields"], inner, path)
-            if added:
-                merged[index[key]] = {**have, "fields": fields}
-                additions += added
-    return merged, additions
+        have = out[i]
+        path = f"{shown}.{want['name']}" if shown else want["name"]
+        have_type, want_type = canonical_type(have), canonical_type(want)
+        have_mode, want_mode = have.get("mode") or "NULLABLE", want.get("mode") or "NULLABLE"
+        if have_type != want_type:
+            conflicts[path] = f"field {path} has changed type from {have_type} to {want_type}"
+        elif (have_mode == "REPEATED") != (want_mode == "REPEATED"):
+            conflicts[path] = f"field {path} has changed mode from {have_mode} to {want_mode}"
+        elif other_elements is not None and have["name"] != want["name"]:
+            conflicts[path] = f"field {path} is named {have['name']} in the table"
+        else:
+            merged = have
+            if have_mode == "REQUIRED" and want_mode != "REQUIRED":
+                merged = {**merged, "mode": "NULLABLE"}
+            if have_type == "RECORD":
+                inner = (*parent, have["name"], *(("element",) if have_mode == "REPEATED" else ()))
+                kept = have.get("fields", [])
+                fields = _merge(kept, want.get("fields", []), inner, path, additions, conflicts, other_elements)
+                if fields != kept:
+                    merged = {**merged, "fields": fields}
+            out[i] = merged
+            continue
+        conflicted = True
+    if conflicted and other_elements is not None and other_elements["name"].casefold() not in index:
+        out.append(other_elements)
+        additions.append((parent, other_elements))
+    return out
+
+
+def count_columns(fields: list[Field]) -> int:
+    """Columns as BigQuery counts them against its 10,000 limit: every field, nested ones included."""
+    return sum(1 + count_columns(f["fields"]) if "fields" in f else 1 for f in fields)
+
+
+def canonical_type(f: Field | dict[str, Any]) -> str:
+    kind = str(f.get("type", "STRING")).upper()
+    return _ALIASES.get(kind, kind)
 
 
 def quote(name: str) -> str:
