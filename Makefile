@@ -24,6 +24,7 @@ run: install
 test: install
 	scripts/install-debian-tools.sh
 	scripts/install-ohif.sh
+	scripts/install-bigquery-emulator.sh
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: install
