@@ -3,7 +3,8 @@ dicomlake (`DICOMLAKE_BIGQUERY_URL`). Exports and streams write here instead of 
 
 - Tables are created with the columns every DICOM row has and widened by adding fields (`tables.patch`, the
   only schema change BigQuery allows); a value whose column has another type moves into OtherElements as in
-  the embedded tables, so no instance is lost.
+  the embedded tables, so no instance is lost. A patch answered without a column it asked for fails the write
+  (insertAll would drop that column's values and report success).
 - Rows go with `tabledata.insertAll`, at most 500 rows or ~8 MB to a request, each request all or nothing.
   Every row carries an insertId made of what identifies it (the export and the instance's UIDs; for a
   stream, its outbox event), so a batch sent again after a crash is dropped by BigQuery's de-duplication. That
