@@ -13,9 +13,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from dicomlake.errors import InvalidArgument, NotFound, PayloadTooLarge
-from dicomlake.operations import exporting, importing, logs, records, table_export
+from dicomlake.operations import exporting, importing, records, table_export
 from dicomlake.services import Services
-from dicomlake.store import catalog
+from dicomlake.store import catalog, logs
 
 VERSIONS = ("v1", "v1beta1")
 DATASET_TYPE = "type.googleapis.com/google.cloud.healthcare.v1.dataset.Dataset"

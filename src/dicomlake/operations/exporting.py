@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from dicomlake.dicom import pixels
 from dicomlake.dicom.uids import InvalidUid, normalize_uid
 from dicomlake.errors import DicomlakeError, InvalidArgument, NotFound
-from dicomlake.operations import logs, records
+from dicomlake.operations import records
 from dicomlake.operations.model import Kind, Operation, ShardResult, map_in_pool
 from dicomlake.services import Services, in_worker
 from dicomlake.storage.blobs import NotFoundError
@@ -303,7 +303,7 @@ def _objects(fmt: Format, data: bytes) -> Iterator[tuple[str, bytes]]:
 
 def log_entry(operation: Operation, path: str, code: int, message: str) -> dict[str, Any]:
     resource = f"{operation.store.name}/dicomWeb/{path}"
-    return logs.entry(operation, "export_dicom", {"@type": LOG_TYPE, "resourceName": resource}, code, message)
+    return records.log_entry(operation, "export_dicom", {"@type": LOG_TYPE, "resourceName": resource}, code, message)
 
 
 KIND = Kind(plan=plan, process=process, response=RESPONSE)

@@ -11,7 +11,7 @@ from typing import Any
 import obstore
 
 from dicomlake.errors import DicomlakeError, InvalidArgument
-from dicomlake.operations import logs, records
+from dicomlake.operations import records
 from dicomlake.operations.model import Kind, Operation, ShardResult, map_in_pool
 from dicomlake.services import Services, in_worker
 from dicomlake.storage.buckets import ObjectPattern, parse_pattern
@@ -108,7 +108,7 @@ def _object_uri(pattern: ObjectPattern, name: str) -> str:
 
 def _log_entry(operation: Operation, source: str, code: int, message: str) -> dict[str, Any]:
     payload = {"@type": "type.googleapis.com/google.cloud.healthcare.logging.ImportDicomLogEntry", "source": source}
-    return logs.entry(operation, "import_dicom", payload, code, message)
+    return records.log_entry(operation, "import_dicom", payload, code, message)
 
 
 KIND = Kind(plan=plan, process=process, response=RESPONSE)

@@ -10,9 +10,11 @@ import sqlalchemy as sa
 
 from dicomlake.errors import InvalidArgument, NotFound
 from dicomlake.storage.db import Database, insert_one, operations
+from dicomlake.store import logs
 from dicomlake.store.catalog import DatasetRef, StoreRef, encode_page_token, now_rfc3339, paging
 
 if TYPE_CHECKING:
+    from dicomlake.operations.model import Operation
     from dicomlake.services import Services
 
 METADATA_TYPE = "type.googleapis.com/google.cloud.healthcare.v1.OperationMetadata"
@@ -196,3 +198,13 @@ def to_json(dataset: DatasetRef, row: Any) -> dict[str, Any]:
         else:
             out["response"] = orjson.loads(row.response or "{}")
     return out
+
+
+def log_entry(operation: Operation, log_id: str, payload: dict[str, Any], code: int, message: str) -> dict[str, Any]:
+    """A Cloud Logging LogEntry for one failed unit of an operation, shaped as Google's (spec §4.2).
+    `log_id` is e.g. "import_dicom"; `payload` the jsonPayload fields besides `error`."""
+    method = operation.method.rsplit(".", 1)[-1]
+    return {
+        **logs.store_entry(operation.store, log_id, payload, code, message),
+        "operation": {"id": operation.name, "producer": f"healthcare.googleapis.com/{method}"},
+    }

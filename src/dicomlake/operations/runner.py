@@ -20,10 +20,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dicomlake.errors import DicomlakeError
-from dicomlake.operations import deleting, exporting, importing, logs, table_export
+from dicomlake.operations import deleting, exporting, importing, table_export
 from dicomlake.operations.model import Kind, LeaseLost, Operation
 from dicomlake.services import Services
 from dicomlake.storage.db import datasets, dicom_stores, operation_shards, operations
+from dicomlake.store import logs
 from dicomlake.store.catalog import DatasetRef, StoreRef, now_rfc3339
 
 log = logging.getLogger("dicomlake.operations")

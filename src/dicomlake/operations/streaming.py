@@ -21,9 +21,9 @@ import sqlalchemy as sa
 
 from dicomlake.dicom.flatten import FlatRow, ServiceColumns, delete_row, flatten
 from dicomlake.errors import DicomlakeError, Unavailable
-from dicomlake.operations import logs
 from dicomlake.services import Services
 from dicomlake.storage.db import stream_events
+from dicomlake.store import logs
 from dicomlake.store.catalog import StoreRef, store_by_pk
 from dicomlake.warehouse.embedded import TableRef
 

@@ -1,4 +1,5 @@
-"""The log entries dicomlake writes for failed units of operations, read back with a Cloud Logging filter."""
+"""The log entries of a dataset's stores (a failed unit of an operation, a stream row that could not be written,
+...), shaped as Cloud Logging's and read back with its filter language."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dicomlake.errors import InvalidArgument
-from dicomlake.operations.model import Operation
 from dicomlake.storage.db import Database, log_entries
 from dicomlake.store.catalog import StoreRef, now_rfc3339
 
@@ -47,18 +47,8 @@ def query(db: Database, project: str, filter_text: str) -> list[dict[str, Any]]:
         return [orjson.loads(row) for row in rows]
 
 
-def entry(operation: Operation, log_id: str, payload: dict[str, Any], code: int, message: str) -> dict[str, Any]:
-    """A Cloud Logging LogEntry for one failed unit of an operation, shaped as Google's (spec §4.2).
-    `log_id` is e.g. "import_dicom"; `payload` the jsonPayload fields besides `error`."""
-    method = operation.method.rsplit(".", 1)[-1]
-    return {
-        **store_entry(operation.store, log_id, payload, code, message),
-        "operation": {"id": operation.name, "producer": f"healthcare.googleapis.com/{method}"},
-    }
-
-
 def store_entry(store: StoreRef, log_id: str, payload: dict[str, Any], code: int, message: str) -> dict[str, Any]:
-    """A LogEntry about a DICOM store outside any operation (a failed stream row)."""
+    """A LogEntry about a DICOM store (`operations.records.log_entry` adds the operation it came from)."""
     dataset = store.dataset
     now = now_rfc3339()
     return {
