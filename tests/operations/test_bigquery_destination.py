@@ -316,7 +316,13 @@ def streaming(server: Server, uri: str) -> Store:
     return store
 
 
-def test_a_stream_writes_each_instance_once_and_keeps_the_view(sender: Server, bq: bigquery.Client) -> None:
+def test_a_stream_writes_each_instance_once_and_keeps_the_view(
+    sender: Server, remote: Remote, bq: bigquery.Client
+) -> None:
+    if isinstance(remote, Emulator):
+        # Seen in 2 runs of 4: the 3 rows of the second delivery (after a tables.patch) were committed, and
+        # visible once the emulator restarted, but its queries kept answering without them for 30 s.
+        pytest.skip("local-bigquery 0.4.0 sometimes answers queries without the rows of an insertAll after a patch")
     uri = f"bq://{bq.project}.dicom.stream"
     store = streaming(sender, uri)
     stow(store, *FILES)
