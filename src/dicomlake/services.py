@@ -74,7 +74,7 @@ class Services:
     def warehouse(self) -> Warehouse | IcebergWarehouse:
         """The tables of the BigQuery API: Iceberg (`--warehouse-url`) or the data dir's DuckDB files."""
         if self._warehouse is None:
-            self._warehouse = open_warehouse(self.settings)
+            self._warehouse = open_warehouse(self.settings, self.db)
         return self._warehouse
 
     def warm_pool(self) -> None:
@@ -97,13 +97,15 @@ class Services:
         self.db.dispose()
 
 
-def open_warehouse(settings: Settings) -> Warehouse | IcebergWarehouse:
+def open_warehouse(settings: Settings, db: Database | None = None) -> Warehouse | IcebergWarehouse:
+    """The tables of `settings`; `db`, the index database the Iceberg catalog shares, whose writers take turns."""
     url = settings.resolved_warehouse_url
     if url == "duckdb":
         return Warehouse.in_data_dir(settings.data_dir)
     from dicomlake.warehouse.iceberg import IcebergWarehouse  # pyiceberg takes a second to import
 
-    return IcebergWarehouse(settings.resolved_database_url, url, settings.data_dir / "warehouse")
+    lock = db.write_lock if db is not None else None
+    return IcebergWarehouse(settings.resolved_database_url, url, settings.data_dir / "warehouse", lock)
 
 
 def open_services(settings: Settings, create_schema: bool = True) -> Services:

@@ -315,9 +315,15 @@ class Database:
     def write(self) -> Iterator[Connection]:
         """A transaction that writes; a block that calls `added_stream_events(conn)` wakes this process's stream
         delivery once it has committed."""
+        with self.write_lock(), self._writing() as conn:
+            yield conn
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """On SQLite, the turn of this thread to write to the database file, among every thread and process (what
+        else writes to the file takes it too: the Iceberg catalog and streaming buffer); on PostgreSQL nothing."""
         if self._lock_path is None:
-            with self._writing() as conn:
-                yield conn
+            yield
             return
         # One descriptor per thread: flock excludes other descriptors, in this process or another.
         lock = getattr(self._local, "lock", None)
@@ -325,8 +331,7 @@ class Database:
             lock = self._local.lock = open(self._lock_path, "a+b")  # noqa: SIM115 - kept for the thread's life
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            with self._writing() as conn:
-                yield conn
+            yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -9,7 +9,6 @@ of one process share one open database (DuckDB keeps one instance per file and p
 
 from __future__ import annotations
 
-import logging
 import random
 import re
 import threading
@@ -34,8 +33,6 @@ from dicomlake.errors import (
 )
 from dicomlake.warehouse import sql as bigquery_sql
 from dicomlake.warehouse.schema import Field, arrow_schema, duckdb_type, from_duckdb, merge, normalize, quote
-
-log = logging.getLogger("dicomlake.warehouse")
 
 if TYPE_CHECKING:
     from dicomlake.warehouse.iceberg import IcebergWarehouse
@@ -347,49 +344,10 @@ def allow_columns(db: Db, columns: int) -> None:
         db.conn.execute(f"SET memory_limit = '{needed}MB'")
 
 
-# In-memory DuckDB instances made ahead of the queries that take them, by configuration: making one takes
-# 15-40 ms, a good part of a small query's time. Each idle one holds a few MB.
-SPARE_INSTANCES = 2
-_spares: dict[tuple[tuple[str, str], ...], list[duckdb.DuckDBPyConnection]] = {}
-_making: set[tuple[tuple[str, str], ...]] = set()
-_spares_guard = threading.Lock()
-
-
-def _spare(config: dict[str, Any]) -> duckdb.DuckDBPyConnection:
-    """A new in-memory instance of `config` (file access still on), a spare one when there is one; more spares are
-    made in the background."""
-    key = tuple(sorted((k, str(v)) for k, v in config.items()))
-    with _spares_guard:
-        found = _spares.get(key)
-        conn = found.pop() if found else None
-        start = key not in _making
-        _making.add(key)
-    if start:
-        # Not a daemon: an instance half made when the interpreter goes down aborts the process.
-        threading.Thread(target=_make_spares, args=(key, config), name="duckdb-spares").start()
-    return conn if conn is not None else duckdb.connect(config=config)
-
-
-def _make_spares(key: tuple[tuple[str, str], ...], config: dict[str, Any]) -> None:
-    try:
-        while True:
-            with _spares_guard:
-                if len(_spares.get(key, ())) >= SPARE_INSTANCES:
-                    return
-            conn = duckdb.connect(config=config)
-            with _spares_guard:
-                _spares.setdefault(key, []).append(conn)
-    except Exception:
-        log.warning("cannot make spare DuckDB instances", exc_info=True)
-    finally:
-        with _spares_guard:
-            _making.discard(key)
-
-
 def locked(config: dict[str, Any], prepare: Callable[[duckdb.DuckDBPyConnection], object]) -> duckdb.DuckDBPyConnection:
     """A DuckDB instance of `config` that `prepare` may set up with file access still on (ATTACH, allowed paths),
     then external access off and the configuration locked, so that nothing a query says can switch it back."""
-    conn = _spare({k: v for k, v in config.items() if k != "enable_external_access"})
+    conn = duckdb.connect(config={k: v for k, v in config.items() if k != "enable_external_access"})
     try:
         prepare(conn)
         conn.execute("SET enable_external_access = false")

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -187,9 +187,13 @@ class _Catalog(SqlCatalog):
             catalog=self,
         )
 
+    # The index database's turn to write, when it is a SQLite file (set by IcebergWarehouse).
+    write_lock: Callable[[], AbstractContextManager[None]] = nullcontext
+
     def commit_table(self, table: IcebergTable, requirements: Any, updates: Any) -> Any:
         """Commit, and keep the metadata the commit wrote: this process reads it next."""
-        response = super().commit_table(table, requirements, updates)
+        with self.write_lock():
+            response = super().commit_table(table, requirements, updates)
         with self._metadata_guard:
             self._metadata[response.metadata_location] = response.metadata
             while len(self._metadata) > self.CACHED:
@@ -213,8 +217,17 @@ class IcebergWarehouse:
     """The Iceberg tables of one catalog (the index database) and one warehouse location. `root` is this process's
     own folder for query results, spill files and job records."""
 
-    def __init__(self, database_url: str, location: str, root: Path) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        location: str,
+        root: Path,
+        write_lock: Callable[[], AbstractContextManager[None]] | None = None,
+    ) -> None:
+        """`write_lock`: the index database's turn to write (`Database.write_lock`), taken by the catalog's commits
+        and the streaming buffer's writes on SQLite."""
         self.uri = catalog_uri(database_url)
+        self.write_lock = write_lock
         self.location = location.rstrip("/")
         self.root = Path(root)
 
@@ -230,6 +243,8 @@ class IcebergWarehouse:
                 catalog = _catalogs[key] = _Catalog(
                     "dicomlake", uri=self.uri, warehouse=self.location, pool_pre_ping="true", **_io_properties()
                 )
+            if self.write_lock is not None and catalog.write_lock is nullcontext:
+                catalog.write_lock = self.write_lock
             return catalog
 
     @property
@@ -239,7 +254,7 @@ class IcebergWarehouse:
         with _catalogs_guard:
             found = _buffers.get(key)
         if found is None:
-            found = StreamBuffer(self.catalog.engine)
+            found = StreamBuffer(self.catalog.engine, self.write_lock)
             with _catalogs_guard:
                 _buffers[key] = found
         return found

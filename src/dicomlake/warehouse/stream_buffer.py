@@ -19,8 +19,8 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -86,8 +86,10 @@ def _ipc(data: pa.Table) -> bytes:
 
 
 class StreamBuffer:
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, write_lock: Callable[[], AbstractContextManager[None]] | None = None) -> None:
         self.engine = engine
+        # On SQLite, the file's writers take turns under the index database's lock, not SQLite's busy waits.
+        self.write_lock = write_lock or nullcontext
         self.postgresql = engine.dialect.name == "postgresql"
         _metadata.create_all(engine)
         self._lock = threading.Lock()
@@ -96,7 +98,7 @@ class StreamBuffer:
     def add(self, table_id: str, data: pa.Table, store_pk: int, event_pks: list[int]) -> int:
         """Buffer the rows of `data` (row i from event `event_pks[i]`) whose event is not known yet, in one
         transaction; how many were added."""
-        with self.engine.begin() as conn:
+        with self.write_lock(), self.engine.begin() as conn:
             if self.postgresql:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(2, :key)"), {"key": _lock_key(table_id)})
             held = {
@@ -173,7 +175,7 @@ class StreamBuffer:
 
     def flushed(self, table_id: str, upto: int) -> None:
         """Forget the entries up to `upto` (the table holds their rows) and the events flushed long ago."""
-        with self.engine.begin() as conn:
+        with self.write_lock(), self.engine.begin() as conn:
             conn.execute(buffer.delete().where(buffer.c.table_id == table_id, buffer.c.id <= upto))
             conn.execute(
                 events.delete().where(
@@ -183,7 +185,7 @@ class StreamBuffer:
 
     def drop(self, table_id: str) -> None:
         """Forget everything of a table that was truncated or deleted."""
-        with self.engine.begin() as conn:
+        with self.write_lock(), self.engine.begin() as conn:
             for t in (buffer, events, flushes):
                 conn.execute(t.delete().where(t.c.table_id == table_id))
 
@@ -210,13 +212,13 @@ class StreamBuffer:
             yield taken
         finally:
             if taken:
-                with self.engine.begin() as conn:
+                with self.write_lock(), self.engine.begin() as conn:
                     conn.execute(flushes.update().where(flushes.c.table_id == table_id).values(until_ms=0))
 
     def _lease(self, table_id: str) -> bool:
         now = _now_ms()
         me = f"{socket.gethostname()}:{os.getpid()}"
-        with self.engine.begin() as conn:
+        with self.write_lock(), self.engine.begin() as conn:
             row = conn.execute(
                 sa.select(flushes.c.until_ms, flushes.c.holder).where(flushes.c.table_id == table_id)
             ).first()
