@@ -237,6 +237,7 @@ def run_evolutions(columns: int = 2000, evolutions: int = 1000, name: str = "tab
                         "snapshots": len(table.metadata.snapshots),
                     }
                 )
+                save(name, result)  # a run cut short keeps its checkpoints
     save(name, result)
     return result
 
