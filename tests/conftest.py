@@ -63,6 +63,43 @@ def throwaway_postgres(prefix: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def s3_env(endpoint: str) -> dict[str, str]:
+    """The variables that point dicomlake (and boto3) at an S3-compatible endpoint with moto's credentials."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }
+
+
+@contextmanager
+def moto_s3(*buckets: str) -> Iterator[tuple[dict[str, str], Any]]:
+    """An S3-compatible object store on 127.0.0.1 (moto's server) holding `buckets`, stopped afterwards: the
+    variables for dicomlake (`s3_env`) and a boto3 client of it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    try:
+        host, port = moto.get_host_and_port()
+        env = s3_env(f"http://{host}:{port}")
+        client = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_REGION"],
+        )
+        for bucket in buckets:
+            client.create_bucket(Bucket=bucket)
+        yield env, client
+    finally:
+        moto.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A throw-away PostgreSQL database for this test session."""

@@ -13,7 +13,7 @@ import requests
 from moto.server import ThreadedMotoServer
 from obstore.store import S3Store
 
-from conftest import Server, Store, dicom_file, make_store, start_server, wait_done
+from conftest import Server, Store, dicom_file, make_store, s3_env, start_server, wait_done
 
 FILES = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")
 
@@ -28,16 +28,6 @@ def s3_endpoint() -> Iterator[str]:
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{bucket}", method="PUT"), timeout=10)
     yield endpoint
     moto.stop()
-
-
-def s3_env(endpoint: str) -> dict[str, str]:
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": "us-east-1",
-        "AWS_ALLOW_HTTP": "true",
-    }
 
 
 @pytest.fixture(scope="module")

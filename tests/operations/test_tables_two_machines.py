@@ -16,16 +16,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pydicom
 import pytest
 import requests
 import sqlalchemy
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
-from moto.server import ThreadedMotoServer
 from pydicom.uid import generate_uid
-from test_s3 import s3_env
 
 from conftest import (
     Server,
@@ -34,6 +31,7 @@ from conftest import (
     dicom_file,
     eventually,
     make_store,
+    moto_s3,
     start_server,
     stow,
     throwaway_postgres,
@@ -76,20 +74,7 @@ class Lake:
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
     with contextlib.ExitStack() as stack:
         database_url = stack.enter_context(throwaway_postgres("dicomlake_two_machines"))
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        moto.start()
-        stack.callback(moto.stop)
-        host, port = moto.get_host_and_port()
-        s3 = s3_env(f"http://{host}:{port}")
-        client = boto3.client(
-            "s3",
-            endpoint_url=s3["AWS_ENDPOINT_URL"],
-            aws_access_key_id=s3["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=s3["AWS_SECRET_ACCESS_KEY"],
-            region_name=s3["AWS_REGION"],
-        )
-        for bucket in (BLOBS, WAREHOUSE):
-            client.create_bucket(Bucket=bucket)
+        s3, client = stack.enter_context(moto_s3(BLOBS, WAREHOUSE))
         env = s3 | {"DICOMLAKE_BLOB_URL": f"s3://{BLOBS}", "DICOMLAKE_WAREHOUSE_URL": f"s3://{WAREHOUSE}/tables"}
         machines = []
         for name in ("machine-a", "machine-b"):

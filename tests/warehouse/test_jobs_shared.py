@@ -15,16 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 import sqlalchemy as sa
 from google.api_core.exceptions import Conflict
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
-from moto.server import ThreadedMotoServer
 
-from conftest import Server, bigquery_client, start_server, throwaway_postgres
+from conftest import Server, bigquery_client, moto_s3, start_server, throwaway_postgres
 from dicomlake.errors import NotFound
 from dicomlake.warehouse import jobs
 from dicomlake.warehouse.iceberg import IcebergWarehouse
@@ -62,25 +60,7 @@ def machines(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
             shared = tmp_path_factory.mktemp("shared") / "tables"
             env = {"DICOMLAKE_WAREHOUSE_URL": shared.as_uri()}
         else:
-            moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-            moto.start()
-            stack.callback(moto.stop)
-            host, port = moto.get_host_and_port()
-            env = {
-                "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-                "AWS_ACCESS_KEY_ID": "test",
-                "AWS_SECRET_ACCESS_KEY": "test",
-                "AWS_REGION": "us-east-1",
-                "AWS_ALLOW_HTTP": "true",
-            }
-            s3 = boto3.client(
-                "s3",
-                endpoint_url=env["AWS_ENDPOINT_URL"],
-                aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                region_name=env["AWS_REGION"],
-            )
-            s3.create_bucket(Bucket=BUCKET)
+            env, s3 = stack.enter_context(moto_s3(BUCKET))
             env |= {"DICOMLAKE_WAREHOUSE_URL": f"s3://{BUCKET}/tables"}
         servers = []
         for name in ("machine-a", "machine-b"):

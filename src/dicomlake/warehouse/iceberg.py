@@ -1221,7 +1221,7 @@ def _ref_of(table_id: str) -> TableRef:
     return TableRef(project, dataset, table)
 
 
-def _leaves(table: IcebergTable) -> set[int]:
+def _leaves(table: IcebergTable) -> frozenset[int]:
     """The field ids of the table's primitive columns (those a data file counts values of)."""
 
     def make() -> frozenset[int]:
@@ -1234,7 +1234,7 @@ def _leaves(table: IcebergTable) -> set[int]:
                 ids.update(i for i in _leaf_ids(f.field_type) if schema.find_type(i).is_primitive)
         return frozenset(ids)
 
-    return set(_per_snapshot(table, "leaves", make))
+    return frozenset(_per_snapshot(table, "leaves", make))
 
 
 def _leaf_ids(kind: Any) -> list[int]:
