@@ -837,26 +837,34 @@ def _restore_number_text(metadata: dict, texts: dict) -> None:
     place of their numbers, in the data set parsed here. A path that no longer leads to a DS or IS element
     with as many values is passed over."""
     for where, strings in texts.items():
-        if not isinstance(where, str) or not isinstance(strings, list):
+        if type(strings) is not list or type(where) is not str:
             continue
-        *steps, key = where.split("/")
         node: Any = metadata
-        for i in range(0, len(steps) - 1, 2):
-            element = node.get(steps[i]) if isinstance(node, dict) else None
-            items = element.get("Value") if isinstance(element, dict) else None
-            index = steps[i + 1]
-            if not isinstance(items, list) or not index.isdigit() or int(index) >= len(items):
-                node = None
-                break
-            node = items[int(index)]
-        if len(steps) % 2 or not isinstance(node, dict):
-            continue
-        element = node.get(key)
-        if not isinstance(element, dict) or element.get("vr") not in ("DS", "IS"):
+        key = where
+        if "/" in where:  # inside sequence items: element/item/element/...
+            *steps, key = where.split("/")
+            for i in range(0, len(steps) - 1, 2):
+                element = node.get(steps[i]) if type(node) is dict else None
+                items = element.get("Value") if type(element) is dict else None
+                index = steps[i + 1]
+                if type(items) is not list or not index.isdigit() or int(index) >= len(items):
+                    node = None
+                    break
+                node = items[int(index)]
+            if len(steps) % 2:
+                continue
+        element = node.get(key) if type(node) is dict else None
+        if type(element) is not dict or element.get("vr") not in _NUMBER_VRS:
             continue
         values = element.get("Value")
-        if isinstance(values, list) and len(values) == len(strings) and all(isinstance(t, str) for t in strings):
-            element["Value"] = [None if v is None else t for v, t in zip(values, strings, strict=True)]
+        # The data set was parsed here (flatten copies the caller's): its value lists change in place.
+        if type(values) is list and len(values) == len(strings) and all(type(t) is str for t in strings):
+            for i, text in enumerate(strings):
+                if values[i] is not None:
+                    values[i] = text
+
+
+_NUMBER_VRS = frozenset(("DS", "IS"))
 
 
 def _without_large(metadata: dict, dropped: list[str]) -> dict:
