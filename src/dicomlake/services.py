@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from dicomlake.config import Settings
 from dicomlake.storage.blobs import BlobStore
 from dicomlake.storage.buckets import Buckets
-from dicomlake.storage.db import Database
+from dicomlake.storage.db import Database, sqlalchemy_url
 from dicomlake.storage.journal import Journal
 from dicomlake.warehouse import destinations, jobs
 from dicomlake.warehouse.embedded import Warehouse
@@ -104,8 +104,9 @@ def open_warehouse(settings: Settings, db: Database | None = None) -> Warehouse 
         return Warehouse.in_data_dir(settings.data_dir)
     from dicomlake.warehouse.iceberg import IcebergWarehouse  # pyiceberg takes a second to import
 
-    lock = db.write_lock if db is not None else None
-    return IcebergWarehouse(settings.resolved_database_url, url, settings.data_dir / "warehouse", lock)
+    if db is None:
+        return IcebergWarehouse(sqlalchemy_url(settings.resolved_database_url), url, settings.data_dir / "warehouse")
+    return IcebergWarehouse(db.url, url, settings.data_dir / "warehouse", db.write_lock)
 
 
 def open_services(settings: Settings, create_schema: bool = True) -> Services:

@@ -245,7 +245,8 @@ RETIRED_INDEXES = (
 )
 
 
-def _normalise_url(url: str) -> str:
+def sqlalchemy_url(url: str) -> str:
+    """The SQLAlchemy URL of a database URL as users write it: PostgreSQL through psycopg 3."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
@@ -257,7 +258,7 @@ class Database:
     def __init__(self, url: str, durable: bool = True) -> None:
         """`durable`: a commit is on stable storage when it returns (SQLite synchronous=FULL, PostgreSQL's
         default synchronous_commit); off, a power cut may lose the last commits (NORMAL; synchronous_commit=off)."""
-        url = _normalise_url(url)
+        url = sqlalchemy_url(url)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._lock_path: Path | None = None

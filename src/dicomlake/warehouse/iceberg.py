@@ -149,14 +149,6 @@ def _indexed_field_by_name(struct: StructType, name: str, case_sensitive: bool =
 StructType.field_by_name = _indexed_field_by_name  # type: ignore[method-assign,assignment]
 
 
-def catalog_uri(database_url: str) -> str:
-    """The SQLAlchemy URL pyiceberg's catalog connects with: the index database's, with psycopg for PostgreSQL."""
-    for prefix in ("postgresql://", "postgres://"):
-        if database_url.startswith(prefix):
-            return "postgresql+psycopg://" + database_url[len(prefix) :]
-    return database_url
-
-
 class _Catalog(SqlCatalog):
     """pyiceberg's SQL catalog, keeping the metadata files it has read: a metadata file never changes (a commit
     writes a new one), and parsing one of a wide table costs more than the commit that follows (1.3 s at 2,000
@@ -224,9 +216,10 @@ class IcebergWarehouse:
         root: Path,
         write_lock: Callable[[], AbstractContextManager[None]] | None = None,
     ) -> None:
-        """`write_lock`: the index database's turn to write (`Database.write_lock`), taken by the catalog's commits
+        """`database_url`: the SQLAlchemy URL of the index database, which holds the catalog (`Database.url`).
+        `write_lock`: the index database's turn to write (`Database.write_lock`), taken by the catalog's commits
         and the streaming buffer's writes on SQLite."""
-        self.uri = catalog_uri(database_url)
+        self.uri = database_url
         self.write_lock = write_lock
         self.location = location.rstrip("/")
         self.root = Path(root)
