@@ -5,6 +5,8 @@ open, on a new one to the SCU as a listed peer once it has released."""
 from __future__ import annotations
 
 import queue
+import threading
+import time
 from collections.abc import Iterator
 
 import pydicom
@@ -128,6 +130,38 @@ def test_the_report_comes_on_the_same_association_with_held_and_failed_instances
     assert second_type == 1  # all held
     assert _refs(second, "ReferencedSOPSequence") == {mr.SOPInstanceUID: (MRImageStorage, None)}
     assert "FailedSOPSequence" not in second
+
+
+def test_a_request_sent_before_the_answer_to_a_report_is_served(dimse: DimseServer) -> None:
+    """An SCU may send its next N-ACTION before it answers the report (from another thread): the server, waiting
+    for that answer, must not take the request for it."""
+    target = ae_store(dimse)
+    reports: queue.Queue = queue.Queue()
+    second_status: queue.Queue = queue.Queue()
+    assoc = None
+    answered: list[int] = []
+
+    def on_report(event: evt.Event) -> tuple[int, None]:
+        if not answered:
+            mr_only = _request([(MRImageStorage, mr.SOPInstanceUID)])
+            threading.Thread(target=lambda: second_status.put(_commit(assoc, mr_only)), daemon=True).start()
+            time.sleep(0.5)  # the second N-ACTION-RQ goes out before this answer
+        answered.append(event.event_type)
+        reports.put(event.event_type)
+        return SUCCESS, None
+
+    assoc = _scu("EAGERSCU").associate(
+        "127.0.0.1", dimse.port, ae_title=target.ae_title, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+    )
+    assert assoc.is_established
+    try:
+        mr, ct = _store_two(assoc)
+        assert _commit(assoc, _request([(CTImageStorage, ct.SOPInstanceUID)])) == SUCCESS
+        assert reports.get(timeout=REPORT_TIMEOUT) == 1
+        assert second_status.get(timeout=REPORT_TIMEOUT) == SUCCESS
+        assert reports.get(timeout=REPORT_TIMEOUT) == 1
+    finally:
+        assoc.release()
 
 
 def test_the_report_comes_on_a_new_association_once_the_scu_released(dimse: DimseServer, listening_port: int) -> None:

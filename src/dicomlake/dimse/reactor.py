@@ -32,6 +32,7 @@ from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
@@ -62,6 +63,44 @@ class _WakingQueue(queue.Queue[Any]):
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
         self._wake()
+
+
+class _Inbox(_WakingQueue):
+    """The DIMSE messages a peer sent, with its answers to our requests kept apart in `answers`.
+
+    pynetdicom has one queue for both, and a thread that sent a request on this association (the N-EVENT-REPORT
+    of storage commitment, the C-STOREs of a C-GET) takes the next message as its answer. A peer may send its
+    next request before that answer (an SCU answers the report in one thread and sends its next N-ACTION from
+    another), and that request would be taken for the answer and lost. The end of the association, (None, None),
+    goes to both queues."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__(wake)
+        self.answers: queue.Queue[Any] = queue.Queue()
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        message = item[1]
+        if message is None or getattr(message, "MessageIDBeingRespondedTo", None) is None:
+            super().put(item, block, timeout)
+        if message is None or getattr(message, "MessageIDBeingRespondedTo", None) is not None:
+            self.answers.put(item)
+
+
+class _SortingDimse(DIMSEServiceProvider):
+    """Every pynetdicom send waits for its answer with `get_msg(block=True)`; the reactor takes requests with
+    `block=False`. Each gets only its kind (see `_Inbox`)."""
+
+    def __init__(self, assoc: Association, wake: Callable[[], None]) -> None:
+        super().__init__(assoc)
+        self.msg_queue = self.inbox = _Inbox(wake)
+
+    def get_msg(self, block: bool = False) -> Any:
+        try:
+            if block:
+                return self.inbox.answers.get(timeout=self.dimse_timeout)
+            return self.inbox.get(block=False)
+        except queue.Empty:
+            return None, None
 
 
 class _BlockingSocket(AssociationSocket):
@@ -240,7 +279,7 @@ class WakingAssociation(Association):
             self.network_timeout = self.ae.network_timeout
         self._wakeup = threading.Event()
         self.dul.to_user_queue = _WakingQueue(self._wakeup.set)
-        self.dimse.msg_queue = _WakingQueue(self._wakeup.set)
+        self.dimse = _SortingDimse(self, self._wakeup.set)
         self.dul._run_loop_delay = 0  # the socket's `ready` blocks instead
 
     def attach(self, sock: _BlockingSocket) -> None:

@@ -10,7 +10,7 @@ dicomlake (`DICOMLAKE_BIGQUERY_URL`). Exports and streams write here instead of 
   stream, its outbox event), so a batch sent again after a crash is dropped by BigQuery's de-duplication. That
   de-duplication is best effort (about a minute on Google's service): a row can be written twice when a
   process dies between BigQuery's answer and the outbox's commit and its events are delivered much later.
-- A streamed table gets its `<table>_view` (spec §6.6) when this process first writes to it: a BigQuery view
+- A streamed table gets its `<table>_view` (spec §6.6) before this process first writes rows to it: a BigQuery view
   reads the table's columns when queried, so it never needs replacing as the table widens.
 - Credentials: Application Default Credentials for Google's endpoint (`*.googleapis.com`); none for any
   other, unless GOOGLE_APPLICATION_CREDENTIALS names a key file.
@@ -89,14 +89,15 @@ class BigQueryTables:
                 self._refit_and_insert(ref, rows_of(i), lambda fitted: _row_ids(writer, fitted))
 
     def deliver(self, ref: TableRef, rows: list[FlatRow], store_pk: int, events: list[int]) -> None:
-        ids = [_insert_id(f"stream/{store_pk}/{event}") for event in events]
-        self._refit_and_insert(ref, rows, lambda _: ids, create=True)
-        if ref not in self._viewed:
+        if ref not in self._viewed:  # before the rows: whoever sees a row can query the view
+            self.ensure(ref)
             view = bigquery.Table(_table_id(TableRef(ref.project, ref.dataset, ref.table + dicom_tables.VIEW_SUFFIX)))
             view.view_query = dicom_tables.view_query(ref)
             with _translated(f"creating the view of {ref}"):
                 self._client(ref.project).create_table(view, exists_ok=True, retry=RETRY)
             self._viewed.add(ref)
+        ids = [_insert_id(f"stream/{store_pk}/{event}") for event in events]
+        self._refit_and_insert(ref, rows, lambda _: ids, create=True)
 
     # ---- tables ------------------------------------------------------------------------------------
 

@@ -1342,13 +1342,13 @@ class IcebergTables:
             fields = table_fields(table)
             if dicom_tables.merge_fields(fields, fitted.fields).conflicts:  # another process widened it another way
                 fitted = dicom_tables.fit(fields, rows)
-        data = fit_to(fitted.data, table.schema().as_arrow())
-        self.warehouse.buffer.add(_table_id(ref), data, store_pk, events)
         view = TableRef(ref.project, ref.dataset, ref.table + dicom_tables.VIEW_SUFFIX)
-        if view not in self._views:
+        if view not in self._views:  # before the rows: whoever sees a row can query the view
             if self.warehouse._kind(view, self.warehouse._properties(view.project, view.dataset)) is None:
                 self.warehouse.create_or_replace_view(view, dicom_tables.view_query(ref))
             self._views.add(view)
+        data = fit_to(fitted.data, table.schema().as_arrow())
+        self.warehouse.buffer.add(_table_id(ref), data, store_pk, events)
 
     def flush_due(self) -> None:
         self.warehouse.flush_due()
