@@ -11,6 +11,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import threading
 import time
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -76,8 +77,87 @@ def store_instance(
     expected_study: str | None = None,
     storage_class: str = "STANDARD",
 ) -> Stored | Failed:
-    """Store one Part 10 instance byte-exact; a failure says why and changes nothing."""
-    return store_instances(db, blobs, store, [data], expected_study, storage_class)[0]
+    """Store one Part 10 instance byte-exact; a failure says why and changes nothing.
+
+    Group commit: instances that threads of this process store into the same store while another batch of
+    theirs is being stored go together as the next batch, with one set of syncs and one index commit (several
+    DIMSE associations, each waiting for its answer before it sends the next instance). A thread alone waits
+    for nobody. Each instance is still stored or refused on its own."""
+    entry = _Entry(data)
+    key = (id(db), id(blobs), store.pk, expected_study, storage_class)
+    with _groups_lock:
+        _queued.setdefault(key, []).append(entry)
+        entry.leads = key not in _running
+        _running.add(key)
+    if not entry.leads:
+        entry.done.wait()
+    if entry.leads:  # this thread stores what is queued (its own instance among it), then hands over
+        with _groups_lock:
+            batch = _queued.pop(key)
+        try:
+            _store_batch(db, blobs, store, batch, expected_study, storage_class)
+        finally:
+            with _groups_lock:
+                waiting = _queued.get(key)
+                if waiting:
+                    waiting[0].leads = True
+                    waiting[0].done.set()
+                else:
+                    _running.discard(key)
+    if entry.error is not None:
+        raise entry.error
+    assert entry.result is not None
+    return entry.result
+
+
+class _Entry:
+    def __init__(self, data: bytes | mmap.mmap) -> None:
+        self.data = data
+        self.leads = False
+        self.done = threading.Event()
+        self.result: Stored | Failed | None = None
+        self.error: BaseException | None = None
+
+
+_groups_lock = threading.Lock()
+# Per (database, blob store, store, expected study, storage class): the instances waiting for the next batch,
+# and whether a batch is being stored.
+_queued: dict[tuple[Any, ...], list[_Entry]] = {}
+_running: set[tuple[Any, ...]] = set()
+
+
+def _store_batch(
+    db: Database,
+    blobs: BlobStore,
+    store: StoreRef,
+    batch: list[_Entry],
+    expected_study: str | None,
+    storage_class: str,
+) -> None:
+    try:
+        try:
+            results = store_instances(db, blobs, store, [e.data for e in batch], expected_study, storage_class)
+        except Exception:
+            if len(batch) == 1:
+                raise
+            # What failed may be one instance's: each alone, as if it had come alone.
+            results = []
+            for e in batch:
+                try:
+                    results.append(store_instances(db, blobs, store, [e.data], expected_study, storage_class)[0])
+                except Exception as exc:
+                    results.append(None)
+                    e.error = exc
+        for e, result in zip(batch, results, strict=True):
+            e.result = result
+    except BaseException as exc:
+        for e in batch:
+            e.error = e.error or exc
+        raise
+    finally:
+        for e in batch:
+            if not e.leads:
+                e.done.set()
 
 
 @dataclass
