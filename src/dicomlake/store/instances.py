@@ -137,19 +137,17 @@ def _store_batch(
     try:
         try:
             results = store_instances(db, blobs, store, [e.data for e in batch], expected_study, storage_class)
+            for e, result in zip(batch, results, strict=True):
+                e.result = result
         except Exception:
             if len(batch) == 1:
                 raise
             # What failed may be one instance's: each alone, as if it had come alone.
-            results = []
             for e in batch:
                 try:
-                    results.append(store_instances(db, blobs, store, [e.data], expected_study, storage_class)[0])
+                    e.result = store_instances(db, blobs, store, [e.data], expected_study, storage_class)[0]
                 except Exception as exc:
-                    results.append(None)
                     e.error = exc
-        for e, result in zip(batch, results, strict=True):
-            e.result = result
     except BaseException as exc:
         for e in batch:
             e.error = e.error or exc
