@@ -75,3 +75,42 @@ def test_instances_stored_at_once_by_several_threads_share_commits_and_keep_thei
         assert len(list((tmp_path / "blobs").rglob("*.dcm"))) == held
     finally:
         services.close()
+
+
+def test_an_instance_whose_store_raises_fails_alone_not_the_instances_batched_with_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    services = open_services(load(data_dir=tmp_path))
+    try:
+        dataset = catalog.create_dataset(services.db, "p", "l", "d")
+        store = catalog.create_store(services.db, dataset, "s", {})
+        source = pydicom.dcmread(dicom_file("MR_small.dcm"))
+        datas = []
+        for _ in range(64):
+            source.SOPInstanceUID = generate_uid()
+            source.file_meta.MediaStorageSOPInstanceUID = source.SOPInstanceUID
+            buffer = DicomBytesIO()
+            source.save_as(buffer, enforce_file_format=True)
+            datas.append(buffer.getvalue())
+        poisoned = datas[7]
+        store_instances = instances.store_instances
+
+        def failing(*args, **kwargs):
+            if any(data is poisoned for data in args[3]):
+                raise OSError("the disk went away for this one")
+            return store_instances(*args, **kwargs)
+
+        monkeypatch.setattr(instances, "store_instances", failing)
+
+        def store_one(data: bytes) -> object:
+            try:
+                return instances.store_instance(services.db, services.blobs, store, data)
+            except OSError as exc:
+                return exc
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(store_one, datas))
+        assert isinstance(results[7], OSError)
+        assert all(isinstance(r, instances.Stored) for i, r in enumerate(results) if i != 7)
+    finally:
+        services.close()
