@@ -43,14 +43,7 @@ def test_instances_stored_at_once_by_several_threads_share_commits_and_keep_thei
     try:
         dataset = catalog.create_dataset(services.db, "p", "l", "d")
         store = catalog.create_store(services.db, dataset, "s", {})
-        source = pydicom.dcmread(dicom_file("MR_small.dcm"))
-        datas = []
-        for _ in range(160):
-            source.SOPInstanceUID = generate_uid()
-            source.file_meta.MediaStorageSOPInstanceUID = source.SOPInstanceUID
-            buffer = DicomBytesIO()
-            source.save_as(buffer, enforce_file_format=True)
-            datas.append(buffer.getvalue())
+        datas = _fresh_mr_instances(160)
         datas[1] = datas[0]  # sent twice, by two threads: kept once
         datas[5] = b"not DICOM"
         batches = []
@@ -84,14 +77,7 @@ def test_an_instance_whose_store_raises_fails_alone_not_the_instances_batched_wi
     try:
         dataset = catalog.create_dataset(services.db, "p", "l", "d")
         store = catalog.create_store(services.db, dataset, "s", {})
-        source = pydicom.dcmread(dicom_file("MR_small.dcm"))
-        datas = []
-        for _ in range(64):
-            source.SOPInstanceUID = generate_uid()
-            source.file_meta.MediaStorageSOPInstanceUID = source.SOPInstanceUID
-            buffer = DicomBytesIO()
-            source.save_as(buffer, enforce_file_format=True)
-            datas.append(buffer.getvalue())
+        datas = _fresh_mr_instances(64)
         poisoned = datas[7]
         store_instances = instances.store_instances
 
@@ -114,3 +100,16 @@ def test_an_instance_whose_store_raises_fails_alone_not_the_instances_batched_wi
         assert all(isinstance(r, instances.Stored) for i, r in enumerate(results) if i != 7)
     finally:
         services.close()
+
+
+def _fresh_mr_instances(count: int) -> list[bytes]:
+    """`count` Part 10 copies of MR_small.dcm, each with a SOP Instance UID of its own."""
+    source = pydicom.dcmread(dicom_file("MR_small.dcm"))
+    datas = []
+    for _ in range(count):
+        source.SOPInstanceUID = generate_uid()
+        source.file_meta.MediaStorageSOPInstanceUID = source.SOPInstanceUID
+        buffer = DicomBytesIO()
+        source.save_as(buffer, enforce_file_format=True)
+        datas.append(buffer.getvalue())
+    return datas
